@@ -1,0 +1,937 @@
+//! Backup: walk → read → chunk → id + dedup → compress → seal → pack → store.
+//!
+//! Threads joined by bounded channels (so memory stays flat and the slowest stage sets the pace):
+//!
+//! ```text
+//! walker ──jobs──▶ workers ×N (read, chunk, hash, dedup, compress, seal into their own pack) ─┐
+//!    │                 │ per-file result (one-shot)                                           │ packs
+//!    └──events (walk order)──▶ tree builder (trees → tree blobs → tree pack) ─────────────────┤
+//!                                                                                              ▼
+//!                                         uploader: pack objects, then the index objects naming them
+//! ```
+//! Commit order is packs → index → snapshot: a crash at any point leaves earlier snapshots intact
+//! and at worst some packs no index names yet (they wait for prune).
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::names;
+use crate::chunker::Chunker;
+use crate::compress::Compressor;
+use crate::crypto::ObjectKind;
+use crate::error::{Error, Result};
+use crate::fsmeta;
+use crate::id::Id;
+use crate::index::{self, PackRecord};
+use crate::pack::{BlobType, FinishedPack, PackWriter};
+use crate::repo::Repository;
+use crate::snapshot::{Snapshot, Summary, hostname};
+use crate::tree::{Node, NodeKind, Tree};
+
+/// Options of one backup (CLI, config file or library).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupOptions {
+    /// Tags to attach.
+    pub tags: Vec<String>,
+    /// Host name to record (default: this host).
+    pub host: Option<String>,
+    /// Worker threads (default: one per core).
+    pub threads: Option<usize>,
+}
+
+/// Live counters, readable while a backup runs (for a progress bar).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes read from the source so far.
+    pub bytes_read: AtomicU64,
+    /// Files finished.
+    pub files: AtomicU64,
+    /// Bytes written to the repository so far.
+    pub bytes_added: AtomicU64,
+}
+
+/// What a finished backup produced.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    /// The new snapshot's id.
+    pub id: Id,
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Entries that vanished or could not be read (the backup completed without them).
+    pub warnings: Vec<String>,
+}
+
+struct Shared<'a> {
+    repo: &'a Repository,
+    chunker: Chunker,
+    new_blobs: Mutex<HashSet<Id>>,
+    progress: &'a Progress,
+    blobs_added: AtomicU64,
+    warnings: Mutex<Vec<String>>,
+    fatal: Mutex<Option<Error>>,
+    failed: AtomicBool,
+}
+
+impl Shared<'_> {
+    fn warn(&self, msg: String) {
+        tracing::warn!("{msg}");
+        self.warnings.lock().expect("warnings lock").push(msg);
+    }
+
+    fn fail(&self, e: Error) {
+        self.failed.store(true, Ordering::SeqCst);
+        let mut f = self.fatal.lock().expect("fatal lock");
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Seals blobs of one type into packs; one per worker, so no lock on the hot path.
+struct BlobSink {
+    blob_type: BlobType,
+    pack: Option<PackWriter>,
+    comp: Compressor,
+    pack_size: usize,
+    out: Sender<FinishedPack>,
+}
+
+impl BlobSink {
+    fn new(repo: &Repository, blob_type: BlobType, out: Sender<FinishedPack>) -> Result<Self> {
+        Ok(Self {
+            blob_type,
+            pack: None,
+            comp: Compressor::new(repo.config().compression)?,
+            pack_size: repo.config().pack_size as usize,
+            out,
+        })
+    }
+
+    /// Store `data` unless the repository or this backup already has it; returns its id.
+    fn put(&mut self, sh: &Shared<'_>, data: &[u8]) -> Result<Id> {
+        let id = sh.repo.keys().blob_id(data);
+        if sh.repo.index().contains(&id) || !sh.new_blobs.lock().expect("dedup lock").insert(id) {
+            return Ok(id);
+        }
+        if self.pack.is_none() {
+            self.pack = Some(PackWriter::new(sh.repo.keys(), self.pack_size)?);
+        }
+        let pack = self.pack.as_mut().expect("pack exists");
+        match self.comp.compress(data) {
+            Some(z) => pack.add(id, self.blob_type, data.len() as u32, true, z),
+            None => pack.add(id, self.blob_type, data.len() as u32, false, data),
+        }
+        sh.blobs_added.fetch_add(1, Ordering::Relaxed);
+        if pack.len() >= self.pack_size {
+            self.flush()?;
+        }
+        Ok(id)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some(p) = self.pack.take().filter(|p| !p.is_empty()) {
+            self.out
+                .send(p.finish())
+                .map_err(|_| Error::new(crate::ErrorKind::Storage, "the uploader stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+struct FileJob {
+    fd: OwnedFd,
+    name: String,
+    size: u64,
+    sparse: bool,
+    reply: Sender<FileResult>,
+}
+
+/// A file's content: blobs, holes and the size actually read.
+struct FileContent {
+    content: Vec<Id>,
+    holes: Vec<(u64, u64)>,
+    size: u64,
+}
+
+type FileResult = std::result::Result<FileContent, String>;
+
+enum Source {
+    Ready,
+    Pending(Receiver<FileResult>),
+    SameAs((u64, u64)),
+}
+
+enum Event {
+    Enter(Node),
+    Exit,
+    Entry {
+        node: Node,
+        source: Source,
+        link: Option<(u64, u64)>,
+    },
+}
+
+/// Run a backup of `paths` into `repo` (its index must be loaded).
+///
+/// # Errors
+/// Fatal errors only (storage failures, an unreadable top-level path); unreadable entries below the
+/// top are returned as warnings.
+pub fn backup(
+    repo: &Repository,
+    paths: &[PathBuf],
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
+    let start = Instant::now();
+    let time = jiff::Timestamp::now();
+    let host = opts.host.clone().unwrap_or_else(hostname);
+    let tops = normalize_paths(paths)?;
+    let path_strings: Vec<String> = tops
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+
+    let parent = find_parent(repo, &host, &path_strings)?;
+    let parent_root = match &parent {
+        Some((_, s)) => Some(repo.read_tree(&s.tree)?),
+        None => None,
+    };
+
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .max(1);
+    let sh = Shared {
+        repo,
+        chunker: repo.chunker(),
+        new_blobs: Mutex::new(HashSet::new()),
+        progress,
+        blobs_added: AtomicU64::new(0),
+        warnings: Mutex::new(Vec::new()),
+        fatal: Mutex::new(None),
+        failed: AtomicBool::new(false),
+    };
+    let (job_tx, job_rx) = bounded::<FileJob>(threads * 4);
+    let (ev_tx, ev_rx) = bounded::<Event>(16 * 1024);
+    let (pack_tx, pack_rx) = bounded::<FinishedPack>(2);
+
+    let mut counts = WalkCounts::default();
+    let mut root_tree = None;
+    std::thread::scope(|s| {
+        let sh = &sh;
+        let uploader = s.spawn(move || upload(sh, &pack_rx));
+        for _ in 0..threads {
+            let job_rx = job_rx.clone();
+            let pack_tx = pack_tx.clone();
+            s.spawn(move || {
+                if let Err(e) = work(sh, &job_rx, pack_tx) {
+                    sh.fail(e);
+                    for _ in &job_rx {}
+                }
+            });
+        }
+        drop(job_rx);
+        let tree_pack_tx = pack_tx.clone();
+        drop(pack_tx);
+        let builder = s.spawn(move || {
+            let r = build_trees(sh, &ev_rx, tree_pack_tx);
+            if r.is_err() {
+                for _ in &ev_rx {}
+            }
+            r
+        });
+        let walker = std::thread::Builder::new()
+            .name("lifeboat-walk".into())
+            .stack_size(256 << 20)
+            .spawn_scoped(s, move || {
+                let mut w = Walker {
+                    sh,
+                    jobs: job_tx,
+                    events: ev_tx,
+                    links: HashSet::new(),
+                    counts: WalkCounts::default(),
+                };
+                let r = w.walk_tops(&tops, parent_root);
+                (r, w.counts)
+            })
+            .expect("spawning the walker");
+        let (walk_result, c) = walker.join().expect("walker panicked");
+        counts = c;
+        if let Err(e) = walk_result {
+            sh.fail(e);
+        }
+        match builder.join().expect("tree builder panicked") {
+            Ok(t) => root_tree = Some(t),
+            Err(e) => sh.fail(e),
+        }
+        if let Err(e) = uploader.join().expect("uploader panicked") {
+            sh.fail(e);
+        }
+    });
+    if let Some(e) = sh.fatal.lock().expect("fatal lock").take() {
+        return Err(e);
+    }
+    let (tree, tc) = root_tree.expect("tree built when nothing failed");
+    let warnings = sh.warnings.into_inner().expect("warnings lock");
+    let mut snapshot = Snapshot {
+        time,
+        host,
+        paths: path_strings,
+        tags: opts.tags.clone(),
+        parent: parent.map(|(id, _)| id),
+        tree,
+        summary: Summary {
+            files: tc.files,
+            dirs: tc.dirs,
+            others: tc.others,
+            files_new: counts.new,
+            files_changed: counts.changed,
+            files_unmodified: counts.unmodified,
+            bytes_read: progress.bytes_read.load(Ordering::Relaxed),
+            bytes_total: tc.bytes,
+            bytes_added: 0,
+            blobs_added: sh.blobs_added.load(Ordering::Relaxed),
+            warnings: warnings.len() as u64,
+            duration_s: 0.0,
+        },
+        program: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+    };
+    // The snapshot's own size is counted in bytes_added by estimate: it is written after the summary.
+    snapshot.summary.duration_s = start.elapsed().as_secs_f64();
+    snapshot.summary.bytes_added = progress.bytes_added.load(Ordering::Relaxed);
+    let json = serde_json::to_vec(&snapshot).expect("snapshot serializes");
+    let (id, n) = repo.save_object(ObjectKind::Snapshot, &json)?;
+    snapshot.summary.bytes_added += n;
+    progress.bytes_added.fetch_add(n, Ordering::Relaxed);
+    Ok(BackupOutcome {
+        id,
+        snapshot,
+        warnings,
+    })
+}
+
+/// Absolute, lexically normalized paths, sorted by component, with duplicates and paths nested in
+/// another one removed.
+fn normalize_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if paths.is_empty() {
+        return Err(Error::invalid("nothing to back up: give at least one path"));
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        let abs = std::path::absolute(p).map_err(|e| Error::io(p.display(), e))?;
+        let mut n = PathBuf::from("/");
+        for c in abs.components() {
+            match c {
+                Component::Normal(x) => n.push(x),
+                Component::ParentDir => {
+                    n.pop();
+                }
+                _ => {}
+            }
+        }
+        out.push(n);
+    }
+    out.sort_by(|a, b| a.components().cmp(b.components()));
+    out.dedup();
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for p in out {
+        if !kept.iter().any(|k| p.starts_with(k)) {
+            kept.push(p);
+        }
+    }
+    Ok(kept)
+}
+
+/// The latest snapshot of the same host and paths.
+fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<(Id, Snapshot)>> {
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.host == host && s.paths == paths))
+}
+
+#[derive(Default)]
+struct WalkCounts {
+    new: u64,
+    changed: u64,
+    unmodified: u64,
+}
+
+struct Walker<'s, 'a> {
+    sh: &'s Shared<'a>,
+    jobs: Sender<FileJob>,
+    events: Sender<Event>,
+    links: HashSet<(u64, u64)>,
+    counts: WalkCounts,
+}
+
+fn os(b: &[u8]) -> &std::ffi::OsStr {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(b)
+}
+
+impl Walker<'_, '_> {
+    fn emit(&self, e: Event) -> Result<()> {
+        self.events
+            .send(e)
+            .map_err(|_| Error::new(crate::ErrorKind::Storage, "the tree builder stopped"))
+    }
+
+    fn walk_tops(&mut self, tops: &[PathBuf], parent_root: Option<Tree>) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        // Open virtual ancestors: (name, parent tree of that directory).
+        let mut open: Vec<Vec<u8>> = Vec::new();
+        let mut ptrees: Vec<Option<Tree>> = vec![parent_root];
+        for top in tops {
+            let comps: Vec<Vec<u8>> = top
+                .components()
+                .skip(1)
+                .map(|c| c.as_os_str().as_bytes().to_vec())
+                .collect();
+            if comps.is_empty() {
+                // Backing up "/" itself: its entries become the snapshot's root.
+                let fd = fsmeta::open_dir_path(Path::new("/")).map_err(|e| Error::io("/", e))?;
+                let pt = ptrees[0].take();
+                self.walk_dir(fd.as_fd(), pt.as_ref())?;
+                continue;
+            }
+            let common = open
+                .iter()
+                .zip(&comps)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(comps.len() - 1);
+            while open.len() > common {
+                open.pop();
+                ptrees.pop();
+                self.emit(Event::Exit)?;
+            }
+            let mut prefix = PathBuf::from("/");
+            for c in &comps[..common] {
+                prefix.push(os(c));
+            }
+            for c in &comps[common..comps.len() - 1] {
+                let dirfd =
+                    fsmeta::open_dir_path(&prefix).map_err(|e| Error::io(prefix.display(), e))?;
+                let st = fsmeta::stat_at(dirfd.as_fd(), c)
+                    .map_err(|e| Error::io(prefix.join(os(c)).display(), e))?;
+                let mut node = fsmeta::node_from_stat(c, &st);
+                node.xattrs = fsmeta::read_xattrs(dirfd.as_fd(), c).unwrap_or_default();
+                let pt = child_tree(self.sh.repo, ptrees.last().and_then(Option::as_ref), c);
+                self.emit(Event::Enter(node))?;
+                open.push(c.clone());
+                ptrees.push(pt);
+                prefix.push(os(c));
+            }
+            let name = comps.last().expect("non-empty");
+            let dirfd =
+                fsmeta::open_dir_path(&prefix).map_err(|e| Error::io(prefix.display(), e))?;
+            let pt = ptrees.last().and_then(Option::as_ref).cloned();
+            // A top-level path that cannot be read is fatal: the user asked for it by name.
+            match fsmeta::stat_at(dirfd.as_fd(), name) {
+                Ok(_) => self.entry(dirfd.as_fd(), name, pt.as_ref(), true)?,
+                Err(e) => return Err(Error::io(top.display(), e)),
+            }
+        }
+        while open.pop().is_some() {
+            self.emit(Event::Exit)?;
+        }
+        Ok(())
+    }
+
+    fn walk_dir(&mut self, dir: BorrowedFd<'_>, ptree: Option<&Tree>) -> Result<()> {
+        let names = match fsmeta::list_dir(dir) {
+            Ok(n) => n,
+            Err(e) => {
+                self.sh.warn(format!("cannot list a directory: {e}"));
+                return Ok(());
+            }
+        };
+        for name in names {
+            if self.sh.failed() {
+                return Ok(());
+            }
+            self.entry(dir, &name, ptree, false)?;
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        ptree: Option<&Tree>,
+        top: bool,
+    ) -> Result<()> {
+        let shown = String::from_utf8_lossy(name).into_owned();
+        let warn_or_fail = |sh: &Shared<'_>, what: String| -> Result<()> {
+            if top {
+                Err(Error::new(crate::ErrorKind::Io, what))
+            } else {
+                sh.warn(what);
+                Ok(())
+            }
+        };
+        let st = match fsmeta::stat_at(dir, name) {
+            Ok(s) => s,
+            Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
+        };
+        let mut node = fsmeta::node_from_stat(name, &st);
+        match fsmeta::read_xattrs(dir, name) {
+            Ok(x) => node.xattrs = x,
+            Err(e) => self
+                .sh
+                .warn(format!("{shown}: cannot read extended attributes: {e}")),
+        }
+        let pnode = ptree.and_then(|t| {
+            t.nodes
+                .binary_search_by(|n| n.name.as_slice().cmp(name))
+                .ok()
+                .map(|i| &t.nodes[i])
+        });
+        match node.kind() {
+            NodeKind::Dir => {
+                let fd = match fsmeta::open_dir_at(dir, name) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        return warn_or_fail(self.sh, format!("{shown}: {e} (directory skipped)"));
+                    }
+                };
+                let sub = pnode
+                    .filter(|p| p.kind() == NodeKind::Dir)
+                    .and_then(|p| self.sh.repo.read_tree(&p.subtree).ok());
+                self.emit(Event::Enter(node))?;
+                self.walk_dir(fd.as_fd(), sub.as_ref())?;
+                self.emit(Event::Exit)?;
+            }
+            NodeKind::Symlink => match fsmeta::read_link_at(dir, name) {
+                Ok(t) => {
+                    node.target = t;
+                    self.emit(Event::Entry {
+                        node,
+                        source: Source::Ready,
+                        link: None,
+                    })?;
+                }
+                Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
+            },
+            NodeKind::File => self.file(dir, node, pnode, &shown, top)?,
+            _ => self.emit(Event::Entry {
+                node,
+                source: Source::Ready,
+                link: None,
+            })?,
+        }
+        Ok(())
+    }
+
+    fn file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        mut node: Node,
+        pnode: Option<&Node>,
+        shown: &str,
+        top: bool,
+    ) -> Result<()> {
+        let link = (node.nlink > 1).then_some((node.dev, node.ino));
+        if let Some(k) = link
+            && self.links.contains(&k)
+        {
+            return self.emit(Event::Entry {
+                node,
+                source: Source::SameAs(k),
+                link,
+            });
+        }
+        if let Some(p) = pnode.filter(|p| unchanged(p, &node))
+            && p.content.iter().all(|id| self.sh.repo.index().contains(id))
+        {
+            node.content.clone_from(&p.content);
+            node.holes.clone_from(&p.holes);
+            self.counts.unmodified += 1;
+            self.sh.progress.files.fetch_add(1, Ordering::Relaxed);
+            if let Some(k) = link {
+                self.links.insert(k);
+            }
+            return self.emit(Event::Entry {
+                node,
+                source: Source::Ready,
+                link,
+            });
+        }
+        let fd = match fsmeta::open_file_at(dir, &node.name) {
+            Ok(fd) => fd,
+            Err(e) if top => return Err(Error::io(shown, e)),
+            Err(e) => {
+                self.sh.warn(format!("{shown}: {e} (skipped)"));
+                return Ok(());
+            }
+        };
+        // The entry may have been replaced between stat and open.
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(shown, e))?;
+        if st.st_ino as u64 != node.ino || fsmeta::kind_of(&st) != NodeKind::File {
+            self.sh
+                .warn(format!("{shown}: replaced during backup (skipped)"));
+            return Ok(());
+        }
+        let sparse = (st.st_blocks as u64).saturating_mul(512) < node.size;
+        if pnode.is_some() {
+            self.counts.changed += 1;
+        } else {
+            self.counts.new += 1;
+        }
+        if let Some(k) = link {
+            self.links.insert(k);
+        }
+        let (tx, rx) = bounded(1);
+        let job = FileJob {
+            fd,
+            name: shown.to_owned(),
+            size: node.size,
+            sparse,
+            reply: tx,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::new(crate::ErrorKind::Storage, "the workers stopped"))?;
+        self.emit(Event::Entry {
+            node,
+            source: Source::Pending(rx),
+            link,
+        })
+    }
+}
+
+fn unchanged(p: &Node, n: &Node) -> bool {
+    p.kind() == NodeKind::File
+        && p.size == n.size
+        && p.mtime == n.mtime
+        && p.mtime_ns == n.mtime_ns
+        && p.ctime == n.ctime
+        && p.ctime_ns == n.ctime_ns
+        && p.ino == n.ino
+        && p.mode == n.mode
+}
+
+fn child_tree(repo: &Repository, t: Option<&Tree>, name: &[u8]) -> Option<Tree> {
+    let t = t?;
+    let i = t
+        .nodes
+        .binary_search_by(|n| n.name.as_slice().cmp(name))
+        .ok()?;
+    let n = &t.nodes[i];
+    (n.kind() == NodeKind::Dir)
+        .then(|| repo.read_tree(&n.subtree).ok())
+        .flatten()
+}
+
+fn work(sh: &Shared<'_>, jobs: &Receiver<FileJob>, packs: Sender<FinishedPack>) -> Result<()> {
+    let mut sink = BlobSink::new(sh.repo, BlobType::Data, packs)?;
+    let max = sh.chunker.max_size();
+    let mut buf = vec![0u8; 2 * max];
+    let mut ends = Vec::new();
+    for job in jobs {
+        if sh.failed() {
+            continue;
+        }
+        let r = read_file(sh, &mut sink, &job, &mut buf, &mut ends);
+        let reply = match r {
+            Ok(c) => Ok(c),
+            Err(ReadError::Source(e)) => Err(format!("{}: {e} (skipped)", job.name)),
+            Err(ReadError::Fatal(e)) => return Err(e),
+        };
+        sh.progress.files.fetch_add(1, Ordering::Relaxed);
+        let _ = job.reply.send(reply);
+    }
+    sink.flush()
+}
+
+enum ReadError {
+    /// The source could not be read: a warning, the file is skipped.
+    Source(std::io::Error),
+    /// The repository side failed: the backup fails.
+    Fatal(Error),
+}
+
+impl From<Error> for ReadError {
+    fn from(e: Error) -> Self {
+        ReadError::Fatal(e)
+    }
+}
+
+fn data_regions(fd: BorrowedFd<'_>, size: u64, sparse: bool) -> std::io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    if !sparse {
+        return Ok(if size > 0 {
+            vec![(0, size)]
+        } else {
+            Vec::new()
+        });
+    }
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let d = match rustix::fs::seek(fd, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            // Filesystems without SEEK_DATA: the whole file is data.
+            Err(rustix::io::Errno::INVAL) if pos == 0 => return Ok(vec![(0, size)]),
+            Err(e) => return Err(e.into()),
+        };
+        if d >= size {
+            break;
+        }
+        let h = rustix::fs::seek(fd, SeekFrom::Hole(d))?.min(size);
+        out.push((d, h - d));
+        pos = h;
+    }
+    Ok(out)
+}
+
+fn read_file(
+    sh: &Shared<'_>,
+    sink: &mut BlobSink,
+    job: &FileJob,
+    buf: &mut [u8],
+    ends: &mut Vec<usize>,
+) -> std::result::Result<FileContent, ReadError> {
+    let fd = job.fd.as_fd();
+    let regions = data_regions(fd, job.size, job.sparse).map_err(ReadError::Source)?;
+    let mut content = Vec::new();
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    let mut size = job.size;
+    for &(off, len) in &regions {
+        let end = off + len;
+        let mut pos = off;
+        let mut filled = 0usize;
+        let mut short = false;
+        loop {
+            while filled < buf.len() && pos < end {
+                let want = (buf.len() - filled).min((end - pos) as usize);
+                let n = rustix::io::pread(fd, &mut buf[filled..filled + want], pos)
+                    .map_err(|e| ReadError::Source(e.into()))?;
+                if n == 0 {
+                    short = true;
+                    break;
+                }
+                filled += n;
+                pos += n as u64;
+                sh.progress
+                    .bytes_read
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            let last = pos >= end || short;
+            ends.clear();
+            let used = sh.chunker.cut(&buf[..filled], last, ends);
+            let mut s = 0;
+            for &e in ends.iter() {
+                content.push(sink.put(sh, &buf[s..e])?);
+                s = e;
+            }
+            buf.copy_within(used..filled, 0);
+            filled -= used;
+            if last {
+                break;
+            }
+        }
+        covered.push((off, pos - off));
+        if short {
+            // The file shrank while we read it: keep what exists now.
+            size = pos;
+            break;
+        }
+    }
+    let mut holes = Vec::new();
+    let mut at = 0;
+    for &(off, len) in &covered {
+        if off > at {
+            holes.push((at, off - at));
+        }
+        at = off + len;
+    }
+    if size > at {
+        holes.push((at, size - at));
+    }
+    Ok(FileContent {
+        content,
+        holes,
+        size,
+    })
+}
+
+#[derive(Default)]
+struct TreeCounts {
+    files: u64,
+    dirs: u64,
+    others: u64,
+    bytes: u64,
+}
+
+fn build_trees(
+    sh: &Shared<'_>,
+    events: &Receiver<Event>,
+    packs: Sender<FinishedPack>,
+) -> Result<(Vec<Id>, TreeCounts)> {
+    let mut sink = BlobSink::new(sh.repo, BlobType::Tree, packs)?;
+    let mut stack: Vec<(Node, Vec<Node>)> = Vec::new();
+    let mut root: Vec<Node> = Vec::new();
+    let mut links: HashMap<(u64, u64), FileContent> = HashMap::new();
+    let mut counts = TreeCounts::default();
+    let mut ends = Vec::new();
+    let mut store = |sink: &mut BlobSink, nodes: Vec<Node>| -> Result<Vec<Id>> {
+        let bytes = Tree { nodes }.encode();
+        ends.clear();
+        sh.chunker.cut(&bytes, true, &mut ends);
+        let mut s = 0;
+        let mut ids = Vec::with_capacity(ends.len());
+        for &e in &ends {
+            ids.push(sink.put(sh, &bytes[s..e])?);
+            s = e;
+        }
+        Ok(ids)
+    };
+    for ev in events {
+        let done = match ev {
+            Event::Enter(n) => {
+                stack.push((n, Vec::new()));
+                continue;
+            }
+            Event::Exit => {
+                let (mut n, children) = stack
+                    .pop()
+                    .ok_or_else(|| Error::invalid("walk events out of order"))?;
+                n.subtree = store(&mut sink, children)?;
+                counts.dirs += 1;
+                n
+            }
+            Event::Entry {
+                mut node,
+                source,
+                link,
+            } => {
+                let resolved = match source {
+                    Source::Ready => true,
+                    Source::Pending(rx) => match rx.recv() {
+                        Ok(Ok(c)) => {
+                            node.content = c.content;
+                            node.holes = c.holes;
+                            node.size = c.size;
+                            true
+                        }
+                        Ok(Err(w)) => {
+                            sh.warn(w);
+                            false
+                        }
+                        // The worker failed fatally; the error is recorded.
+                        Err(_) => false,
+                    },
+                    Source::SameAs(k) => match links.get(&k) {
+                        Some(c) => {
+                            node.content.clone_from(&c.content);
+                            node.holes.clone_from(&c.holes);
+                            node.size = c.size;
+                            true
+                        }
+                        None => false,
+                    },
+                };
+                if !resolved {
+                    continue;
+                }
+                if let Some(k) = link {
+                    links.entry(k).or_insert_with(|| FileContent {
+                        content: node.content.clone(),
+                        holes: node.holes.clone(),
+                        size: node.size,
+                    });
+                }
+                match node.kind() {
+                    NodeKind::File => {
+                        counts.files += 1;
+                        counts.bytes += node.size;
+                    }
+                    _ => counts.others += 1,
+                }
+                node
+            }
+        };
+        match stack.last_mut() {
+            Some((_, children)) => children.push(done),
+            None => root.push(done),
+        }
+    }
+    if sh.failed() {
+        return Err(Error::new(crate::ErrorKind::Storage, "backup aborted"));
+    }
+    if !stack.is_empty() {
+        return Err(Error::invalid("walk ended inside a directory"));
+    }
+    let ids = store(&mut sink, root)?;
+    sink.flush()?;
+    Ok((ids, counts))
+}
+
+/// How many packs one index object lists at most: a crash loses at most this many packs' worth of
+/// index (their data is re-uploaded by the next backup; prune removes the orphans).
+const PACKS_PER_INDEX: usize = 64;
+
+fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>) -> Result<()> {
+    let mut pending: Vec<PackRecord> = Vec::new();
+    let write_index = |pending: &mut Vec<PackRecord>| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (_, n) = sh
+            .repo
+            .save_object(ObjectKind::Index, &index::encode(pending))?;
+        sh.progress.bytes_added.fetch_add(n, Ordering::Relaxed);
+        pending.clear();
+        Ok(())
+    };
+    let mut result = Ok(());
+    for p in packs {
+        if result.is_err() || sh.failed() {
+            continue;
+        }
+        let size = p.bytes.len() as u64;
+        result = sh
+            .repo
+            .store()
+            .write(&names::pack(&p.id), p.bytes)
+            .and_then(|()| {
+                sh.progress.bytes_added.fetch_add(size, Ordering::Relaxed);
+                pending.push(PackRecord {
+                    id: p.id,
+                    size,
+                    salt: p.salt,
+                    blobs: p.entries,
+                });
+                if pending.len() >= PACKS_PER_INDEX {
+                    write_index(&mut pending)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = &result {
+            sh.fail(Error::new(e.kind(), e.to_string()));
+        }
+    }
+    result?;
+    if sh.failed() {
+        return Ok(());
+    }
+    write_index(&mut pending)
+}

@@ -1,0 +1,337 @@
+//! Filesystem entries and their metadata, read and applied relative to directory file descriptors.
+//!
+//! Everything goes through `*at` system calls on an open directory, never a full path, so paths far
+//! deeper than `PATH_MAX` work. Extended attributes of an entry are reached as
+//! `/proc/self/fd/<dirfd>/<name>` with the non-following `l*xattr` calls, which also covers symlinks
+//! and special files that cannot be opened.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, Timespec, Timestamps, XattrFlags};
+
+use crate::tree::{Node, NodeKind, Xattr};
+
+/// `st_mode` → node kind.
+pub fn kind_of(st: &Stat) -> NodeKind {
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => NodeKind::Dir,
+        FileType::Symlink => NodeKind::Symlink,
+        FileType::Fifo => NodeKind::Fifo,
+        FileType::CharacterDevice => NodeKind::Chardev,
+        FileType::BlockDevice => NodeKind::Blockdev,
+        FileType::Socket => NodeKind::Socket,
+        _ => NodeKind::File,
+    }
+}
+
+/// A node from `stat` (content, subtree, target and xattrs are filled in by the caller).
+// `stat` field types differ between architectures; the casts are identities on some.
+#[allow(clippy::unnecessary_cast)]
+pub fn node_from_stat(name: &[u8], st: &Stat) -> Node {
+    let kind = kind_of(st);
+    Node {
+        name: name.to_vec(),
+        kind: Some(kind),
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime as i64,
+        mtime_ns: st.st_mtime_nsec as u32,
+        ctime: st.st_ctime as i64,
+        ctime_ns: st.st_ctime_nsec as u32,
+        ino: st.st_ino as u64,
+        dev: st.st_dev as u64,
+        nlink: st.st_nlink as u64,
+        size: if kind == NodeKind::File {
+            st.st_size as u64
+        } else {
+            0
+        },
+        rdev: if matches!(kind, NodeKind::Chardev | NodeKind::Blockdev) {
+            st.st_rdev as u64
+        } else {
+            0
+        },
+        ..Node::default()
+    }
+}
+
+/// `lstat` of `name` in `dir`.
+///
+/// # Errors
+/// The system call's error.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Stat> {
+    Ok(rustix::fs::statat(
+        dir,
+        OsStr::from_bytes(name),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
+/// Open a directory by absolute or relative path (the top of a walk or restore).
+///
+/// # Errors
+/// The system call's error.
+pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Open the directory `name` inside `dir` without following a symlink.
+///
+/// # Errors
+/// The system call's error.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    open_noatime(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+    )
+}
+
+/// Open the regular file `name` inside `dir` for reading, without following a symlink, without
+/// blocking on a fifo swapped in underneath us, and without updating its access time where allowed.
+///
+/// # Errors
+/// The system call's error.
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    open_noatime(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+    )
+}
+
+fn open_noatime(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+    let n = OsStr::from_bytes(name);
+    match rustix::fs::openat(dir, n, flags | OFlags::NOATIME, Mode::empty()) {
+        // O_NOATIME is only allowed to the file's owner (or CAP_FOWNER).
+        Err(rustix::io::Errno::PERM) => Ok(rustix::fs::openat(dir, n, flags, Mode::empty())?),
+        r => Ok(r?),
+    }
+}
+
+/// The names in a directory, sorted bytewise, without `.` and `..`.
+///
+/// # Errors
+/// The system call's error.
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for e in Dir::read_from(dir)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// Target of the symlink `name` in `dir`.
+///
+/// # Errors
+/// The system call's error.
+pub fn read_link_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    Ok(rustix::fs::readlinkat(dir, OsStr::from_bytes(name), Vec::new())?.into_bytes())
+}
+
+fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> OsString {
+    use std::os::fd::AsRawFd;
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    OsString::from_vec(p)
+}
+
+/// Every extended attribute of `name` in `dir`, sorted by name. A filesystem without xattr support
+/// yields none.
+///
+/// # Errors
+/// The system call's error.
+pub fn read_xattrs(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<Xattr>> {
+    let path = proc_path(dir, name);
+    let mut list = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::llistxattr(&path, &mut list[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => {
+                let need = rustix::fs::llistxattr(&path, &mut [0u8; 0][..])?;
+                list.resize(need.max(list.len() * 2), 0);
+            }
+            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = Vec::new();
+    for attr in list[..n].split(|b| *b == 0).filter(|a| !a.is_empty()) {
+        let an = OsStr::from_bytes(attr);
+        let mut value = vec![0u8; 256];
+        let len = loop {
+            match rustix::fs::lgetxattr(&path, an, &mut value[..]) {
+                Ok(len) => break Some(len),
+                Err(rustix::io::Errno::RANGE) => {
+                    let need = rustix::fs::lgetxattr(&path, an, &mut [0u8; 0][..])?;
+                    value.resize(need.max(value.len() * 2), 0);
+                }
+                // Removed between list and get.
+                Err(rustix::io::Errno::NODATA) => break None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(len) = len {
+            value.truncate(len);
+            out.push(Xattr {
+                name: attr.to_vec(),
+                value,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Set one extended attribute on `name` in `dir`.
+///
+/// # Errors
+/// The system call's error.
+pub fn set_xattr(dir: BorrowedFd<'_>, name: &[u8], x: &Xattr) -> io::Result<()> {
+    Ok(rustix::fs::lsetxattr(
+        proc_path(dir, name),
+        OsStr::from_bytes(&x.name),
+        &x.value,
+        XattrFlags::empty(),
+    )?)
+}
+
+/// Create a special file (fifo, device, socket) `name` in `dir`.
+///
+/// # Errors
+/// The system call's error.
+pub fn make_node(dir: BorrowedFd<'_>, node: &Node) -> io::Result<()> {
+    let ft = match node.kind() {
+        NodeKind::Fifo => FileType::Fifo,
+        NodeKind::Chardev => FileType::CharacterDevice,
+        NodeKind::Blockdev => FileType::BlockDevice,
+        NodeKind::Socket => FileType::Socket,
+        k => return Err(io::Error::other(format!("not a special file: {k:?}"))),
+    };
+    Ok(rustix::fs::mknodat(
+        dir,
+        OsStr::from_bytes(&node.name),
+        ft,
+        Mode::from_bits_retain(node.mode & 0o777),
+        node.rdev,
+    )?)
+}
+
+/// Apply ownership, permission bits, extended attributes and times to `name` in `dir`, in the order
+/// that keeps them: owner first (chown clears setuid/setgid), then mode, xattrs, times last.
+/// Ownership and xattrs that the restoring user may not set are reported, not fatal.
+///
+/// # Errors
+/// The first error that is not a permission problem.
+pub fn apply_meta(
+    dir: BorrowedFd<'_>,
+    node: &Node,
+    warn: &mut dyn FnMut(String),
+) -> io::Result<()> {
+    let n = OsStr::from_bytes(&node.name);
+    let is_link = node.kind() == NodeKind::Symlink;
+    let owner = Some(rustix::fs::Uid::from_raw(node.uid));
+    let group = Some(rustix::fs::Gid::from_raw(node.gid));
+    if let Err(e) = rustix::fs::chownat(dir, n, owner, group, AtFlags::SYMLINK_NOFOLLOW) {
+        if e == rustix::io::Errno::PERM {
+            warn(format!(
+                "{}: cannot restore owner {}:{}",
+                node.display_name(),
+                node.uid,
+                node.gid
+            ));
+        } else {
+            return Err(e.into());
+        }
+    }
+    if !is_link {
+        rustix::fs::chmodat(dir, n, Mode::from_bits_retain(node.mode), AtFlags::empty())?;
+    }
+    for x in &node.xattrs {
+        if let Err(e) = set_xattr(dir, &node.name, x) {
+            warn(format!(
+                "{}: cannot restore xattr {}: {e}",
+                node.display_name(),
+                String::from_utf8_lossy(&x.name)
+            ));
+        }
+    }
+    let t = Timespec {
+        tv_sec: node.mtime,
+        tv_nsec: i64::from(node.mtime_ns),
+    };
+    rustix::fs::utimensat(
+        dir,
+        n,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+/// Same as [`apply_meta`] for an open regular file.
+///
+/// # Errors
+/// The first error that is not a permission problem.
+pub fn apply_meta_fd(fd: impl AsFd, node: &Node, warn: &mut dyn FnMut(String)) -> io::Result<()> {
+    let fd = fd.as_fd();
+    if let Err(e) = rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(node.uid)),
+        Some(rustix::fs::Gid::from_raw(node.gid)),
+    ) {
+        if e == rustix::io::Errno::PERM {
+            warn(format!(
+                "{}: cannot restore owner {}:{}",
+                node.display_name(),
+                node.uid,
+                node.gid
+            ));
+        } else {
+            return Err(e.into());
+        }
+    }
+    rustix::fs::fchmod(fd, Mode::from_bits_retain(node.mode))?;
+    for x in &node.xattrs {
+        if let Err(e) = rustix::fs::fsetxattr(
+            fd,
+            OsStr::from_bytes(&x.name),
+            &x.value,
+            XattrFlags::empty(),
+        ) {
+            warn(format!(
+                "{}: cannot restore xattr {}: {e}",
+                node.display_name(),
+                String::from_utf8_lossy(&x.name)
+            ));
+        }
+    }
+    let t = Timespec {
+        tv_sec: node.mtime,
+        tv_nsec: i64::from(node.mtime_ns),
+    };
+    rustix::fs::futimens(
+        fd,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    )?;
+    Ok(())
+}

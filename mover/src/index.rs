@@ -1,0 +1,275 @@
+//! The index: blob id → (pack, offset, length, raw length).
+//!
+//! Each backup writes immutable index objects listing the packs it stored; readers merge all of
+//! them. In memory every blob costs exactly 48 bytes ([`Slot`]): a sorted vector searched by binary
+//! search, with the blob type and compression flag folded into the top bits of two lengths.
+
+use std::collections::HashMap;
+
+use crate::crypto::SALT_LEN;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::pack::{BlobEntry, BlobType, ENTRY_LEN, MAX_PACK_SIZE};
+
+const MAGIC: &[u8; 8] = b"LBINDEX1";
+const PACK_REC_LEN: usize = 32 + 8 + SALT_LEN + 4;
+const HIGH: u32 = 1 << 31;
+
+/// One pack as listed in an index object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackRecord {
+    /// The pack's name.
+    pub id: Id,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its salt (so a blob can be opened without reading the pack head).
+    pub salt: [u8; SALT_LEN],
+    /// Its blobs.
+    pub blobs: Vec<BlobEntry>,
+}
+
+/// Encode an index object's plaintext.
+pub fn encode(packs: &[PackRecord]) -> Vec<u8> {
+    let n: usize = packs
+        .iter()
+        .map(|p| PACK_REC_LEN + p.blobs.len() * ENTRY_LEN)
+        .sum();
+    let mut out = Vec::with_capacity(12 + n);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+    for p in packs {
+        out.extend_from_slice(&p.id.0);
+        out.extend_from_slice(&p.size.to_le_bytes());
+        out.extend_from_slice(&p.salt);
+        out.extend_from_slice(&(p.blobs.len() as u32).to_le_bytes());
+        for b in &p.blobs {
+            b.encode(&mut out);
+        }
+    }
+    out
+}
+
+/// Decode an index object's plaintext, checking every bound.
+///
+/// # Errors
+/// `Corrupt` when malformed.
+pub fn decode(mut b: &[u8]) -> Result<Vec<PackRecord>> {
+    let bad = || Error::corrupt("index object is malformed");
+    if b.len() < 12 || &b[..8] != MAGIC {
+        return Err(bad());
+    }
+    let npacks = u32::from_le_bytes(b[8..12].try_into().expect("4")) as usize;
+    b = &b[12..];
+    let mut packs = Vec::with_capacity(npacks.min(b.len() / PACK_REC_LEN));
+    for _ in 0..npacks {
+        if b.len() < PACK_REC_LEN {
+            return Err(bad());
+        }
+        let id = Id(b[..32].try_into().expect("32"));
+        let size = u64::from_le_bytes(b[32..40].try_into().expect("8"));
+        let salt = b[40..72].try_into().expect("32");
+        let n = u32::from_le_bytes(b[72..76].try_into().expect("4")) as usize;
+        b = &b[PACK_REC_LEN..];
+        let need = n.checked_mul(ENTRY_LEN).ok_or_else(bad)?;
+        if b.len() < need || size > MAX_PACK_SIZE {
+            return Err(bad());
+        }
+        let blobs = b[..need]
+            .chunks_exact(ENTRY_LEN)
+            .map(BlobEntry::decode)
+            .collect::<Result<Vec<_>>>()?;
+        if blobs
+            .iter()
+            .any(|e| u64::from(e.offset) + u64::from(e.length) > size)
+        {
+            return Err(bad());
+        }
+        b = &b[need..];
+        packs.push(PackRecord {
+            id,
+            size,
+            salt,
+            blobs,
+        });
+    }
+    if !b.is_empty() {
+        return Err(bad());
+    }
+    Ok(packs)
+}
+
+/// 48 bytes per blob in memory.
+#[derive(Clone, Copy)]
+struct Slot {
+    id: [u8; 32],
+    pack: u32,
+    offset: u32,
+    /// Ciphertext length; top bit set for tree blobs.
+    length: u32,
+    /// Plaintext length; top bit set when compressed.
+    raw_len: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 48);
+
+/// Where to find a blob.
+#[derive(Debug, Clone, Copy)]
+pub struct Location<'a> {
+    /// The pack.
+    pub pack: &'a PackInfo,
+    /// The blob's entry (as in the pack header).
+    pub entry: BlobEntry,
+}
+
+/// A pack known to the index.
+#[derive(Debug, Clone)]
+pub struct PackInfo {
+    /// Its name.
+    pub id: Id,
+    /// Its size.
+    pub size: u64,
+    /// Its salt.
+    pub salt: [u8; SALT_LEN],
+}
+
+/// The merged, read-only index.
+#[derive(Default)]
+pub struct Index {
+    packs: Vec<PackInfo>,
+    pack_pos: HashMap<Id, u32>,
+    slots: Vec<Slot>,
+}
+
+impl Index {
+    /// Merge pack records (from any number of index objects). A pack or blob listed twice is kept once.
+    pub fn from_records(records: impl IntoIterator<Item = PackRecord>) -> Self {
+        let mut idx = Index::default();
+        for rec in records {
+            if idx.pack_pos.contains_key(&rec.id) {
+                continue;
+            }
+            let pos = idx.packs.len() as u32;
+            idx.pack_pos.insert(rec.id, pos);
+            idx.packs.push(PackInfo {
+                id: rec.id,
+                size: rec.size,
+                salt: rec.salt,
+            });
+            idx.slots.extend(rec.blobs.iter().map(|b| Slot {
+                id: b.id.0,
+                pack: pos,
+                offset: b.offset,
+                length: b.length
+                    | if b.blob_type == BlobType::Tree {
+                        HIGH
+                    } else {
+                        0
+                    },
+                raw_len: b.raw_len | if b.compressed { HIGH } else { 0 },
+            }));
+        }
+        idx.slots.sort_unstable_by_key(|s| s.id);
+        idx.slots.dedup_by(|a, b| a.id == b.id);
+        idx.slots.shrink_to_fit();
+        idx
+    }
+
+    fn slot(&self, id: &Id) -> Option<&Slot> {
+        self.slots
+            .binary_search_by(|s| s.id.cmp(&id.0))
+            .ok()
+            .map(|i| &self.slots[i])
+    }
+
+    /// Whether the blob is stored.
+    pub fn contains(&self, id: &Id) -> bool {
+        self.slot(id).is_some()
+    }
+
+    /// Where the blob is stored.
+    pub fn get(&self, id: &Id) -> Option<Location<'_>> {
+        let s = self.slot(id)?;
+        Some(Location {
+            pack: &self.packs[s.pack as usize],
+            entry: BlobEntry {
+                id: *id,
+                blob_type: if s.length & HIGH != 0 {
+                    BlobType::Tree
+                } else {
+                    BlobType::Data
+                },
+                compressed: s.raw_len & HIGH != 0,
+                offset: s.offset,
+                length: s.length & !HIGH,
+                raw_len: s.raw_len & !HIGH,
+            },
+        })
+    }
+
+    /// Every pack the index knows.
+    pub fn packs(&self) -> &[PackInfo] {
+        &self.packs
+    }
+
+    /// Whether the pack is indexed.
+    pub fn has_pack(&self, id: &Id) -> bool {
+        self.pack_pos.contains_key(id)
+    }
+
+    /// Number of blobs.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether it holds no blob.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every blob with its location, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = Location<'_>> + '_ {
+        self.slots
+            .iter()
+            .map(|s| self.get(&Id(s.id)).expect("slot is indexed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode_merge() {
+        let e = |n: u8, t| BlobEntry {
+            id: Id([n; 32]),
+            blob_type: t,
+            compressed: n.is_multiple_of(2),
+            offset: 40 + u32::from(n),
+            length: 20,
+            raw_len: 7,
+        };
+        let recs = vec![
+            PackRecord {
+                id: Id([1; 32]),
+                size: 1000,
+                salt: [3; 32],
+                blobs: vec![e(5, BlobType::Data), e(2, BlobType::Tree)],
+            },
+            PackRecord {
+                id: Id([2; 32]),
+                size: 1000,
+                salt: [4; 32],
+                blobs: vec![e(9, BlobType::Data)],
+            },
+        ];
+        let bytes = encode(&recs);
+        assert_eq!(decode(&bytes).unwrap(), recs);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+        let idx = Index::from_records(recs.clone().into_iter().chain(recs));
+        assert_eq!(idx.len(), 3);
+        let loc = idx.get(&Id([2; 32])).unwrap();
+        assert_eq!(loc.entry, e(2, BlobType::Tree));
+        assert_eq!(loc.pack.id, Id([1; 32]));
+        assert!(!idx.contains(&Id([7; 32])));
+    }
+}

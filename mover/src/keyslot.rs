@@ -1,0 +1,311 @@
+//! Key slots: the master secret wrapped under a password (argon2id) or a raw 32-byte key file.
+//!
+//! Each slot is a JSON object `keys/<random id>`. Anyone with one slot's secret can unwrap the master
+//! secret; adding or removing a slot never re-encrypts data.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::crypto::{Keys, random_bytes};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A secret that opens a repository. Its `Debug` output never shows the secret.
+#[derive(Clone)]
+pub enum Secret {
+    /// A password, stretched with argon2id.
+    Password(Zeroizing<Vec<u8>>),
+    /// A raw 32-byte key (for example from a Kubernetes Secret).
+    KeyFile(Zeroizing<[u8; 32]>),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Password(_) => f.write_str("Secret::Password(<redacted>)"),
+            Secret::KeyFile(_) => f.write_str("Secret::KeyFile(<redacted>)"),
+        }
+    }
+}
+
+impl Secret {
+    /// A password secret; an empty password is refused.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an empty password.
+    pub fn password(p: impl Into<Vec<u8>>) -> Result<Self> {
+        let p = Zeroizing::new(p.into());
+        if p.is_empty() {
+            return Err(Error::invalid("the password is empty"));
+        }
+        Ok(Secret::Password(p))
+    }
+
+    /// A key-file secret from the file's bytes: exactly 32 raw bytes, or 64 hex digits (a trailing
+    /// newline is allowed), as a Kubernetes Secret may hold either.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the bytes are neither.
+    pub fn key_file(bytes: &[u8]) -> Result<Self> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        if bytes.len() == 32 {
+            key.copy_from_slice(bytes);
+        } else {
+            let trimmed = bytes.trim_ascii_end();
+            if trimmed.len() != 64 || hex::decode_to_slice(trimmed, &mut key[..]).is_err() {
+                return Err(Error::invalid(format!(
+                    "a key file must hold exactly 32 raw bytes or 64 hex digits (this one has {} bytes)",
+                    bytes.len()
+                )));
+            }
+        }
+        Ok(Secret::KeyFile(key))
+    }
+
+    fn kind(&self) -> SlotKind {
+        match self {
+            Secret::Password(_) => SlotKind::Password,
+            Secret::KeyFile(_) => SlotKind::KeyFile,
+        }
+    }
+}
+
+/// What kind of secret a slot takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlotKind {
+    /// Password, argon2id.
+    Password,
+    /// Raw 32-byte key.
+    KeyFile,
+}
+
+/// argon2id cost parameters, stored in each password slot.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    /// Passes.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about a quarter second on one core, as OWASP recommends as a floor.
+    pub const DEFAULT: KdfParams = KdfParams {
+        m_cost: 64 * 1024,
+        t_cost: 3,
+        p_cost: 1,
+    };
+
+    fn check(self) -> Result<Self> {
+        // Bounds keep a hostile slot from asking for unbounded memory or time.
+        if !(8..=4 * 1024 * 1024).contains(&self.m_cost)
+            || !(1..=64).contains(&self.t_cost)
+            || !(1..=64).contains(&self.p_cost)
+        {
+            return Err(Error::corrupt("key slot has out-of-range KDF parameters"));
+        }
+        Ok(self)
+    }
+}
+
+/// The stored form of a key slot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySlot {
+    /// Slot format version (1).
+    pub version: u32,
+    /// Password or key file.
+    pub kind: SlotKind,
+    /// When the slot was added (RFC 3339).
+    pub created: String,
+    /// The host it was added on.
+    pub host: String,
+    /// KDF parameters (password slots only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kdf: Option<KdfParams>,
+    /// Hex salt of the KDF.
+    pub salt: String,
+    /// Hex AES-GCM nonce.
+    pub nonce: String,
+    /// Hex AES-GCM ciphertext of the master secret.
+    pub data: String,
+}
+
+const SLOT_AAD: &[u8] = b"lifeboat key slot v1";
+
+fn kek(secret: &Secret, salt: &[u8], kdf: Option<KdfParams>) -> Result<Zeroizing<[u8; 32]>> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    match secret {
+        Secret::Password(p) => {
+            let k = kdf
+                .ok_or_else(|| Error::corrupt("password slot without KDF parameters"))?
+                .check()?;
+            let params = argon2::Params::new(k.m_cost, k.t_cost, k.p_cost, Some(32))
+                .map_err(|_| Error::corrupt("key slot has invalid KDF parameters"))?;
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password_into(p, salt, &mut out[..])
+                .map_err(|_| Error::corrupt("key slot KDF failed"))?;
+        }
+        Secret::KeyFile(k) => {
+            let mut material = Zeroizing::new(Vec::with_capacity(64));
+            material.extend_from_slice(&k[..]);
+            material.extend_from_slice(salt);
+            *out = blake3::derive_key("lifeboat v1 key file", &material);
+        }
+    }
+    Ok(out)
+}
+
+impl KeySlot {
+    /// Wrap the master secret of `keys` under `secret`.
+    ///
+    /// # Errors
+    /// When the random source or the KDF fails.
+    pub fn create(keys: &Keys, secret: &Secret, kdf: KdfParams) -> Result<Self> {
+        let mut salt = [0u8; 32];
+        let mut nonce = [0u8; 12];
+        random_bytes(&mut salt)?;
+        random_bytes(&mut nonce)?;
+        let kdf = matches!(secret, Secret::Password(_)).then_some(kdf);
+        let kek = kek(secret, &salt, kdf)?;
+        let aes = Aes256Gcm::new_from_slice(&kek[..]).expect("32-byte key");
+        let mut buf = keys.master().to_vec();
+        let tag = aes
+            .encrypt_inout_detached(&Nonce::from(nonce), SLOT_AAD, (&mut buf[..]).into())
+            .expect("short message");
+        buf.extend_from_slice(&tag);
+        let slot = KeySlot {
+            version: 1,
+            kind: secret.kind(),
+            created: jiff::Timestamp::now().to_string(),
+            host: crate::snapshot::hostname(),
+            kdf,
+            salt: hex::encode(salt),
+            nonce: hex::encode(nonce),
+            data: hex::encode(&buf),
+        };
+        buf.zeroize();
+        Ok(slot)
+    }
+
+    /// Parse a stored slot.
+    ///
+    /// # Errors
+    /// `Corrupt` when it is not a valid slot.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let s: KeySlot = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(format!("key slot does not parse: {e}")))?;
+        if s.version != 1 {
+            return Err(Error::corrupt(format!(
+                "key slot version {} is not supported",
+                s.version
+            )));
+        }
+        Ok(s)
+    }
+
+    /// Whether this slot takes this kind of secret.
+    pub fn accepts(&self, secret: &Secret) -> bool {
+        self.kind == secret.kind()
+    }
+
+    /// Unwrap the master secret. `Ok(None)` means the secret does not open this slot.
+    ///
+    /// # Errors
+    /// `Corrupt` when the slot's fields are malformed.
+    pub fn unlock(&self, secret: &Secret) -> Result<Option<Keys>> {
+        if !self.accepts(secret) {
+            return Ok(None);
+        }
+        let salt =
+            hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot salt is not hex"))?;
+        let nonce: [u8; 12] = hex::decode(&self.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| Error::corrupt("key slot nonce is malformed"))?;
+        let mut data = Zeroizing::new(
+            hex::decode(&self.data).map_err(|_| Error::corrupt("key slot data is not hex"))?,
+        );
+        if data.len() != 32 + crate::crypto::TAG_LEN || salt.len() != 32 {
+            return Err(Error::corrupt("key slot has the wrong length"));
+        }
+        let kek = kek(secret, &salt, self.kdf)?;
+        let aes = Aes256Gcm::new_from_slice(&kek[..]).expect("32-byte key");
+        let (body, tag) = data.split_at_mut(32);
+        let tag = aes_gcm::Tag::try_from(&*tag).map_err(|_| Error::corrupt("bad tag"))?;
+        if aes
+            .decrypt_inout_detached(&Nonce::from(nonce), SLOT_AAD, (&mut body[..]).into(), &tag)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let master: [u8; 32] = (&*body).try_into().expect("32 bytes");
+        Ok(Some(Keys::from_master(master)))
+    }
+}
+
+/// The error for a secret that opens no slot.
+pub(crate) fn wrong_key(secret: &Secret) -> Error {
+    let what = match secret {
+        Secret::Password(_) => {
+            "wrong password: no password key slot of this repository opens with it"
+        }
+        Secret::KeyFile(_) => "wrong key file: no key-file slot of this repository opens with it",
+    };
+    Error::new(ErrorKind::WrongKey, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: KdfParams = KdfParams {
+        m_cost: 64,
+        t_cost: 1,
+        p_cost: 1,
+    };
+
+    #[test]
+    fn password_slot_round_trip() {
+        let keys = Keys::generate().unwrap();
+        let pw = Secret::password("correct horse").unwrap();
+        let slot = KeySlot::create(&keys, &pw, FAST).unwrap();
+        let json = serde_json::to_vec(&slot).unwrap();
+        assert!(!String::from_utf8_lossy(&json).contains("correct horse"));
+        let got = KeySlot::parse(&json).unwrap().unlock(&pw).unwrap().unwrap();
+        assert_eq!(got.master(), keys.master());
+        assert!(
+            slot.unlock(&Secret::password("wrong").unwrap())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            slot.unlock(&Secret::key_file(&[7u8; 32]).unwrap())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn key_file_forms() {
+        let raw = [9u8; 32];
+        let hexed = format!("{}\n", hex::encode(raw));
+        let keys = Keys::generate().unwrap();
+        let slot = KeySlot::create(&keys, &Secret::key_file(&raw).unwrap(), FAST).unwrap();
+        assert!(
+            slot.unlock(&Secret::key_file(hexed.as_bytes()).unwrap())
+                .unwrap()
+                .is_some()
+        );
+        assert!(Secret::key_file(b"short").is_err());
+        assert_eq!(
+            format!("{:?}", Secret::key_file(&raw).unwrap()),
+            "Secret::KeyFile(<redacted>)"
+        );
+    }
+}

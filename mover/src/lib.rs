@@ -1,0 +1,49 @@
+//! Lifeboat's data path: the repository format, backup and restore, and the pieces the `lifeboat`
+//! CLI and the node agent are built from.
+//!
+//! Data flows one way, a module per stage:
+//! [`fsmeta`] (read a tree) → [`chunker`] → [`crypto`] ids and dedup ([`index`]) → [`compress`] →
+//! seal + [`pack`] → [`backend`] (object storage through opendal). [`backup`] runs that pipeline on
+//! threads joined by bounded channels; [`restore`] is its mirror; [`check`] verifies a repository.
+//! The on-storage format is documented in `docs/format.md`.
+//!
+//! ```no_run
+//! use lifeboat::{Location, Repository, Secret, InitOptions, BackupOptions, Progress};
+//! # fn main() -> lifeboat::Result<()> {
+//! let loc = Location::parse("/srv/backups/repo")?;
+//! let secret = Secret::password("correct horse battery staple")?;
+//! let mut repo = Repository::init(&loc, &secret, &InitOptions::default())?;
+//! repo.load_index()?;
+//! let out = lifeboat::backup(&repo, &["/var/lib/app".into()], &BackupOptions::default(), &Progress::default())?;
+//! println!("snapshot {}", out.id);
+//! # Ok(()) }
+//! ```
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod backend;
+mod backup;
+mod check;
+pub mod chunker;
+pub mod compress;
+pub mod crypto;
+mod error;
+pub mod fsmeta;
+mod id;
+pub mod index;
+mod keyslot;
+pub mod pack;
+mod repo;
+mod restore;
+mod snapshot;
+pub mod tree;
+
+pub use backend::Location;
+pub use backup::{BackupOptions, BackupOutcome, Progress, backup};
+pub use check::{CheckProgress, CheckReport, check};
+pub use error::{Error, ErrorKind, Result, Retry};
+pub use id::Id;
+pub use keyslot::{KdfParams, KeySlot, Secret, SlotKind};
+pub use repo::{Config, FORMAT_VERSION, InitOptions, Repository};
+pub use restore::{RestoreOptions, RestoreOutcome, RestoreProgress, dump, find_node, restore};
+pub use snapshot::{Snapshot, Summary, hostname};

@@ -1,0 +1,616 @@
+//! The `lifeboat` command-line tool.
+
+// Doc comments here are clap help text, shown verbatim to users: no Markdown backticks.
+#![allow(clippy::doc_markdown)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use lifeboat::{
+    BackupOptions, CheckProgress, InitOptions, KdfParams, Location, Progress, Repository,
+    RestoreOptions, RestoreProgress, Secret, SlotKind,
+    tree::{Node, NodeKind},
+};
+use serde_json::json;
+
+/// Lifeboat: encrypted, deduplicated, incremental backups of directories and volumes.
+#[derive(Parser)]
+#[command(name = "lifeboat", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Repository: a local directory path.
+    #[arg(
+        short = 'r',
+        long,
+        env = "LIFEBOAT_REPO",
+        global = true,
+        hide_env_values = true
+    )]
+    repo: Option<String>,
+    /// Read the repository password from this file (default: env LIFEBOAT_PASSWORD).
+    #[arg(long, global = true, conflicts_with = "key_file")]
+    password_file: Option<PathBuf>,
+    /// Open the repository with a raw 32-byte key file instead of a password.
+    #[arg(long, global = true)]
+    key_file: Option<PathBuf>,
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository.
+    Init {
+        /// zstd level for new data (0 turns compression off).
+        #[arg(long, default_value_t = 3)]
+        compression: i32,
+        /// Target pack size in MiB.
+        #[arg(long, default_value_t = 16)]
+        pack_size_mib: u32,
+    },
+    /// Back up files and directories.
+    Backup {
+        /// Paths to back up.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Tag the snapshot (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Record this host name instead of the machine's.
+        #[arg(long)]
+        host: Option<String>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON line with the result.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots.
+    Snapshots {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the entries of a snapshot.
+    Ls {
+        /// Snapshot id prefix or `latest`.
+        snapshot: String,
+        /// Only this path and what is below it.
+        path: Option<PathBuf>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot into a directory.
+    Restore {
+        /// Snapshot id prefix or `latest`.
+        snapshot: String,
+        /// Directory to restore into (a backed-up `/a/b` lands at `TARGET/a/b`).
+        #[arg(long)]
+        target: PathBuf,
+        /// Restore only this snapshot path (repeatable).
+        #[arg(long)]
+        include: Vec<PathBuf>,
+        /// Writer threads.
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Write one file of a snapshot to standard output.
+    Dump {
+        /// Snapshot id prefix or `latest`.
+        snapshot: String,
+        /// Path of the file in the snapshot.
+        path: PathBuf,
+    },
+    /// Verify the repository.
+    Check {
+        /// Also read and authenticate every byte of every pack.
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Manage the keys that open the repository.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Add a key: a password (from --new-password-file or env LIFEBOAT_NEW_PASSWORD) or a key file.
+    Add {
+        /// File holding the new password.
+        #[arg(long, conflicts_with = "new_key_file")]
+        new_password_file: Option<PathBuf>,
+        /// File holding a new raw 32-byte key.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
+    /// List keys.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key by id prefix (the last key cannot be removed).
+    Remove {
+        /// Key id prefix.
+        id: String,
+    },
+}
+
+/// Exit code of a backup that completed without some unreadable entries.
+const EXIT_PARTIAL: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's first line, and where to look for more.
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ");
+            eprintln!("lifeboat: error: {first} (see 'lifeboat --help')");
+            return ExitCode::from(2);
+        }
+    };
+    let level = match cli.global.verbose {
+        0 => "error",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+                .unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            // `{:#}` joins the context chain into one line.
+            eprintln!("lifeboat: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn location(g: &Global) -> Result<Location> {
+    let Some(r) = &g.repo else {
+        bail!("no repository given: use --repo or set LIFEBOAT_REPO")
+    };
+    Ok(Location::parse(r)?)
+}
+
+fn read_secret_file(p: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+}
+
+fn password_from(bytes: Vec<u8>) -> Result<Secret> {
+    // A password file usually ends with a newline that is not part of the password.
+    let mut b = bytes;
+    if b.last() == Some(&b'\n') {
+        b.pop();
+        if b.last() == Some(&b'\r') {
+            b.pop();
+        }
+    }
+    Ok(Secret::password(b)?)
+}
+
+fn secret(g: &Global) -> Result<Secret> {
+    if let Some(k) = &g.key_file {
+        return Ok(Secret::key_file(&read_secret_file(k)?)?);
+    }
+    if let Some(p) = &g.password_file {
+        return password_from(read_secret_file(p)?);
+    }
+    match std::env::var_os("LIFEBOAT_PASSWORD") {
+        Some(p) => {
+            use std::os::unix::ffi::OsStringExt;
+            Ok(Secret::password(p.into_vec())?)
+        }
+        None => {
+            bail!("no secret given: set LIFEBOAT_PASSWORD, or use --password-file or --key-file")
+        }
+    }
+}
+
+fn open(g: &Global) -> Result<Repository> {
+    Ok(Repository::open(&location(g)?, &secret(g)?)?)
+}
+
+/// A spinner on stderr that shows `msg()` every 100 ms, only when stderr is a terminal.
+struct Ticker {
+    stop: std::sync::Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(msg: impl Fn() -> String + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let handle = std::io::stderr().is_terminal().then(|| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let pb = ProgressBar::new_spinner();
+                pb.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                        .expect("valid template"),
+                );
+                while !stop.load(Ordering::Relaxed) {
+                    pb.set_message(msg());
+                    pb.tick();
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                pb.finish_and_clear();
+            })
+        });
+        Self { stop, handle }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init {
+            compression,
+            pack_size_mib,
+        } => {
+            let loc = location(g)?;
+            let opts = InitOptions {
+                compression,
+                pack_size: pack_size_mib.saturating_mul(1 << 20),
+                ..InitOptions::default()
+            };
+            let repo = Repository::init(&loc, &secret(g)?, &opts)?;
+            println!("created repository {} at {loc}", repo.config().id.short());
+        }
+        Command::Backup {
+            paths,
+            tags,
+            host,
+            threads,
+            json,
+        } => {
+            let mut repo = open(g)?;
+            repo.load_index()?;
+            let progress = std::sync::Arc::new(Progress::default());
+            let p = progress.clone();
+            let ticker = Ticker::start(move || {
+                format!(
+                    "{} files, {} read, {} added",
+                    p.files.load(Ordering::Relaxed),
+                    HumanBytes(p.bytes_read.load(Ordering::Relaxed)),
+                    HumanBytes(p.bytes_added.load(Ordering::Relaxed))
+                )
+            });
+            let out = lifeboat::backup(
+                &repo,
+                &paths,
+                &BackupOptions {
+                    tags,
+                    host,
+                    threads,
+                },
+                &progress,
+            );
+            drop(ticker);
+            let out = out?;
+            for w in &out.warnings {
+                eprintln!("lifeboat: warning: {w}");
+            }
+            let s = &out.snapshot.summary;
+            if json {
+                let line = json!({
+                    "snapshot": out.id.to_hex(),
+                    "parent": out.snapshot.parent.map(|p| p.to_hex()),
+                    "files": s.files,
+                    "dirs": s.dirs,
+                    "others": s.others,
+                    "files_new": s.files_new,
+                    "files_changed": s.files_changed,
+                    "files_unmodified": s.files_unmodified,
+                    "bytes_read": s.bytes_read,
+                    "bytes_total": s.bytes_total,
+                    "bytes_added": s.bytes_added,
+                    "blobs_added": s.blobs_added,
+                    "warnings": s.warnings,
+                    "duration_s": s.duration_s,
+                });
+                println!("{line}");
+            } else {
+                println!("snapshot {} saved", out.id.short());
+                println!(
+                    "files: {} new, {} changed, {} unmodified; {} dirs, {} other entries",
+                    s.files_new, s.files_changed, s.files_unmodified, s.dirs, s.others
+                );
+                println!(
+                    "read {} of {}, added {} to the repository in {:.2}s",
+                    HumanBytes(s.bytes_read),
+                    HumanBytes(s.bytes_total),
+                    HumanBytes(s.bytes_added),
+                    s.duration_s
+                );
+            }
+            if !out.warnings.is_empty() {
+                eprintln!(
+                    "lifeboat: {} entries could not be read; the snapshot does not contain them",
+                    out.warnings.len()
+                );
+                return Ok(EXIT_PARTIAL);
+            }
+        }
+        Command::Snapshots { json } => {
+            let repo = open(g)?;
+            let snaps = repo.snapshots()?;
+            if json {
+                let v: Vec<_> = snaps
+                    .iter()
+                    .map(|(id, s)| {
+                        json!({"id": id.to_hex(), "short_id": id.short(), "time": s.time.to_string(), "host": s.host,
+                               "paths": s.paths, "tags": s.tags, "parent": s.parent.map(|p| p.to_hex()), "summary": s.summary})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!(
+                    "{:<8}  {:<25}  {:<16}  {:<16}  paths",
+                    "id", "time", "host", "tags"
+                );
+                for (id, s) in &snaps {
+                    let t = s.time.round(jiff::Unit::Second).unwrap_or(s.time);
+                    println!(
+                        "{:<8}  {:<25}  {:<16}  {:<16}  {}",
+                        id.short(),
+                        t.to_string(),
+                        s.host,
+                        s.tags.join(","),
+                        s.paths.join(" ")
+                    );
+                }
+                println!("{} snapshots", snaps.len());
+            }
+        }
+        Command::Ls {
+            snapshot,
+            path,
+            json,
+        } => {
+            let mut repo = open(g)?;
+            repo.load_index()?;
+            let (_, snap) = repo.find_snapshot(&snapshot)?;
+            let base = path.unwrap_or_else(|| PathBuf::from("/"));
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match lifeboat::find_node(&repo, &snap, &base)? {
+                None => ls_tree(&repo, &snap.tree, "", json, &mut out)?,
+                Some(node) => {
+                    let p = base.to_string_lossy().trim_end_matches('/').to_string();
+                    ls_print(&node, &p, json, &mut out)?;
+                    if node.kind() == NodeKind::Dir {
+                        ls_tree(&repo, &node.subtree, &p, json, &mut out)?;
+                    }
+                }
+            }
+            std::io::Write::flush(&mut out)?;
+        }
+        Command::Restore {
+            snapshot,
+            target,
+            include,
+            threads,
+        } => {
+            let mut repo = open(g)?;
+            repo.load_index()?;
+            let (id, snap) = repo.find_snapshot(&snapshot)?;
+            let progress = std::sync::Arc::new(RestoreProgress::default());
+            let p = progress.clone();
+            let total = snap.summary.bytes_total;
+            let ticker = Ticker::start(move || {
+                format!(
+                    "{} of {} restored",
+                    HumanBytes(p.bytes.load(Ordering::Relaxed)),
+                    HumanBytes(total)
+                )
+            });
+            let out = lifeboat::restore(
+                &repo,
+                &snap,
+                &target,
+                &RestoreOptions { include, threads },
+                &progress,
+            );
+            drop(ticker);
+            let out = out?;
+            for w in &out.warnings {
+                eprintln!("lifeboat: warning: {w}");
+            }
+            println!(
+                "restored snapshot {} to {}: {} files, {} dirs, {} other entries, {}",
+                id.short(),
+                target.display(),
+                out.files,
+                out.dirs,
+                out.others,
+                HumanBytes(progress.bytes.load(Ordering::Relaxed))
+            );
+        }
+        Command::Dump { snapshot, path } => {
+            let mut repo = open(g)?;
+            repo.load_index()?;
+            let (_, snap) = repo.find_snapshot(&snapshot)?;
+            let Some(node) = lifeboat::find_node(&repo, &snap, &path)? else {
+                bail!("{} is a directory", path.display())
+            };
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+            lifeboat::dump(&repo, &node, &mut out)?;
+        }
+        Command::Check { read_data } => {
+            let mut repo = open(g)?;
+            let progress = std::sync::Arc::new(CheckProgress::default());
+            let p = progress.clone();
+            let ticker = Ticker::start(move || {
+                format!("{} packs read", p.packs_read.load(Ordering::Relaxed))
+            });
+            let rep = lifeboat::check(&mut repo, read_data, &progress);
+            drop(ticker);
+            let rep = rep?;
+            println!(
+                "checked {} snapshots, {} packs, {} blobs{}",
+                rep.snapshots,
+                rep.packs,
+                rep.blobs,
+                if read_data {
+                    format!(", read {} packs", rep.packs_read)
+                } else {
+                    String::new()
+                }
+            );
+            if rep.unindexed_packs > 0 {
+                println!(
+                    "{} packs are not indexed (left by an interrupted backup; prune removes them)",
+                    rep.unindexed_packs
+                );
+            }
+            if !rep.errors.is_empty() {
+                for e in &rep.errors {
+                    eprintln!("lifeboat: damaged: {e}");
+                }
+                bail!("the repository has {} problems", rep.errors.len());
+            }
+            println!("no errors found");
+        }
+        Command::Key { action } => key(g, action)?,
+    }
+    Ok(0)
+}
+
+fn key(g: &Global, action: KeyAction) -> Result<()> {
+    let repo = open(g)?;
+    match action {
+        KeyAction::Add {
+            new_password_file,
+            new_key_file,
+        } => {
+            let s = if let Some(k) = new_key_file {
+                Secret::key_file(&read_secret_file(&k)?)?
+            } else if let Some(p) = new_password_file {
+                password_from(read_secret_file(&p)?)?
+            } else if let Some(p) = std::env::var_os("LIFEBOAT_NEW_PASSWORD") {
+                use std::os::unix::ffi::OsStringExt;
+                Secret::password(p.into_vec())?
+            } else {
+                bail!(
+                    "no new secret given: use --new-password-file, --new-key-file or env LIFEBOAT_NEW_PASSWORD"
+                );
+            };
+            let id = repo.add_key(&s, KdfParams::DEFAULT)?;
+            println!("added key {}", id.short());
+        }
+        KeyAction::List { json } => {
+            let slots = repo.key_slots()?;
+            if json {
+                let v: Vec<_> = slots
+                    .iter()
+                    .map(|(id, s)| match s {
+                        Ok(s) => json!({"id": id.to_hex(), "current": *id == repo.slot_id(), "kind": s.kind, "created": s.created, "host": s.host}),
+                        Err(e) => json!({"id": id.to_hex(), "current": false, "error": e.to_string()}),
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("  {:<8}  {:<9}  {:<32}  host", "id", "kind", "created");
+                for (id, s) in &slots {
+                    let cur = if *id == repo.slot_id() { "*" } else { " " };
+                    match s {
+                        Ok(s) => {
+                            let kind = match s.kind {
+                                SlotKind::Password => "password",
+                                SlotKind::KeyFile => "key-file",
+                            };
+                            println!(
+                                "{cur} {:<8}  {kind:<9}  {:<32}  {}",
+                                id.short(),
+                                s.created,
+                                s.host
+                            );
+                        }
+                        Err(e) => println!("{cur} {:<8}  damaged: {e}", id.short()),
+                    }
+                }
+            }
+        }
+        KeyAction::Remove { id } => {
+            let removed = repo.remove_key(&id)?;
+            println!("removed key {}", removed.short());
+        }
+    }
+    Ok(())
+}
+
+fn ls_print(node: &Node, path: &str, json: bool, out: &mut impl std::io::Write) -> Result<()> {
+    if json {
+        let kind = serde_json::to_value(node.kind())?;
+        let t = jiff::Timestamp::new(node.mtime, node.mtime_ns as i32)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let v = json!({"path": path, "name": node.display_name(), "type": kind, "size": node.size, "mode": node.mode,
+                       "uid": node.uid, "gid": node.gid, "mtime": t});
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "{path}")?;
+    }
+    Ok(())
+}
+
+fn ls_tree(
+    repo: &Repository,
+    ids: &[lifeboat::Id],
+    prefix: &str,
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let tree = repo.read_tree(ids)?;
+    for n in &tree.nodes {
+        let p = format!("{prefix}/{}", n.display_name());
+        ls_print(n, &p, json, out)?;
+        if n.kind() == NodeKind::Dir {
+            ls_tree(repo, &n.subtree, &p, json, out)?;
+        }
+    }
+    Ok(())
+}

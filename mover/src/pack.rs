@@ -1,0 +1,336 @@
+//! Packs: many sealed blobs in one immutable object, with an encrypted header so the index can be
+//! rebuilt from packs alone.
+//!
+//! ```text
+//! "LBPACK1\0" | salt (32) | blob ciphertexts… | sealed header | header length (u32 LE)
+//! ```
+//! Each blob is AES-256-GCM under the pack's own key (from its salt) with the nonce counter set to the
+//! blob's byte offset in the pack (unique within the pack) and the blob's id, type, compression flag
+//! and raw length as associated data, so a blob cannot be swapped, retyped or truncated unnoticed.
+
+use crate::crypto::{Domain, Keys, ObjectCipher, SALT_LEN, TAG_LEN, random_bytes};
+use crate::error::{Error, Result};
+use crate::id::Id;
+
+const MAGIC: &[u8; 8] = b"LBPACK1\0";
+/// Bytes before the first blob.
+pub const PACK_HEAD_LEN: usize = MAGIC.len() + SALT_LEN;
+/// Encoded size of one [`BlobEntry`].
+pub const ENTRY_LEN: usize = 46;
+/// Largest pack we write or accept (offsets are u32, with room for flags in the in-memory index).
+pub const MAX_PACK_SIZE: u64 = 1 << 31;
+
+/// What a blob holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlobType {
+    /// File or device content.
+    Data = 0,
+    /// Serialized directory trees.
+    Tree = 1,
+}
+
+impl BlobType {
+    fn from_u8(b: u8) -> Result<Self> {
+        match b {
+            0 => Ok(BlobType::Data),
+            1 => Ok(BlobType::Tree),
+            _ => Err(Error::corrupt(format!("unknown blob type {b}"))),
+        }
+    }
+}
+
+/// Where a blob sits inside its pack, as recorded in the pack header and the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobEntry {
+    /// Keyed hash of the plaintext.
+    pub id: Id,
+    /// Data or tree.
+    pub blob_type: BlobType,
+    /// Whether the stored bytes are zstd-compressed.
+    pub compressed: bool,
+    /// Offset of the ciphertext in the pack.
+    pub offset: u32,
+    /// Ciphertext length including the tag.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+}
+
+impl BlobEntry {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.blob_type as u8);
+        out.push(u8::from(self.compressed));
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != ENTRY_LEN {
+            return Err(Error::corrupt("blob entry has the wrong length"));
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let compressed = match b[1] {
+            0 => false,
+            1 => true,
+            _ => return Err(Error::corrupt("blob entry has a bad compression flag")),
+        };
+        let e = BlobEntry {
+            blob_type: BlobType::from_u8(b[0])?,
+            compressed,
+            id: Id(b[2..34].try_into().expect("32 bytes")),
+            offset: u32_at(34),
+            length: u32_at(38),
+            raw_len: u32_at(42),
+        };
+        if (e.length as usize) < TAG_LEN
+            || u64::from(e.offset) + u64::from(e.length) > MAX_PACK_SIZE
+        {
+            return Err(Error::corrupt("blob entry is out of range"));
+        }
+        Ok(e)
+    }
+
+    fn aad(&self) -> [u8; 38] {
+        let mut a = [0u8; 38];
+        a[0] = self.blob_type as u8;
+        a[1] = u8::from(self.compressed);
+        a[2..34].copy_from_slice(&self.id.0);
+        a[34..38].copy_from_slice(&self.raw_len.to_le_bytes());
+        a
+    }
+}
+
+/// Builds one pack in memory.
+pub struct PackWriter {
+    salt: [u8; SALT_LEN],
+    cipher: ObjectCipher,
+    buf: Vec<u8>,
+    entries: Vec<BlobEntry>,
+}
+
+/// A finished pack, ready to store under `data/<id>`.
+pub struct FinishedPack {
+    /// BLAKE3 of `bytes`: the pack's name.
+    pub id: Id,
+    /// The pack's salt (recorded in the index so blobs can be read without another request).
+    pub salt: [u8; SALT_LEN],
+    /// The whole pack.
+    pub bytes: Vec<u8>,
+    /// Its blobs.
+    pub entries: Vec<BlobEntry>,
+}
+
+impl PackWriter {
+    /// Start a pack with a fresh random salt (hence a fresh key).
+    ///
+    /// # Errors
+    /// When the random source fails.
+    pub fn new(keys: &Keys, capacity: usize) -> Result<Self> {
+        let mut salt = [0u8; SALT_LEN];
+        random_bytes(&mut salt)?;
+        let mut buf = Vec::with_capacity(capacity + (1 << 20));
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&salt);
+        Ok(Self {
+            salt,
+            cipher: keys.object_cipher(&salt),
+            buf,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Seal and append one blob; `stored` is its (maybe compressed) plaintext.
+    pub fn add(
+        &mut self,
+        id: Id,
+        blob_type: BlobType,
+        raw_len: u32,
+        compressed: bool,
+        stored: &[u8],
+    ) {
+        let offset = self.buf.len() as u32;
+        let mut e = BlobEntry {
+            id,
+            blob_type,
+            compressed,
+            offset,
+            length: 0,
+            raw_len,
+        };
+        self.buf.extend_from_slice(stored);
+        self.cipher.seal_tail(
+            Domain::Blob,
+            u64::from(offset),
+            &e.aad(),
+            &mut self.buf,
+            offset as usize,
+        );
+        e.length = self.buf.len() as u32 - offset;
+        self.entries.push(e);
+    }
+
+    /// Append the sealed header and name the pack.
+    pub fn finish(mut self) -> FinishedPack {
+        let mut header = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN + TAG_LEN);
+        header.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            e.encode(&mut header);
+        }
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&header);
+        self.cipher
+            .seal_tail(Domain::PackHeader, 0, MAGIC, &mut self.buf, start);
+        let header_len = (self.buf.len() - start) as u32;
+        self.buf.extend_from_slice(&header_len.to_le_bytes());
+        FinishedPack {
+            id: Id::of_object(&self.buf),
+            salt: self.salt,
+            bytes: self.buf,
+            entries: self.entries,
+        }
+    }
+}
+
+/// The salt of a pack, from its first bytes.
+///
+/// # Errors
+/// `Corrupt` when the head is not a pack's.
+pub fn salt_of(head: &[u8]) -> Result<[u8; SALT_LEN]> {
+    if head.len() < PACK_HEAD_LEN || &head[..MAGIC.len()] != MAGIC {
+        return Err(Error::corrupt(
+            "not a Lifeboat pack (bad magic or truncated)",
+        ));
+    }
+    Ok(head[MAGIC.len()..PACK_HEAD_LEN].try_into().expect("salt"))
+}
+
+/// Decrypt and parse the header of a whole pack, checking that every entry lies inside the pack.
+///
+/// # Errors
+/// `Corrupt` when anything does not check out.
+pub fn read_header(keys: &Keys, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<BlobEntry>)> {
+    let salt = salt_of(pack)?;
+    if pack.len() < PACK_HEAD_LEN + 4 + TAG_LEN {
+        return Err(Error::corrupt("pack is truncated"));
+    }
+    let hlen = u32::from_le_bytes(pack[pack.len() - 4..].try_into().expect("4 bytes")) as usize;
+    let body_end = pack.len() - 4;
+    if hlen < TAG_LEN + 4 || hlen > body_end - PACK_HEAD_LEN {
+        return Err(Error::corrupt("pack header length is out of range"));
+    }
+    let mut header = pack[body_end - hlen..body_end].to_vec();
+    let n = keys
+        .object_cipher(&salt)
+        .open_in_place(Domain::PackHeader, 0, MAGIC, &mut header)?;
+    let header = &header[..n];
+    let count = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    if header.len() != 4 + count * ENTRY_LEN {
+        return Err(Error::corrupt("pack header has the wrong length"));
+    }
+    let data_end = (body_end - hlen) as u64;
+    let entries = header[4..]
+        .chunks_exact(ENTRY_LEN)
+        .map(BlobEntry::decode)
+        .collect::<Result<Vec<_>>>()?;
+    for e in &entries {
+        if u64::from(e.offset) < PACK_HEAD_LEN as u64
+            || u64::from(e.offset) + u64::from(e.length) > data_end
+        {
+            return Err(Error::corrupt("pack header points outside the pack"));
+        }
+    }
+    Ok((salt, entries))
+}
+
+/// Decrypt one blob's stored bytes (`ct` is its ciphertext, `entry.length` bytes) in place and
+/// return the plaintext (decompressed), after checking its id.
+///
+/// # Errors
+/// `Corrupt` when authentication, decompression or the id check fails.
+pub fn open_blob(
+    keys: &Keys,
+    salt: &[u8; SALT_LEN],
+    entry: &BlobEntry,
+    mut ct: Vec<u8>,
+) -> Result<Vec<u8>> {
+    if ct.len() != entry.length as usize {
+        return Err(Error::corrupt("blob was read short"));
+    }
+    let n = keys.object_cipher(salt).open_in_place(
+        Domain::Blob,
+        u64::from(entry.offset),
+        &entry.aad(),
+        &mut ct,
+    )?;
+    let plain = if entry.compressed {
+        crate::compress::decompress(&ct[..n], entry.raw_len as usize)?
+    } else {
+        if n != entry.raw_len as usize {
+            return Err(Error::corrupt("raw blob has the wrong length"));
+        }
+        ct.truncate(n);
+        ct
+    };
+    if keys.blob_id(&plain) != entry.id {
+        return Err(Error::corrupt(format!(
+            "blob {} does not match its id",
+            entry.id.short()
+        )));
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip_and_tamper() {
+        let keys = Keys::generate().unwrap();
+        let mut w = PackWriter::new(&keys, 1024).unwrap();
+        let blobs: Vec<Vec<u8>> = vec![b"alpha".to_vec(), vec![0u8; 300], b"gamma gamma".to_vec()];
+        for b in &blobs {
+            w.add(keys.blob_id(b), BlobType::Data, b.len() as u32, false, b);
+        }
+        let p = w.finish();
+        assert_eq!(p.id, Id::of_object(&p.bytes));
+        let (salt, entries) = read_header(&keys, &p.bytes).unwrap();
+        assert_eq!(entries, p.entries);
+        for (e, b) in entries.iter().zip(&blobs) {
+            let ct = p.bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
+            assert_eq!(&open_blob(&keys, &salt, e, ct).unwrap(), b);
+        }
+        // Every single flipped byte is caught by the header or by the blob it lands in.
+        for i in 0..p.bytes.len() {
+            let mut bad = p.bytes.clone();
+            bad[i] ^= 1;
+            let ok = read_header(&keys, &bad).and_then(|(salt, es)| {
+                es.iter()
+                    .zip(&blobs)
+                    .map(|(e, _)| {
+                        open_blob(
+                            &keys,
+                            &salt,
+                            e,
+                            bad[e.offset as usize..(e.offset + e.length) as usize].to_vec(),
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()
+            });
+            assert!(ok.is_err(), "flip at {i} undetected");
+        }
+    }
+}

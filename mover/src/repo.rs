@@ -1,0 +1,463 @@
+//! An open repository: its store, keys, config and index.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Location, Store, names};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::crypto::{Keys, ObjectKind, open_object, seal_object};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::Id;
+use crate::index::{self, Index, PackRecord};
+use crate::keyslot::{KdfParams, KeySlot, Secret, wrong_key};
+use crate::pack::{self, MAX_PACK_SIZE};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+
+/// Repository format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The repository config: the only plaintext object besides key slots. A MAC under a key derived from
+/// the master secret authenticates it once a key slot is open.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version.
+    pub version: u32,
+    /// Random repository id.
+    pub id: Id,
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+    /// zstd level for new blobs (0: off).
+    pub compression: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// When the repository was created.
+    pub created: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    config: Config,
+    mac: String,
+}
+
+/// Options of `init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitOptions {
+    /// Chunk size bounds.
+    pub chunker: ChunkerParams,
+    /// zstd level.
+    pub compression: i32,
+    /// Target pack size, bytes (16–64 MiB is the sweet spot for object storage).
+    pub pack_size: u32,
+    /// argon2id parameters for password slots.
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            chunker: ChunkerParams::default(),
+            compression: 3,
+            pack_size: 16 << 20,
+            kdf: KdfParams::DEFAULT,
+        }
+    }
+}
+
+/// An open, unlocked repository.
+pub struct Repository {
+    store: Store,
+    keys: Keys,
+    config: Config,
+    slot: Id,
+    index: Index,
+}
+
+fn check_options(o: &InitOptions) -> Result<()> {
+    o.chunker.validate()?;
+    if !(0..=22).contains(&o.compression) {
+        return Err(Error::invalid(format!(
+            "compression level {} is outside 0..=22",
+            o.compression
+        )));
+    }
+    if u64::from(o.pack_size) > MAX_PACK_SIZE / 2 || o.pack_size < o.chunker.max {
+        return Err(Error::invalid(
+            "pack size must be at least the largest chunk and at most 1 GiB",
+        ));
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Create a repository at `location` opened by `secret`.
+    ///
+    /// # Errors
+    /// `AlreadyExists` when one is there, `InvalidInput` for bad options, or a storage error.
+    pub fn init(location: &Location, secret: &Secret, opts: &InitOptions) -> Result<Self> {
+        check_options(opts)?;
+        let store = Store::open(location, true)?;
+        if store.exists(names::CONFIG)? {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("a repository already exists at {location}"),
+            ));
+        }
+        let keys = Keys::generate()?;
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: Id::random()?,
+            chunker: opts.chunker,
+            compression: opts.compression,
+            pack_size: opts.pack_size,
+            created: jiff::Timestamp::now().to_string(),
+        };
+        let slot = KeySlot::create(&keys, secret, opts.kdf)?;
+        let slot_id = Id::random()?;
+        // Key first, config last: a crash in between leaves no config, so no half-made repository.
+        store.write(
+            &format!("{}{slot_id}", names::KEYS),
+            serde_json::to_vec_pretty(&slot).expect("slot serializes"),
+        )?;
+        let body = serde_json::to_vec(&config).expect("config serializes");
+        let file = ConfigFile {
+            config: config.clone(),
+            mac: hex::encode(keys.config_mac(&body)),
+        };
+        store.write(
+            names::CONFIG,
+            serde_json::to_vec_pretty(&file).expect("config serializes"),
+        )?;
+        Ok(Self {
+            store,
+            keys,
+            config,
+            slot: slot_id,
+            index: Index::default(),
+        })
+    }
+
+    /// Open the repository at `location` with `secret`.
+    ///
+    /// # Errors
+    /// `RepositoryNotFound`, `NotARepository`, `WrongKey`, `Corrupt` (damaged config) or storage errors.
+    pub fn open(location: &Location, secret: &Secret) -> Result<Self> {
+        let store = Store::open(location, false)?;
+        let raw = store.read(names::CONFIG)?;
+        let file: ConfigFile = serde_json::from_slice(&raw).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("the repository config at {location} is damaged or not Lifeboat's: {e}"),
+            )
+        })?;
+        if file.config.version != FORMAT_VERSION {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "repository format version {} is not supported (this lifeboat reads {FORMAT_VERSION})",
+                    file.config.version
+                ),
+            ));
+        }
+        let mut found = None;
+        let mut damaged = Vec::new();
+        for sid in store.list_ids(names::KEYS)? {
+            let slot = match store
+                .read(&format!("{}{sid}", names::KEYS))
+                .and_then(|b| KeySlot::parse(&b))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    damaged.push(format!("keys/{sid}: {e}"));
+                    continue;
+                }
+            };
+            if let Some(keys) = slot.unlock(secret)? {
+                found = Some((sid, keys));
+                break;
+            }
+        }
+        let Some((slot, keys)) = found else {
+            let mut e = wrong_key(secret);
+            if !damaged.is_empty() {
+                e = Error::new(
+                    ErrorKind::WrongKey,
+                    format!("{e} (damaged key slots: {})", damaged.join("; ")),
+                );
+            }
+            return Err(e);
+        };
+        let body = serde_json::to_vec(&file.config).expect("config serializes");
+        if hex::encode(keys.config_mac(&body)) != file.mac {
+            return Err(Error::corrupt(
+                "the repository config failed authentication: it was modified or damaged",
+            ));
+        }
+        file.config
+            .chunker
+            .validate()
+            .map_err(|_| Error::corrupt("the repository config has invalid chunker parameters"))?;
+        Ok(Self {
+            store,
+            keys,
+            config: file.config,
+            slot,
+            index: Index::default(),
+        })
+    }
+
+    /// The storage backend.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The working keys.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The key slot this session opened with.
+    pub fn slot_id(&self) -> Id {
+        self.slot
+    }
+
+    /// The chunker of this repository.
+    pub fn chunker(&self) -> Chunker {
+        Chunker::new(self.config.chunker, self.keys.gear_seed())
+    }
+
+    /// The loaded index (empty until [`Repository::load_index`]).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Read and decode one index object.
+    ///
+    /// # Errors
+    /// `Corrupt` naming the object when it fails authentication or decoding.
+    pub fn read_index_object(&self, id: &Id) -> Result<Vec<PackRecord>> {
+        let name = format!("{}{id}", names::INDEX);
+        let raw = self.store.read(&name)?;
+        if Id::of_object(&raw) != *id {
+            return Err(Error::corrupt(format!(
+                "{name} does not match its name (damaged)"
+            )));
+        }
+        open_object(&self.keys, ObjectKind::Index, raw)
+            .and_then(|p| index::decode(&p))
+            .map_err(|e| e.context(&name))
+    }
+
+    /// Load and merge every index object.
+    ///
+    /// # Errors
+    /// The first damaged or unreadable index object.
+    pub fn load_index(&mut self) -> Result<()> {
+        let mut records = Vec::new();
+        for id in self.store.list_ids(names::INDEX)? {
+            records.extend(self.read_index_object(&id)?);
+        }
+        self.index = Index::from_records(records);
+        Ok(())
+    }
+
+    /// Seal and store a single object; returns its id and stored size.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn save_object(&self, kind: ObjectKind, plain: &[u8]) -> Result<(Id, u64)> {
+        let sealed = seal_object(&self.keys, kind, plain)?;
+        let id = Id::of_object(&sealed);
+        let prefix = match kind {
+            ObjectKind::Index => names::INDEX,
+            ObjectKind::Snapshot => names::SNAPSHOTS,
+        };
+        let n = sealed.len() as u64;
+        self.store.write(&format!("{prefix}{id}"), sealed)?;
+        Ok((id, n))
+    }
+
+    /// Read, authenticate and decompress one blob; its id is checked against its plaintext.
+    ///
+    /// # Errors
+    /// `Missing` when not indexed, `Corrupt` naming the pack when damaged.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self.index.get(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Missing,
+                format!("blob {} is not in the index", id.short()),
+            )
+        })?;
+        let name = names::pack(&loc.pack.id);
+        let ct = self.store.read_range(
+            &name,
+            u64::from(loc.entry.offset),
+            u64::from(loc.entry.length),
+        )?;
+        pack::open_blob(&self.keys, &loc.pack.salt, &loc.entry, ct)
+            .map_err(|e| e.context(format!("pack {name}")))
+    }
+
+    /// Read a tree from its blobs.
+    ///
+    /// # Errors
+    /// `Missing` or `Corrupt`.
+    pub fn read_tree(&self, ids: &[Id]) -> Result<Tree> {
+        let mut bytes = Vec::new();
+        for id in ids {
+            bytes.extend_from_slice(&self.read_blob(id)?);
+        }
+        Tree::decode(&bytes)
+    }
+
+    /// Load one snapshot.
+    ///
+    /// # Errors
+    /// `Missing` or `Corrupt` naming the object.
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let name = format!("{}{id}", names::SNAPSHOTS);
+        let raw = self.store.read(&name)?;
+        if Id::of_object(&raw) != *id {
+            return Err(Error::corrupt(format!(
+                "{name} does not match its name (damaged)"
+            )));
+        }
+        let plain =
+            open_object(&self.keys, ObjectKind::Snapshot, raw).map_err(|e| e.context(&name))?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| Error::corrupt(format!("{name} does not decode: {e}")))
+    }
+
+    /// Every snapshot, oldest first.
+    ///
+    /// # Errors
+    /// The first damaged snapshot.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut v = self
+            .store
+            .list_ids(names::SNAPSHOTS)?
+            .into_iter()
+            .map(|id| self.load_snapshot(&id).map(|s| (id, s)))
+            .collect::<Result<Vec<_>>>()?;
+        v.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(v)
+    }
+
+    /// Resolve `latest` or a unique hex prefix of a snapshot id.
+    ///
+    /// # Errors
+    /// `InvalidInput` when none or several match.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        if spec == "latest" {
+            return self
+                .snapshots()?
+                .pop()
+                .ok_or_else(|| Error::invalid("the repository has no snapshots"));
+        }
+        let p = spec.to_ascii_lowercase();
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!(
+                "{spec:?} is not a snapshot id or 'latest'"
+            )));
+        }
+        let ids: Vec<Id> = self
+            .store
+            .list_ids(names::SNAPSHOTS)?
+            .into_iter()
+            .filter(|id| id.to_hex().starts_with(&p))
+            .collect();
+        match ids.as_slice() {
+            [] => Err(Error::invalid(format!("no snapshot matches {spec:?}"))),
+            [id] => Ok((*id, self.load_snapshot(id)?)),
+            _ => Err(Error::invalid(format!(
+                "{spec:?} is ambiguous: it matches {} snapshots",
+                ids.len()
+            ))),
+        }
+    }
+
+    /// Add a key slot for `secret`; returns its id.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn add_key(&self, secret: &Secret, kdf: KdfParams) -> Result<Id> {
+        let slot = KeySlot::create(&self.keys, secret, kdf)?;
+        let id = Id::random()?;
+        self.store.write(
+            &format!("{}{id}", names::KEYS),
+            serde_json::to_vec_pretty(&slot).expect("slot serializes"),
+        )?;
+        Ok(id)
+    }
+
+    /// Every key slot (id, parsed slot or the error that stops it parsing).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn key_slots(&self) -> Result<Vec<(Id, Result<KeySlot>)>> {
+        Ok(self
+            .store
+            .list_ids(names::KEYS)?
+            .into_iter()
+            .map(|id| {
+                (
+                    id,
+                    self.store
+                        .read(&format!("{}{id}", names::KEYS))
+                        .and_then(|b| KeySlot::parse(&b)),
+                )
+            })
+            .collect())
+    }
+
+    /// Remove the key slot whose id starts with `prefix`. Removing the last working slot is refused.
+    ///
+    /// # Errors
+    /// `InvalidInput` for no or several matches, `Refused` for the last key.
+    pub fn remove_key(&self, prefix: &str) -> Result<Id> {
+        let slots = self.key_slots()?;
+        let p = prefix.to_ascii_lowercase();
+        let matching: Vec<Id> = slots
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !p.is_empty() && id.to_hex().starts_with(&p))
+            .collect();
+        let id = match matching.as_slice() {
+            [] => return Err(Error::invalid(format!("no key matches {prefix:?}"))),
+            [id] => *id,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{prefix:?} is ambiguous: it matches {} keys",
+                    matching.len()
+                )));
+            }
+        };
+        let usable = slots
+            .iter()
+            .filter(|(sid, s)| *sid != id && s.is_ok())
+            .count();
+        if usable == 0 {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                "refusing to remove the last key: the repository could never be opened again",
+            ));
+        }
+        self.store.delete(&format!("{}{id}", names::KEYS))?;
+        Ok(id)
+    }
+}
+
+impl Repository {
+    /// Replace the in-memory index (used by `check`, which builds it tolerating damaged objects).
+    pub fn set_index(&mut self, index: Index) {
+        self.index = index;
+    }
+}

@@ -1,0 +1,462 @@
+//! Restore: the mirror of backup. A walker recreates the tree through directory file descriptors
+//! (so depth is unlimited) and hands each regular file, already created and open, to a pool of
+//! writers that fetch, authenticate, decompress and `pwrite` its blobs. Holes are never written.
+//! Every blob's id is checked against its plaintext, so restore never writes wrong data silently.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_channel::{Receiver, bounded};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fsmeta;
+use crate::id::Id;
+use crate::repo::Repository;
+use crate::snapshot::Snapshot;
+use crate::tree::{Node, NodeKind, Tree};
+
+/// Options of one restore.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreOptions {
+    /// Restore only these snapshot paths (and what is below them).
+    pub include: Vec<PathBuf>,
+    /// Writer threads (default: one per core, at least two).
+    pub threads: Option<usize>,
+}
+
+/// Live restore counters.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    /// File bytes written.
+    pub bytes: AtomicU64,
+    /// Files finished.
+    pub files: AtomicU64,
+}
+
+/// What a restore did.
+#[derive(Debug, Default)]
+pub struct RestoreOutcome {
+    /// Regular files restored.
+    pub files: u64,
+    /// Directories restored.
+    pub dirs: u64,
+    /// Other entries restored.
+    pub others: u64,
+    /// Metadata that could not be applied (for example ownership as a non-root user).
+    pub warnings: Vec<String>,
+}
+
+/// Split an absolute snapshot path into components.
+///
+/// # Errors
+/// `InvalidInput` for `..` components.
+pub fn path_components(p: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(x) => out.push(x.as_bytes().to_vec()),
+            Component::RootDir | Component::CurDir => {}
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{}: '..' is not allowed in a snapshot path",
+                    p.display()
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The node at `path` in a snapshot (`None` for the root).
+///
+/// # Errors
+/// `InvalidInput` when the path does not exist in the snapshot.
+pub fn find_node(repo: &Repository, snap: &Snapshot, path: &Path) -> Result<Option<Node>> {
+    let comps = path_components(path)?;
+    let mut tree = repo.read_tree(&snap.tree)?;
+    let mut found = None;
+    for (i, c) in comps.iter().enumerate() {
+        let Ok(pos) = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(c)) else {
+            return Err(Error::invalid(format!(
+                "{} is not in the snapshot",
+                path.display()
+            )));
+        };
+        let node = tree.nodes.swap_remove(pos);
+        if i + 1 < comps.len() {
+            if node.kind() != NodeKind::Dir {
+                return Err(Error::invalid(format!(
+                    "{} is not in the snapshot",
+                    path.display()
+                )));
+            }
+            tree = repo.read_tree(&node.subtree)?;
+        }
+        found = Some(node);
+    }
+    Ok(found)
+}
+
+struct FileJob {
+    fd: OwnedFd,
+    node: Node,
+    path: String,
+}
+
+struct Ctx<'a> {
+    repo: &'a Repository,
+    progress: &'a RestoreProgress,
+    warnings: Mutex<Vec<String>>,
+    fatal: Mutex<Option<Error>>,
+    failed: AtomicBool,
+}
+
+impl Ctx<'_> {
+    fn warn(&self, w: String) {
+        tracing::warn!("{w}");
+        self.warnings.lock().expect("lock").push(w);
+    }
+    fn fail(&self, e: Error) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.fatal.lock().expect("lock").get_or_insert(e);
+    }
+}
+
+/// Restore `snap` under `target`: a backed-up path `/a/b/c` lands at `target/a/b/c`.
+///
+/// # Errors
+/// The first fatal error (a damaged or missing blob, a target that cannot be written).
+pub fn restore(
+    repo: &Repository,
+    snap: &Snapshot,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreOutcome> {
+    let includes = opts
+        .include
+        .iter()
+        .map(|p| path_components(p))
+        .collect::<Result<Vec<_>>>()?;
+    for (inc, p) in includes.iter().zip(&opts.include) {
+        if !inc.is_empty() {
+            find_node(repo, snap, p)?;
+        }
+    }
+    std::fs::create_dir_all(target).map_err(|e| Error::io(target.display(), e))?;
+    let root_fd = fsmeta::open_dir_path(target).map_err(|e| Error::io(target.display(), e))?;
+    let root = repo.read_tree(&snap.tree)?;
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .max(2);
+    let ctx = Ctx {
+        repo,
+        progress,
+        warnings: Mutex::new(Vec::new()),
+        fatal: Mutex::new(None),
+        failed: AtomicBool::new(false),
+    };
+    let (tx, rx) = bounded::<FileJob>(threads * 8);
+    let mut out = RestoreOutcome::default();
+    std::thread::scope(|s| {
+        let ctx = &ctx;
+        for _ in 0..threads {
+            let rx = rx.clone();
+            s.spawn(move || write_files(ctx, &rx));
+        }
+        drop(rx);
+        let walker = std::thread::Builder::new()
+            .name("lifeboat-restore".into())
+            .stack_size(256 << 20)
+            .spawn_scoped(s, move || {
+                let mut w = RWalker {
+                    ctx,
+                    jobs: tx,
+                    links: HashMap::new(),
+                    out: RestoreOutcome::default(),
+                    includes,
+                };
+                let mut path = Vec::new();
+                let r = w.dir(
+                    root_fd.as_fd(),
+                    &root,
+                    &mut path,
+                    &target.display().to_string(),
+                );
+                (r, w.out)
+            })
+            .expect("spawning the restore walker");
+        let (r, o) = walker.join().expect("restore walker panicked");
+        out = o;
+        if let Err(e) = r {
+            ctx.fail(e);
+        }
+    });
+    if let Some(e) = ctx.fatal.into_inner().expect("lock") {
+        return Err(e);
+    }
+    out.warnings = ctx.warnings.into_inner().expect("lock");
+    Ok(out)
+}
+
+struct RWalker<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    jobs: crossbeam_channel::Sender<FileJob>,
+    links: HashMap<(u64, u64), OwnedFd>,
+    out: RestoreOutcome,
+    includes: Vec<Vec<Vec<u8>>>,
+}
+
+enum Selected {
+    All,
+    Part,
+    No,
+}
+
+impl RWalker<'_, '_> {
+    fn select(&self, path: &[Vec<u8>]) -> Selected {
+        if self.includes.is_empty() || self.includes.iter().any(|i| path.starts_with(i)) {
+            Selected::All
+        } else if self.includes.iter().any(|i| i.starts_with(path)) {
+            Selected::Part
+        } else {
+            Selected::No
+        }
+    }
+
+    fn dir(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        tree: &Tree,
+        path: &mut Vec<Vec<u8>>,
+        shown: &str,
+    ) -> Result<()> {
+        for node in &tree.nodes {
+            if self.ctx.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            path.push(node.name.clone());
+            let sel = self.select(path);
+            let r = match sel {
+                Selected::No => Ok(()),
+                _ => self.entry(dir, node, path, shown, matches!(sel, Selected::All)),
+            };
+            path.pop();
+            r?;
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        node: &Node,
+        path: &mut Vec<Vec<u8>>,
+        parent_shown: &str,
+        all: bool,
+    ) -> Result<()> {
+        let name = OsStr::from_bytes(&node.name);
+        let shown = format!("{parent_shown}/{}", node.display_name());
+        let io = |e: std::io::Error| Error::io(&shown, e);
+        let mut warn = |w: String| self.ctx.warn(w);
+        match node.kind() {
+            NodeKind::Dir => {
+                match rustix::fs::mkdirat(dir, name, Mode::from_bits_retain(0o700)) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::EXIST) => {
+                        if fsmeta::kind_of(&fsmeta::stat_at(dir, &node.name).map_err(io)?)
+                            != NodeKind::Dir
+                        {
+                            remove(dir, &node.name).map_err(io)?;
+                            rustix::fs::mkdirat(dir, name, Mode::from_bits_retain(0o700))
+                                .map_err(|e| io(e.into()))?;
+                        }
+                    }
+                    Err(e) => return Err(io(e.into())),
+                }
+                let fd = fsmeta::open_dir_at(dir, &node.name).map_err(io)?;
+                let sub = self
+                    .ctx
+                    .repo
+                    .read_tree(&node.subtree)
+                    .map_err(|e| e.context(&shown))?;
+                self.dir(fd.as_fd(), &sub, path, &shown)?;
+                if all {
+                    fsmeta::apply_meta(dir, node, &mut warn).map_err(io)?;
+                }
+                self.out.dirs += 1;
+            }
+            NodeKind::File => {
+                remove(dir, &node.name).map_err(io)?;
+                let key = (node.dev, node.ino);
+                if node.nlink > 1
+                    && let Some(first) = self.links.get(&key)
+                {
+                    use std::os::fd::AsRawFd;
+                    let src = format!("/proc/self/fd/{}", first.as_raw_fd());
+                    rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        src.as_str(),
+                        dir,
+                        name,
+                        AtFlags::SYMLINK_FOLLOW,
+                    )
+                    .map_err(|e| io(e.into()))?;
+                    self.out.files += 1;
+                    return Ok(());
+                }
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_bits_retain(0o600),
+                )
+                .map_err(|e| io(e.into()))?;
+                if node.nlink > 1 {
+                    self.links.insert(key, fd.try_clone().map_err(io)?);
+                }
+                self.out.files += 1;
+                self.jobs
+                    .send(FileJob {
+                        fd,
+                        node: node.clone(),
+                        path: shown,
+                    })
+                    .map_err(|_| Error::new(ErrorKind::Io, "restore writers stopped"))?;
+            }
+            NodeKind::Symlink => {
+                remove(dir, &node.name).map_err(io)?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&node.target), dir, name)
+                    .map_err(|e| io(e.into()))?;
+                fsmeta::apply_meta(dir, node, &mut warn).map_err(io)?;
+                self.out.others += 1;
+            }
+            _ => {
+                remove(dir, &node.name).map_err(io)?;
+                fsmeta::make_node(dir, node).map_err(io)?;
+                fsmeta::apply_meta(dir, node, &mut warn).map_err(io)?;
+                self.out.others += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Remove a non-directory entry that is in the way (absent is fine).
+fn remove(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
+    match rustix::fs::unlinkat(dir, OsStr::from_bytes(name), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_files(ctx: &Ctx<'_>, jobs: &Receiver<FileJob>) {
+    for job in jobs {
+        if ctx.failed.load(Ordering::Relaxed) {
+            continue;
+        }
+        if let Err(e) = write_file(ctx, &job) {
+            ctx.fail(e.context(&job.path));
+        }
+    }
+}
+
+fn write_file(ctx: &Ctx<'_>, job: &FileJob) -> Result<()> {
+    let node = &job.node;
+    let fd = job.fd.as_fd();
+    let regions = node.data_regions();
+    let mut blobs = node.content.iter();
+    for (off, len) in regions {
+        let mut pos = off;
+        while pos < off + len {
+            let id: &Id = blobs
+                .next()
+                .ok_or_else(|| Error::corrupt("file has fewer blobs than its size"))?;
+            let data = ctx.repo.read_blob(id)?;
+            if data.is_empty() || pos + data.len() as u64 > off + len {
+                return Err(Error::corrupt("file blobs do not fit its data regions"));
+            }
+            write_all_at(fd, &data, pos).map_err(|e| Error::io("writing", e))?;
+            pos += data.len() as u64;
+            ctx.progress
+                .bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+    }
+    if blobs.next().is_some() {
+        return Err(Error::corrupt("file has more blobs than its size"));
+    }
+    rustix::fs::ftruncate(fd, node.size).map_err(|e| Error::io("truncating", e))?;
+    let mut warn = |w: String| ctx.warn(w);
+    fsmeta::apply_meta_fd(fd, node, &mut warn).map_err(|e| Error::io("setting metadata", e))?;
+    ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let n = rustix::io::pwrite(fd, data, off)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Write the content of a file node to `out` (holes as zeros).
+///
+/// # Errors
+/// `InvalidInput` for a non-file, `Corrupt`/`Missing` for damaged data, or the writer's error.
+pub fn dump(repo: &Repository, node: &Node, out: &mut dyn std::io::Write) -> Result<()> {
+    if node.kind() != NodeKind::File {
+        return Err(Error::invalid(format!(
+            "{} is not a regular file",
+            node.display_name()
+        )));
+    }
+    let zeros = vec![0u8; 1 << 16];
+    let mut blobs = node.content.iter();
+    let mut pos = 0u64;
+    let w = |out: &mut dyn std::io::Write, b: &[u8]| {
+        out.write_all(b).map_err(|e| Error::io("writing output", e))
+    };
+    for (off, len) in node.data_regions() {
+        while pos < off {
+            let n = (off - pos).min(zeros.len() as u64) as usize;
+            w(out, &zeros[..n])?;
+            pos += n as u64;
+        }
+        while pos < off + len {
+            let id = blobs
+                .next()
+                .ok_or_else(|| Error::corrupt("file has fewer blobs than its size"))?;
+            let data = repo.read_blob(id)?;
+            if data.is_empty() || pos + data.len() as u64 > off + len {
+                return Err(Error::corrupt("file blobs do not fit its data regions"));
+            }
+            w(out, &data)?;
+            pos += data.len() as u64;
+        }
+    }
+    while pos < node.size {
+        let n = (node.size - pos).min(zeros.len() as u64) as usize;
+        w(out, &zeros[..n])?;
+        pos += n as u64;
+    }
+    out.flush().map_err(|e| Error::io("writing output", e))
+}
