@@ -138,6 +138,34 @@ pub struct KeySlot {
 
 const SLOT_AAD: &[u8] = b"lifeboat key slot v1";
 
+/// Associated data of a slot: a fixed label and every field but the ciphertext, so changing any
+/// byte of a slot (even its host or creation time) makes it fail to open.
+fn slot_aad(
+    version: u32,
+    kind: SlotKind,
+    created: &str,
+    host: &str,
+    kdf: Option<KdfParams>,
+    salt: &str,
+    nonce: &str,
+) -> Vec<u8> {
+    let mut a = SLOT_AAD.to_vec();
+    let fields = serde_json::json!([version, kind, created, host, kdf, salt, nonce]);
+    a.extend_from_slice(&serde_json::to_vec(&fields).expect("serializes"));
+    a
+}
+
+/// Decode hex that must be in canonical (lowercase) form, so no byte of a slot is ignored.
+fn canonical_hex(s: &str, what: &str) -> Result<Vec<u8>> {
+    let v = hex::decode(s).map_err(|_| Error::corrupt(format!("key slot {what} is not hex")))?;
+    if hex::encode(&v) != s {
+        return Err(Error::corrupt(format!(
+            "key slot {what} is not canonical hex"
+        )));
+    }
+    Ok(v)
+}
+
 fn kek(secret: &Secret, salt: &[u8], kdf: Option<KdfParams>) -> Result<Zeroizing<[u8; 32]>> {
     let mut out = Zeroizing::new([0u8; 32]);
     match secret {
@@ -174,12 +202,7 @@ impl KeySlot {
         let kdf = matches!(secret, Secret::Password(_)).then_some(kdf);
         let kek = kek(secret, &salt, kdf)?;
         let aes = Aes256Gcm::new_from_slice(&kek[..]).expect("32-byte key");
-        let mut buf = keys.master().to_vec();
-        let tag = aes
-            .encrypt_inout_detached(&Nonce::from(nonce), SLOT_AAD, (&mut buf[..]).into())
-            .expect("short message");
-        buf.extend_from_slice(&tag);
-        let slot = KeySlot {
+        let mut slot = KeySlot {
             version: 1,
             kind: secret.kind(),
             created: jiff::Timestamp::now().to_string(),
@@ -187,8 +210,23 @@ impl KeySlot {
             kdf,
             salt: hex::encode(salt),
             nonce: hex::encode(nonce),
-            data: hex::encode(&buf),
+            data: String::new(),
         };
+        let aad = slot_aad(
+            slot.version,
+            slot.kind,
+            &slot.created,
+            &slot.host,
+            slot.kdf,
+            &slot.salt,
+            &slot.nonce,
+        );
+        let mut buf = keys.master().to_vec();
+        let tag = aes
+            .encrypt_inout_detached(&Nonce::from(nonce), &aad, (&mut buf[..]).into())
+            .expect("short message");
+        buf.extend_from_slice(&tag);
+        slot.data = hex::encode(&buf);
         buf.zeroize();
         Ok(slot)
     }
@@ -222,15 +260,11 @@ impl KeySlot {
         if !self.accepts(secret) {
             return Ok(None);
         }
-        let salt =
-            hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot salt is not hex"))?;
-        let nonce: [u8; 12] = hex::decode(&self.nonce)
-            .ok()
-            .and_then(|n| n.try_into().ok())
-            .ok_or_else(|| Error::corrupt("key slot nonce is malformed"))?;
-        let mut data = Zeroizing::new(
-            hex::decode(&self.data).map_err(|_| Error::corrupt("key slot data is not hex"))?,
-        );
+        let salt = canonical_hex(&self.salt, "salt")?;
+        let nonce: [u8; 12] = canonical_hex(&self.nonce, "nonce")?
+            .try_into()
+            .map_err(|_| Error::corrupt("key slot nonce is malformed"))?;
+        let mut data = Zeroizing::new(canonical_hex(&self.data, "data")?);
         if data.len() != 32 + crate::crypto::TAG_LEN || salt.len() != 32 {
             return Err(Error::corrupt("key slot has the wrong length"));
         }
@@ -238,8 +272,17 @@ impl KeySlot {
         let aes = Aes256Gcm::new_from_slice(&kek[..]).expect("32-byte key");
         let (body, tag) = data.split_at_mut(32);
         let tag = aes_gcm::Tag::try_from(&*tag).map_err(|_| Error::corrupt("bad tag"))?;
+        let aad = slot_aad(
+            self.version,
+            self.kind,
+            &self.created,
+            &self.host,
+            self.kdf,
+            &self.salt,
+            &self.nonce,
+        );
         if aes
-            .decrypt_inout_detached(&Nonce::from(nonce), SLOT_AAD, (&mut body[..]).into(), &tag)
+            .decrypt_inout_detached(&Nonce::from(nonce), &aad, (&mut body[..]).into(), &tag)
             .is_err()
         {
             return Ok(None);

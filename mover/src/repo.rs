@@ -175,9 +175,13 @@ impl Repository {
                     continue;
                 }
             };
-            if let Some(keys) = slot.unlock(secret)? {
-                found = Some((sid, keys));
-                break;
+            match slot.unlock(secret) {
+                Ok(Some(keys)) => {
+                    found = Some((sid, keys));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => damaged.push(format!("keys/{sid}: {e}")),
             }
         }
         let Some((slot, keys)) = found else {

@@ -1,1 +1,15 @@
+//! End-to-end tests of the real `lifeboat` binary on real filesystems.
+//!
+//! One test binary with topic modules and shared fixtures. Several tests need root (device nodes,
+//! ownership, `trusted.*` xattrs); the suite runs as root in CI.
 
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+mod fixtures;
+
+mod bad_input;
+mod corruption;
+mod crash;
+mod incremental;
+mod keys;
+mod roundtrip;

@@ -1,0 +1,88 @@
+//! Incremental backups read only what changed; identical content is stored once.
+
+use crate::fixtures::{Env, noise};
+
+#[test]
+fn incremental_reads_only_changed_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..50u64 {
+        std::fs::write(src.join(format!("d/f{i}")), noise(100_000, i + 10)).unwrap();
+    }
+    let first = env.backup(&[&src]);
+    assert_eq!(first["bytes_read"], 5_000_000);
+    assert_eq!(first["files_new"], 50);
+
+    let second = env.backup(&[&src]);
+    assert_eq!(
+        second["bytes_read"], 0,
+        "unchanged tree was read again: {second}"
+    );
+    assert_eq!(second["files_unmodified"], 50);
+    assert_eq!(second["parent"], first["snapshot"]);
+    // An unchanged tree adds only the snapshot object.
+    assert!(second["bytes_added"].as_u64().unwrap() < 4096, "{second}");
+
+    std::fs::write(src.join("d/f7"), noise(100_001, 99)).unwrap();
+    std::fs::write(src.join("new"), b"twelve bytes").unwrap();
+    let third = env.backup(&[&src]);
+    assert_eq!(third["bytes_read"], 100_001 + 12, "{third}");
+    assert_eq!(third["files_changed"], 1);
+    assert_eq!(third["files_new"], 1);
+    assert_eq!(third["files_unmodified"], 49);
+
+    // A different host does not take this host's snapshot as its parent.
+    let other = env.ok(&[
+        "backup",
+        "--json",
+        "--host",
+        "elsewhere",
+        src.to_str().unwrap(),
+    ]);
+    let other: serde_json::Value = serde_json::from_str(&other).unwrap();
+    assert_eq!(other["parent"], serde_json::Value::Null);
+    assert_eq!(other["bytes_read"], 5_000_000 + 12 + 1);
+    assert_eq!(
+        other["blobs_added"], 0,
+        "identical content must dedup: {other}"
+    );
+
+    // Every snapshot restores its own state.
+    let t = env.path("t");
+    env.ok(&[
+        "restore",
+        first["snapshot"].as_str().unwrap(),
+        "--target",
+        t.to_str().unwrap(),
+    ]);
+    let f7 = t.join(src.strip_prefix("/").unwrap()).join("d/f7");
+    assert_eq!(std::fs::read(f7).unwrap(), noise(100_000, 17));
+}
+
+#[test]
+fn identical_content_in_two_paths_is_stored_once() {
+    let env = Env::new();
+    let data = noise(16 << 20, 5);
+    for d in ["one", "two"] {
+        std::fs::create_dir_all(env.path(d)).unwrap();
+        std::fs::write(env.path(d).join("copy.bin"), &data).unwrap();
+    }
+    let out = env.backup(&[&env.path("one"), &env.path("two")]);
+    assert_eq!(out["bytes_read"], 2 * (16 << 20));
+    let added = out["bytes_added"].as_u64().unwrap();
+    assert!(
+        added < (16 << 20) + (1 << 20),
+        "second copy was stored again: added {added}"
+    );
+    assert!(added > 16 << 20, "random data cannot shrink: {added}");
+
+    // A copy with a small edit in the middle shares all but a few chunks.
+    let mut edited = data.clone();
+    edited[8 << 20..(8 << 20) + 100].fill(0xAB);
+    std::fs::create_dir_all(env.path("three")).unwrap();
+    std::fs::write(env.path("three/edited.bin"), &edited).unwrap();
+    let out = env.backup(&[&env.path("three")]);
+    let added = out["bytes_added"].as_u64().unwrap();
+    assert!(added < 9 << 20, "a 100-byte edit cost {added} bytes");
+}
