@@ -204,10 +204,18 @@ pub fn backup(
         .collect();
 
     let parent = find_parent(repo, &host, &path_strings)?;
-    let parent_root = match &parent {
-        Some((_, s)) => Some(repo.read_tree(&s.tree)?),
-        None => None,
-    };
+    let parent_root = parent
+        .as_ref()
+        .and_then(|(id, s)| match repo.read_tree(&s.tree) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(
+                    "parent snapshot {} is unreadable, reading everything: {e}",
+                    id.short()
+                );
+                None
+            }
+        });
 
     let threads = opts
         .threads
@@ -311,8 +319,11 @@ pub fn backup(
     // The snapshot's own size is counted in bytes_added by estimate: it is written after the summary.
     snapshot.summary.duration_s = start.elapsed().as_secs_f64();
     snapshot.summary.bytes_added = progress.bytes_added.load(Ordering::Relaxed);
+    // Commit point: packs and index must be durable before the snapshot that needs them exists.
+    repo.store().sync()?;
     let json = serde_json::to_vec(&snapshot).expect("snapshot serializes");
     let (id, n) = repo.save_object(ObjectKind::Snapshot, &json)?;
+    repo.store().sync()?;
     snapshot.summary.bytes_added += n;
     progress.bytes_added.fetch_add(n, Ordering::Relaxed);
     Ok(BackupOutcome {

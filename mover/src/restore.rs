@@ -216,21 +216,14 @@ struct RWalker<'c, 'a> {
     includes: Vec<Vec<Vec<u8>>>,
 }
 
-enum Selected {
-    All,
-    Part,
-    No,
-}
-
 impl RWalker<'_, '_> {
-    fn select(&self, path: &[Vec<u8>]) -> Selected {
-        if self.includes.is_empty() || self.includes.iter().any(|i| path.starts_with(i)) {
-            Selected::All
-        } else if self.includes.iter().any(|i| i.starts_with(path)) {
-            Selected::Part
-        } else {
-            Selected::No
-        }
+    /// Whether `path` is restored: it is inside an included path, or an ancestor of one.
+    fn selected(&self, path: &[Vec<u8>]) -> bool {
+        self.includes.is_empty()
+            || self
+                .includes
+                .iter()
+                .any(|i| path.starts_with(i) || i.starts_with(path))
     }
 
     fn dir(
@@ -245,10 +238,10 @@ impl RWalker<'_, '_> {
                 return Ok(());
             }
             path.push(node.name.clone());
-            let sel = self.select(path);
-            let r = match sel {
-                Selected::No => Ok(()),
-                _ => self.entry(dir, node, path, shown, matches!(sel, Selected::All)),
+            let r = if self.selected(path) {
+                self.entry(dir, node, path, shown)
+            } else {
+                Ok(())
             };
             path.pop();
             r?;
@@ -262,7 +255,6 @@ impl RWalker<'_, '_> {
         node: &Node,
         path: &mut Vec<Vec<u8>>,
         parent_shown: &str,
-        all: bool,
     ) -> Result<()> {
         let name = OsStr::from_bytes(&node.name);
         let shown = format!("{parent_shown}/{}", node.display_name());
@@ -290,9 +282,8 @@ impl RWalker<'_, '_> {
                     .read_tree(&node.subtree)
                     .map_err(|e| e.context(&shown))?;
                 self.dir(fd.as_fd(), &sub, path, &shown)?;
-                if all {
-                    fsmeta::apply_meta(dir, node, &mut warn).map_err(io)?;
-                }
+                // Post-order: the directory's own times are set after its entries are created.
+                fsmeta::apply_meta(dir, node, &mut warn).map_err(io)?;
                 self.out.dirs += 1;
             }
             NodeKind::File => {

@@ -113,6 +113,9 @@ fn flipped_byte_in_index_snapshot_config_and_key() {
         assert!(e.contains(&rel(&env, &snap)), "{e}");
         let o = env.run(&["check"]);
         assert!(String::from_utf8_lossy(&o.stderr).contains(&rel(&env, &snap)));
+        // A damaged snapshot does not stop the next backup (it is skipped as a parent).
+        let out = env.backup(&[&src]);
+        assert_eq!(out["parent"], serde_json::Value::Null);
         std::fs::write(&snap, orig).unwrap();
     }
     // The config: every position.
