@@ -365,13 +365,22 @@ fn normalize_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(kept)
 }
 
-/// The latest snapshot of the same host and paths.
+/// The latest snapshot of the same host and paths. Damaged snapshots are skipped (with a log
+/// line): they must not stop new backups.
 fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<(Id, Snapshot)>> {
-    Ok(repo
-        .snapshots()?
-        .into_iter()
-        .rev()
-        .find(|(_, s)| s.host == host && s.paths == paths))
+    let mut best: Option<(Id, Snapshot)> = None;
+    for id in repo.store().list_ids(names::SNAPSHOTS)? {
+        match repo.load_snapshot(&id) {
+            Ok(s) if s.host == host && s.paths == paths => {
+                if best.as_ref().is_none_or(|(_, b)| s.time > b.time) {
+                    best = Some((id, s));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("skipping damaged snapshot while choosing a parent: {e}"),
+        }
+    }
+    Ok(best)
 }
 
 #[derive(Default)]

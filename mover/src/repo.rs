@@ -122,6 +122,7 @@ impl Repository {
             &format!("{}{slot_id}", names::KEYS),
             serde_json::to_vec_pretty(&slot).expect("slot serializes"),
         )?;
+        store.sync()?;
         let body = serde_json::to_vec(&config).expect("config serializes");
         let file = ConfigFile {
             config: config.clone(),
@@ -131,6 +132,7 @@ impl Repository {
             names::CONFIG,
             serde_json::to_vec_pretty(&file).expect("config serializes"),
         )?;
+        store.sync()?;
         Ok(Self {
             store,
             keys,
@@ -399,6 +401,7 @@ impl Repository {
             &format!("{}{id}", names::KEYS),
             serde_json::to_vec_pretty(&slot).expect("slot serializes"),
         )?;
+        self.store.sync()?;
         Ok(id)
     }
 
