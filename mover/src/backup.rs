@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -33,6 +33,7 @@ use crate::index::{self, PackRecord};
 use crate::pack::{BlobType, FinishedPack, PackWriter};
 use crate::repo::Repository;
 use crate::snapshot::{Snapshot, Summary, hostname};
+use crate::status::RunStatus;
 use crate::tree::{Node, NodeKind, Tree};
 
 /// Options of one backup (CLI, config file or library).
@@ -75,28 +76,7 @@ struct Shared<'a> {
     new_blobs: Mutex<HashSet<Id>>,
     progress: &'a Progress,
     blobs_added: AtomicU64,
-    warnings: Mutex<Vec<String>>,
-    fatal: Mutex<Option<Error>>,
-    failed: AtomicBool,
-}
-
-impl Shared<'_> {
-    fn warn(&self, msg: String) {
-        tracing::warn!("{msg}");
-        self.warnings.lock().expect("warnings lock").push(msg);
-    }
-
-    fn fail(&self, e: Error) {
-        self.failed.store(true, Ordering::SeqCst);
-        let mut f = self.fatal.lock().expect("fatal lock");
-        if f.is_none() {
-            *f = Some(e);
-        }
-    }
-
-    fn failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
-    }
+    status: RunStatus,
 }
 
 /// Seals blobs of one type into packs; one per worker, so no lock on the hot path.
@@ -227,9 +207,7 @@ pub fn backup(
         new_blobs: Mutex::new(HashSet::new()),
         progress,
         blobs_added: AtomicU64::new(0),
-        warnings: Mutex::new(Vec::new()),
-        fatal: Mutex::new(None),
-        failed: AtomicBool::new(false),
+        status: RunStatus::default(),
     };
     let (job_tx, job_rx) = bounded::<FileJob>(threads * 4);
     let (ev_tx, ev_rx) = bounded::<Event>(16 * 1024);
@@ -245,7 +223,7 @@ pub fn backup(
             let pack_tx = pack_tx.clone();
             s.spawn(move || {
                 if let Err(e) = work(sh, &job_rx, pack_tx) {
-                    sh.fail(e);
+                    sh.status.fail(e);
                     for _ in &job_rx {}
                 }
             });
@@ -278,21 +256,18 @@ pub fn backup(
         let (walk_result, c) = walker.join().expect("walker panicked");
         counts = c;
         if let Err(e) = walk_result {
-            sh.fail(e);
+            sh.status.fail(e);
         }
         match builder.join().expect("tree builder panicked") {
             Ok(t) => root_tree = Some(t),
-            Err(e) => sh.fail(e),
+            Err(e) => sh.status.fail(e),
         }
         if let Err(e) = uploader.join().expect("uploader panicked") {
-            sh.fail(e);
+            sh.status.fail(e);
         }
     });
-    if let Some(e) = sh.fatal.lock().expect("fatal lock").take() {
-        return Err(e);
-    }
+    let warnings = sh.status.finish()?;
     let (tree, tc) = root_tree.expect("tree built when nothing failed");
-    let warnings = sh.warnings.into_inner().expect("warnings lock");
     let mut snapshot = Snapshot {
         time,
         host,
@@ -476,12 +451,12 @@ impl Walker<'_, '_> {
         let names = match fsmeta::list_dir(dir) {
             Ok(n) => n,
             Err(e) => {
-                self.sh.warn(format!("cannot list a directory: {e}"));
+                self.sh.status.warn(format!("cannot list a directory: {e}"));
                 return Ok(());
             }
         };
         for name in names {
-            if self.sh.failed() {
+            if self.sh.status.failed() {
                 return Ok(());
             }
             self.entry(dir, &name, ptree, false)?;
@@ -501,7 +476,7 @@ impl Walker<'_, '_> {
             if top {
                 Err(Error::new(crate::ErrorKind::Io, what))
             } else {
-                sh.warn(what);
+                sh.status.warn(what);
                 Ok(())
             }
         };
@@ -514,6 +489,7 @@ impl Walker<'_, '_> {
             Ok(x) => node.xattrs = x,
             Err(e) => self
                 .sh
+                .status
                 .warn(format!("{shown}: cannot read extended attributes: {e}")),
         }
         let pnode = ptree.and_then(|t| {
@@ -596,7 +572,7 @@ impl Walker<'_, '_> {
             Ok(fd) => fd,
             Err(e) if top => return Err(Error::io(shown, e)),
             Err(e) => {
-                self.sh.warn(format!("{shown}: {e} (skipped)"));
+                self.sh.status.warn(format!("{shown}: {e} (skipped)"));
                 return Ok(());
             }
         };
@@ -604,6 +580,7 @@ impl Walker<'_, '_> {
         let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(shown, e))?;
         if st.st_ino as u64 != node.ino || fsmeta::kind_of(&st) != NodeKind::File {
             self.sh
+                .status
                 .warn(format!("{shown}: replaced during backup (skipped)"));
             return Ok(());
         }
@@ -664,7 +641,7 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<FileJob>, packs: Sender<FinishedPack>) 
     let mut buf = vec![0u8; 2 * max];
     let mut ends = Vec::new();
     for job in jobs {
-        if sh.failed() {
+        if sh.status.failed() {
             continue;
         }
         let r = read_file(sh, &mut sink, &job, &mut buf, &mut ends);
@@ -852,21 +829,26 @@ fn build_trees(
                             true
                         }
                         Ok(Err(w)) => {
-                            sh.warn(w);
+                            sh.status.warn(w);
                             false
                         }
                         // The worker failed fatally; the error is recorded.
                         Err(_) => false,
                     },
-                    Source::SameAs(k) => match links.get(&k) {
-                        Some(c) => {
+                    Source::SameAs(k) => {
+                        if let Some(c) = links.get(&k) {
                             node.content.clone_from(&c.content);
                             node.holes.clone_from(&c.holes);
                             node.size = c.size;
                             true
+                        } else {
+                            let name = node.display_name();
+                            sh.status.warn(format!(
+                                "{name}: hard link to a file that could not be read (skipped)"
+                            ));
+                            false
                         }
-                        None => false,
-                    },
+                    }
                 };
                 if !resolved {
                     continue;
@@ -893,7 +875,7 @@ fn build_trees(
             None => root.push(done),
         }
     }
-    if sh.failed() {
+    if sh.status.failed() {
         return Err(Error::new(crate::ErrorKind::Storage, "backup aborted"));
     }
     if !stack.is_empty() {
@@ -923,7 +905,7 @@ fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>) -> Result<()> {
     };
     let mut result = Ok(());
     for p in packs {
-        if result.is_err() || sh.failed() {
+        if result.is_err() || sh.status.failed() {
             continue;
         }
         let size = p.bytes.len() as u64;
@@ -946,11 +928,11 @@ fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>) -> Result<()> {
                 }
             });
         if let Err(e) = &result {
-            sh.fail(Error::new(e.kind(), e.to_string()));
+            sh.status.fail(Error::new(e.kind(), e.to_string()));
         }
     }
     result?;
-    if sh.failed() {
+    if sh.status.failed() {
         return Ok(());
     }
     write_index(&mut pending)

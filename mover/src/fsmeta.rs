@@ -7,7 +7,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat, Timespec, Timestamps, XattrFlags};
@@ -230,91 +230,62 @@ pub fn make_node(dir: BorrowedFd<'_>, node: &Node) -> io::Result<()> {
     )?)
 }
 
-/// Apply ownership, permission bits, extended attributes and times to `name` in `dir`, in the order
-/// that keeps them: owner first (chown clears setuid/setgid), then mode, xattrs, times last.
-/// Ownership and xattrs that the restoring user may not set are reported, not fatal.
+/// What to apply metadata to: an entry of a directory (any kind, never followed), or an open file.
+#[derive(Clone, Copy)]
+pub enum MetaTarget<'a> {
+    /// The entry `node.name` in this directory.
+    At(BorrowedFd<'a>),
+    /// This open regular file.
+    Fd(BorrowedFd<'a>),
+}
+
+/// Apply ownership, permission bits, extended attributes and times, in the order that keeps them:
+/// owner first (chown clears setuid/setgid), then mode (not on symlinks), xattrs, times last.
+/// Ownership and xattrs the restoring user may not set are reported through `warn`, not fatal.
 ///
 /// # Errors
 /// The first error that is not a permission problem.
 pub fn apply_meta(
-    dir: BorrowedFd<'_>,
+    target: MetaTarget<'_>,
     node: &Node,
     warn: &mut dyn FnMut(String),
 ) -> io::Result<()> {
     let n = OsStr::from_bytes(&node.name);
-    let is_link = node.kind() == NodeKind::Symlink;
-    let owner = Some(rustix::fs::Uid::from_raw(node.uid));
-    let group = Some(rustix::fs::Gid::from_raw(node.gid));
-    if let Err(e) = rustix::fs::chownat(dir, n, owner, group, AtFlags::SYMLINK_NOFOLLOW) {
-        if e == rustix::io::Errno::PERM {
-            warn(format!(
-                "{}: cannot restore owner {}:{}",
-                node.display_name(),
-                node.uid,
-                node.gid
-            ));
-        } else {
-            return Err(e.into());
-        }
-    }
-    if !is_link {
-        rustix::fs::chmodat(dir, n, Mode::from_bits_retain(node.mode), AtFlags::empty())?;
-    }
-    for x in &node.xattrs {
-        if let Err(e) = set_xattr(dir, &node.name, x) {
-            warn(format!(
-                "{}: cannot restore xattr {}: {e}",
-                node.display_name(),
-                String::from_utf8_lossy(&x.name)
-            ));
-        }
-    }
-    let t = Timespec {
-        tv_sec: node.mtime,
-        tv_nsec: i64::from(node.mtime_ns),
-    };
-    rustix::fs::utimensat(
-        dir,
-        n,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
-    Ok(())
-}
-
-/// Same as [`apply_meta`] for an open regular file.
-///
-/// # Errors
-/// The first error that is not a permission problem.
-pub fn apply_meta_fd(fd: impl AsFd, node: &Node, warn: &mut dyn FnMut(String)) -> io::Result<()> {
-    let fd = fd.as_fd();
-    if let Err(e) = rustix::fs::fchown(
-        fd,
+    let (uid, gid) = (
         Some(rustix::fs::Uid::from_raw(node.uid)),
         Some(rustix::fs::Gid::from_raw(node.gid)),
-    ) {
-        if e == rustix::io::Errno::PERM {
-            warn(format!(
-                "{}: cannot restore owner {}:{}",
-                node.display_name(),
-                node.uid,
-                node.gid
-            ));
-        } else {
-            return Err(e.into());
-        }
+    );
+    let owned = match target {
+        MetaTarget::At(dir) => rustix::fs::chownat(dir, n, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+        MetaTarget::Fd(fd) => rustix::fs::fchown(fd, uid, gid),
+    };
+    match owned {
+        Err(rustix::io::Errno::PERM) => warn(format!(
+            "{}: cannot restore owner {}:{}",
+            node.display_name(),
+            node.uid,
+            node.gid
+        )),
+        r => r?,
     }
-    rustix::fs::fchmod(fd, Mode::from_bits_retain(node.mode))?;
+    let mode = Mode::from_bits_retain(node.mode);
+    match target {
+        MetaTarget::At(_) if node.kind() == NodeKind::Symlink => {}
+        MetaTarget::At(dir) => rustix::fs::chmodat(dir, n, mode, AtFlags::empty())?,
+        MetaTarget::Fd(fd) => rustix::fs::fchmod(fd, mode)?,
+    }
     for x in &node.xattrs {
-        if let Err(e) = rustix::fs::fsetxattr(
-            fd,
-            OsStr::from_bytes(&x.name),
-            &x.value,
-            XattrFlags::empty(),
-        ) {
+        let set = match target {
+            MetaTarget::At(dir) => set_xattr(dir, &node.name, x),
+            MetaTarget::Fd(fd) => rustix::fs::fsetxattr(
+                fd,
+                OsStr::from_bytes(&x.name),
+                &x.value,
+                XattrFlags::empty(),
+            )
+            .map_err(Into::into),
+        };
+        if let Err(e) = set {
             warn(format!(
                 "{}: cannot restore xattr {}: {e}",
                 node.display_name(),
@@ -326,12 +297,13 @@ pub fn apply_meta_fd(fd: impl AsFd, node: &Node, warn: &mut dyn FnMut(String)) -
         tv_sec: node.mtime,
         tv_nsec: i64::from(node.mtime_ns),
     };
-    rustix::fs::futimens(
-        fd,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-    )?;
+    let times = Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    match target {
+        MetaTarget::At(dir) => rustix::fs::utimensat(dir, n, &times, AtFlags::SYMLINK_NOFOLLOW)?,
+        MetaTarget::Fd(fd) => rustix::fs::futimens(fd, &times)?,
+    }
     Ok(())
 }

@@ -36,6 +36,7 @@ pub mod pack;
 mod repo;
 mod restore;
 mod snapshot;
+mod status;
 pub mod tree;
 
 pub use backend::Location;

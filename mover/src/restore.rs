@@ -8,8 +8,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_channel::{Receiver, bounded};
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -20,6 +19,7 @@ use crate::fsmeta;
 use crate::id::Id;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
+use crate::status::RunStatus;
 use crate::tree::{Node, NodeKind, Tree};
 
 /// Options of one restore.
@@ -114,20 +114,7 @@ struct FileJob {
 struct Ctx<'a> {
     repo: &'a Repository,
     progress: &'a RestoreProgress,
-    warnings: Mutex<Vec<String>>,
-    fatal: Mutex<Option<Error>>,
-    failed: AtomicBool,
-}
-
-impl Ctx<'_> {
-    fn warn(&self, w: String) {
-        tracing::warn!("{w}");
-        self.warnings.lock().expect("lock").push(w);
-    }
-    fn fail(&self, e: Error) {
-        self.failed.store(true, Ordering::SeqCst);
-        self.fatal.lock().expect("lock").get_or_insert(e);
-    }
+    status: RunStatus,
 }
 
 /// Restore `snap` under `target`: a backed-up path `/a/b/c` lands at `target/a/b/c`.
@@ -161,9 +148,7 @@ pub fn restore(
     let ctx = Ctx {
         repo,
         progress,
-        warnings: Mutex::new(Vec::new()),
-        fatal: Mutex::new(None),
-        failed: AtomicBool::new(false),
+        status: RunStatus::default(),
     };
     let (tx, rx) = bounded::<FileJob>(threads * 8);
     let mut out = RestoreOutcome::default();
@@ -198,13 +183,10 @@ pub fn restore(
         let (r, o) = walker.join().expect("restore walker panicked");
         out = o;
         if let Err(e) = r {
-            ctx.fail(e);
+            ctx.status.fail(e);
         }
     });
-    if let Some(e) = ctx.fatal.into_inner().expect("lock") {
-        return Err(e);
-    }
-    out.warnings = ctx.warnings.into_inner().expect("lock");
+    out.warnings = ctx.status.finish()?;
     Ok(out)
 }
 
@@ -234,7 +216,7 @@ impl RWalker<'_, '_> {
         shown: &str,
     ) -> Result<()> {
         for node in &tree.nodes {
-            if self.ctx.failed.load(Ordering::Relaxed) {
+            if self.ctx.status.failed() {
                 return Ok(());
             }
             path.push(node.name.clone());
@@ -259,7 +241,7 @@ impl RWalker<'_, '_> {
         let name = OsStr::from_bytes(&node.name);
         let shown = format!("{parent_shown}/{}", node.display_name());
         let io = |e: std::io::Error| Error::io(&shown, e);
-        let mut warn = |w: String| self.ctx.warn(w);
+        let mut warn = |w: String| self.ctx.status.warn(w);
         match node.kind() {
             NodeKind::Dir => {
                 match rustix::fs::mkdirat(dir, name, Mode::from_bits_retain(0o700)) {
@@ -283,7 +265,7 @@ impl RWalker<'_, '_> {
                     .map_err(|e| e.context(&shown))?;
                 self.dir(fd.as_fd(), &sub, path, &shown)?;
                 // Post-order: the directory's own times are set after its entries are created.
-                fsmeta::apply_meta(dir, node, &mut warn).map_err(io)?;
+                fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.dirs += 1;
             }
             NodeKind::File => {
@@ -332,13 +314,13 @@ impl RWalker<'_, '_> {
                 remove(dir, &node.name).map_err(io)?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&node.target), dir, name)
                     .map_err(|e| io(e.into()))?;
-                fsmeta::apply_meta(dir, node, &mut warn).map_err(io)?;
+                fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.others += 1;
             }
             _ => {
                 remove(dir, &node.name).map_err(io)?;
                 fsmeta::make_node(dir, node).map_err(io)?;
-                fsmeta::apply_meta(dir, node, &mut warn).map_err(io)?;
+                fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.others += 1;
             }
         }
@@ -356,11 +338,11 @@ fn remove(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
 
 fn write_files(ctx: &Ctx<'_>, jobs: &Receiver<FileJob>) {
     for job in jobs {
-        if ctx.failed.load(Ordering::Relaxed) {
+        if ctx.status.failed() {
             continue;
         }
         if let Err(e) = write_file(ctx, &job) {
-            ctx.fail(e.context(&job.path));
+            ctx.status.fail(e.context(&job.path));
         }
     }
 }
@@ -391,8 +373,9 @@ fn write_file(ctx: &Ctx<'_>, job: &FileJob) -> Result<()> {
         return Err(Error::corrupt("file has more blobs than its size"));
     }
     rustix::fs::ftruncate(fd, node.size).map_err(|e| Error::io("truncating", e))?;
-    let mut warn = |w: String| ctx.warn(w);
-    fsmeta::apply_meta_fd(fd, node, &mut warn).map_err(|e| Error::io("setting metadata", e))?;
+    let mut warn = |w: String| ctx.status.warn(w);
+    fsmeta::apply_meta(fsmeta::MetaTarget::Fd(fd), node, &mut warn)
+        .map_err(|e| Error::io("setting metadata", e))?;
     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
