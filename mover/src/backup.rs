@@ -15,8 +15,8 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -130,13 +130,44 @@ impl BlobSink {
     }
 }
 
-struct FileJob {
+/// Files larger than this are cut into segments that workers chunk in parallel, so one large file
+/// uses every core. The seam between two segments sits at the first content-defined cut after the
+/// nominal boundary (a multiple of `SEGMENT`), computed once and shared by both neighbours: segments
+/// tile the file exactly, and an insertion moves a seam with the content instead of breaking dedup.
+const SEGMENT: u64 = 32 << 20;
+
+/// One segment of a file's data: where it nominally starts, and the end of its data region.
+struct Seg {
+    at: u64,
+    region_end: u64,
+    /// The first segment of a data region starts exactly at `at`.
+    region_start: bool,
+}
+
+/// A file being read, shared by the jobs of its segments.
+struct OpenFile {
     fd: OwnedFd,
     name: String,
-    size: u64,
-    sparse: bool,
-    reply: Sender<FileResult>,
+    segs: Vec<Seg>,
+    /// The actual start of each segment that is not a region start, once a neighbour computed it.
+    seams: Vec<OnceLock<u64>>,
 }
+
+struct FileJob {
+    file: Arc<OpenFile>,
+    seg: usize,
+    reply: Sender<SegResult>,
+}
+
+/// What one segment produced.
+struct SegContent {
+    content: Vec<Id>,
+    /// Where reading stopped: the segment's end, or earlier if the file shrank.
+    end: u64,
+    short: bool,
+}
+
+type SegResult = std::result::Result<SegContent, String>;
 
 /// A file's content: blobs, holes and the size actually read.
 struct FileContent {
@@ -145,11 +176,12 @@ struct FileContent {
     size: u64,
 }
 
-type FileResult = std::result::Result<FileContent, String>;
-
 enum Source {
     Ready,
-    Pending(Receiver<FileResult>),
+    Pending {
+        regions: Vec<(u64, u64)>,
+        parts: Vec<Receiver<SegResult>>,
+    },
     SameAs((u64, u64)),
 }
 
@@ -585,6 +617,13 @@ impl Walker<'_, '_> {
             return Ok(());
         }
         let sparse = (st.st_blocks as u64).saturating_mul(512) < node.size;
+        let regions = match data_regions(fd.as_fd(), node.size, sparse) {
+            Ok(r) => r,
+            Err(e) => {
+                self.sh.status.warn(format!("{shown}: {e} (skipped)"));
+                return Ok(());
+            }
+        };
         if pnode.is_some() {
             self.counts.changed += 1;
         } else {
@@ -593,20 +632,41 @@ impl Walker<'_, '_> {
         if let Some(k) = link {
             self.links.insert(k);
         }
-        let (tx, rx) = bounded(1);
-        let job = FileJob {
+        let mut segs = Vec::new();
+        for &(off, len) in &regions {
+            let end = off + len;
+            let mut at = off;
+            while at < end {
+                segs.push(Seg {
+                    at,
+                    region_end: end,
+                    region_start: at == off,
+                });
+                at = ((at / SEGMENT + 1) * SEGMENT).min(end);
+            }
+        }
+        let file = Arc::new(OpenFile {
             fd,
             name: shown.to_owned(),
-            size: node.size,
-            sparse,
-            reply: tx,
-        };
-        self.jobs
-            .send(job)
-            .map_err(|_| Error::new(crate::ErrorKind::Storage, "the workers stopped"))?;
+            seams: segs.iter().map(|_| OnceLock::new()).collect(),
+            segs,
+        });
+        let mut parts = Vec::with_capacity(file.segs.len());
+        for seg in 0..file.segs.len() {
+            let (tx, rx) = bounded(1);
+            let job = FileJob {
+                file: Arc::clone(&file),
+                seg,
+                reply: tx,
+            };
+            self.jobs
+                .send(job)
+                .map_err(|_| Error::new(crate::ErrorKind::Storage, "the workers stopped"))?;
+            parts.push(rx);
+        }
         self.emit(Event::Entry {
             node,
-            source: Source::Pending(rx),
+            source: Source::Pending { regions, parts },
             link,
         })
     }
@@ -644,13 +704,15 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<FileJob>, packs: Sender<FinishedPack>) 
         if sh.status.failed() {
             continue;
         }
-        let r = read_file(sh, &mut sink, &job, &mut buf, &mut ends);
+        let r = read_segment(sh, &mut sink, &job, &mut buf, &mut ends);
         let reply = match r {
             Ok(c) => Ok(c),
-            Err(ReadError::Source(e)) => Err(format!("{}: {e} (skipped)", job.name)),
+            Err(ReadError::Source(e)) => Err(format!("{}: {e} (skipped)", job.file.name)),
             Err(ReadError::Fatal(e)) => return Err(e),
         };
-        sh.progress.files.fetch_add(1, Ordering::Relaxed);
+        if job.seg + 1 == job.file.segs.len() {
+            sh.progress.files.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = job.reply.send(reply);
     }
     sink.flush()
@@ -698,75 +760,138 @@ fn data_regions(fd: BorrowedFd<'_>, size: u64, sparse: bool) -> std::io::Result<
     Ok(out)
 }
 
-fn read_file(
+/// Read into `buf` from `pos` until it is full or `end` is reached; returns the bytes read (fewer
+/// only at end of file).
+fn fill(
+    sh: &Shared<'_>,
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    pos: u64,
+    end: u64,
+) -> std::io::Result<usize> {
+    let mut filled = 0usize;
+    while filled < buf.len() && pos + (filled as u64) < end {
+        let want = (buf.len() - filled).min((end - pos) as usize - filled);
+        let n = rustix::io::pread(fd, &mut buf[filled..filled + want], pos + filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+        sh.progress
+            .bytes_read
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+    Ok(filled)
+}
+
+/// Where segment `i` really starts: its nominal start for the first segment of a region, else the
+/// first cut after it (computed by whichever neighbour gets there first).
+fn seam(sh: &Shared<'_>, f: &OpenFile, i: usize, buf: &mut [u8]) -> u64 {
+    let seg = &f.segs[i];
+    if seg.region_start {
+        return seg.at;
+    }
+    *f.seams[i].get_or_init(|| {
+        let want = sh.chunker.max_size().min(buf.len());
+        match fill(sh, f.fd.as_fd(), &mut buf[..want], seg.at, seg.region_end) {
+            Ok(n) => {
+                let eof = seg.at + n as u64 >= seg.region_end || n < want;
+                sh.chunker
+                    .first_cut(&buf[..n], eof)
+                    .map_or(seg.at + n as u64, |c| seg.at + c as u64)
+            }
+            // The segment's own read reports the error.
+            Err(_) => seg.at,
+        }
+    })
+}
+
+fn read_segment(
     sh: &Shared<'_>,
     sink: &mut BlobSink,
     job: &FileJob,
     buf: &mut [u8],
     ends: &mut Vec<usize>,
-) -> std::result::Result<FileContent, ReadError> {
-    let fd = job.fd.as_fd();
-    let regions = data_regions(fd, job.size, job.sparse).map_err(ReadError::Source)?;
+) -> std::result::Result<SegContent, ReadError> {
+    let f = &*job.file;
+    let fd = f.fd.as_fd();
+    let start = seam(sh, f, job.seg, buf);
+    let end = match f.segs.get(job.seg + 1) {
+        Some(next) if !next.region_start => seam(sh, f, job.seg + 1, buf),
+        _ => f.segs[job.seg].region_end,
+    };
     let mut content = Vec::new();
-    let mut covered: Vec<(u64, u64)> = Vec::new();
-    let mut size = job.size;
-    for &(off, len) in &regions {
-        let end = off + len;
-        let mut pos = off;
-        let mut filled = 0usize;
-        let mut short = false;
-        loop {
-            while filled < buf.len() && pos < end {
-                let want = (buf.len() - filled).min((end - pos) as usize);
-                let n = rustix::io::pread(fd, &mut buf[filled..filled + want], pos)
-                    .map_err(|e| ReadError::Source(e.into()))?;
-                if n == 0 {
-                    short = true;
-                    break;
-                }
-                filled += n;
-                pos += n as u64;
-                sh.progress
-                    .bytes_read
-                    .fetch_add(n as u64, Ordering::Relaxed);
-            }
-            let last = pos >= end || short;
-            ends.clear();
-            let used = sh.chunker.cut(&buf[..filled], last, ends);
-            let mut s = 0;
-            for &e in ends.iter() {
-                content.push(sink.put(sh, &buf[s..e])?);
-                s = e;
-            }
-            buf.copy_within(used..filled, 0);
-            filled -= used;
-            if last {
-                break;
-            }
+    let mut pos = start;
+    let mut filled = 0usize;
+    let mut short = false;
+    while pos < end || filled > 0 {
+        let n = fill(sh, fd, &mut buf[filled..], pos, end).map_err(ReadError::Source)?;
+        short |= n < buf.len() - filled && pos + (n as u64) < end;
+        filled += n;
+        pos += n as u64;
+        let last = pos >= end || short;
+        ends.clear();
+        let used = sh.chunker.cut(&buf[..filled], last, ends);
+        let mut s = 0;
+        for &e in ends.iter() {
+            content.push(sink.put(sh, &buf[s..e])?);
+            s = e;
         }
-        covered.push((off, pos - off));
-        if short {
-            // The file shrank while we read it: keep what exists now.
-            size = pos;
+        buf.copy_within(used..filled, 0);
+        filled -= used;
+        if last {
             break;
+        }
+    }
+    Ok(SegContent {
+        content,
+        end: pos,
+        short,
+    })
+}
+
+/// Join a file's segments in order. A file that shrank while it was read keeps what existed.
+fn merge_segments(
+    node: &mut Node,
+    regions: &[(u64, u64)],
+    parts: Vec<Receiver<SegResult>>,
+) -> std::result::Result<(), Option<String>> {
+    let mut content = Vec::new();
+    let mut size = node.size;
+    let mut short = false;
+    for rx in parts {
+        match rx.recv() {
+            Ok(Ok(seg)) if !short => {
+                content.extend(seg.content);
+                if seg.short {
+                    short = true;
+                    size = seg.end;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(w)) => return Err(Some(w)),
+            // The worker failed fatally; its error is recorded.
+            Err(_) => return Err(None),
         }
     }
     let mut holes = Vec::new();
     let mut at = 0;
-    for &(off, len) in &covered {
+    for &(off, len) in regions {
+        if off >= size {
+            break;
+        }
         if off > at {
             holes.push((at, off - at));
         }
-        at = off + len;
+        at = (off + len).min(size);
     }
     if size > at {
         holes.push((at, size - at));
     }
-    Ok(FileContent {
-        content,
-        holes,
-        size,
-    })
+    node.content = content;
+    node.holes = holes;
+    node.size = size;
+    Ok(())
 }
 
 #[derive(Default)]
@@ -821,20 +946,17 @@ fn build_trees(
             } => {
                 let resolved = match source {
                     Source::Ready => true,
-                    Source::Pending(rx) => match rx.recv() {
-                        Ok(Ok(c)) => {
-                            node.content = c.content;
-                            node.holes = c.holes;
-                            node.size = c.size;
-                            true
+                    Source::Pending { regions, parts } => {
+                        match merge_segments(&mut node, &regions, parts) {
+                            Ok(()) => true,
+                            Err(w) => {
+                                if let Some(w) = w {
+                                    sh.status.warn(w);
+                                }
+                                false
+                            }
                         }
-                        Ok(Err(w)) => {
-                            sh.status.warn(w);
-                            false
-                        }
-                        // The worker failed fatally; the error is recorded.
-                        Err(_) => false,
-                    },
+                    }
                     Source::SameAs(k) => {
                         if let Some(c) = links.get(&k) {
                             node.content.clone_from(&c.content);

@@ -83,14 +83,7 @@ impl Chunker {
     /// keeps `data[consumed..]` and appends more before calling again.
     pub fn cut(&self, data: &[u8], eof: bool, ends: &mut Vec<usize>) -> usize {
         let p = self.params;
-        let cdc = FastCDC::with_level_and_seed(
-            data,
-            p.min as usize,
-            p.avg as usize,
-            p.max as usize,
-            Normalization::Level2,
-            self.seed,
-        );
+        let cdc = self.cdc(data);
         let mut pos = 0;
         while pos < data.len() {
             let remaining = data.len() - pos;
@@ -102,6 +95,28 @@ impl Chunker {
             pos = end;
         }
         pos
+    }
+
+    /// The end of the first chunk of `data`, or `None` when fewer than `max` bytes are given and
+    /// more follow. Used to place the seams between parallel segments of a large file.
+    pub fn first_cut(&self, data: &[u8], eof: bool) -> Option<usize> {
+        if data.is_empty() || (!eof && data.len() < self.max_size()) {
+            return None;
+        }
+        let n = data.len().min(self.max_size());
+        Some(self.cdc(&data[..n]).cut(0, n).1)
+    }
+
+    fn cdc<'d>(&self, data: &'d [u8]) -> FastCDC<'d> {
+        let p = self.params;
+        FastCDC::with_level_and_seed(
+            data,
+            p.min as usize,
+            p.avg as usize,
+            p.max as usize,
+            Normalization::Level2,
+            self.seed,
+        )
     }
 }
 

@@ -8,6 +8,8 @@
 //! blob's byte offset in the pack (unique within the pack) and the blob's id, type, compression flag
 //! and raw length as associated data, so a blob cannot be swapped, retyped or truncated unnoticed.
 
+use std::borrow::Cow;
+
 use crate::crypto::{Domain, Keys, ObjectCipher, SALT_LEN, TAG_LEN, random_bytes};
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -266,23 +268,39 @@ pub fn open_blob(
     entry: &BlobEntry,
     mut ct: Vec<u8>,
 ) -> Result<Vec<u8>> {
+    let n = match open_blob_in(keys, &keys.object_cipher(salt), entry, &mut ct)? {
+        Cow::Owned(plain) => return Ok(plain),
+        Cow::Borrowed(plain) => plain.len(),
+    };
+    ct.truncate(n);
+    Ok(ct)
+}
+
+/// [`open_blob`] on bytes in a larger buffer (a merged read of neighbouring blobs): decrypts in
+/// place; a raw blob's plaintext borrows `ct`.
+///
+/// # Errors
+/// `Corrupt` when authentication, decompression or the id check fails.
+pub(crate) fn open_blob_in<'a>(
+    keys: &Keys,
+    cipher: &ObjectCipher,
+    entry: &BlobEntry,
+    ct: &'a mut [u8],
+) -> Result<Cow<'a, [u8]>> {
     if ct.len() != entry.length as usize {
         return Err(Error::corrupt("blob was read short"));
     }
-    let n = keys.object_cipher(salt).open_in_place(
-        Domain::Blob,
-        u64::from(entry.offset),
-        &entry.aad(),
-        &mut ct,
-    )?;
+    let n = cipher.open_in_place(Domain::Blob, u64::from(entry.offset), &entry.aad(), ct)?;
     let plain = if entry.compressed {
-        crate::compress::decompress(&ct[..n], entry.raw_len as usize)?
+        Cow::Owned(crate::compress::decompress(
+            &ct[..n],
+            entry.raw_len as usize,
+        )?)
     } else {
         if n != entry.raw_len as usize {
             return Err(Error::corrupt("raw blob has the wrong length"));
         }
-        ct.truncate(n);
-        ct
+        Cow::Borrowed(&ct[..n])
     };
     if keys.blob_id(&plain) != entry.id {
         return Err(Error::corrupt(format!(

@@ -8,12 +8,14 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, bounded};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::backend::names;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsmeta;
 use crate::id::Id;
@@ -105,10 +107,58 @@ pub fn find_node(repo: &Repository, snap: &Snapshot, path: &Path) -> Result<Opti
     Ok(found)
 }
 
-struct FileJob {
+/// Large files are restored in parts of about this many bytes, written in parallel.
+const PART: u64 = 32 << 20;
+/// Reads of neighbouring blobs of one pack are merged up to this many bytes.
+const MAX_READ: u64 = 16 << 20;
+
+/// A file being restored, shared by the jobs of its parts; the last part to finish sets its size
+/// and metadata.
+struct RFile {
     fd: OwnedFd,
     node: Node,
     path: String,
+    parts_left: AtomicUsize,
+}
+
+struct FileJob {
+    file: Arc<RFile>,
+    /// Blobs of this part and the file offset each one goes to.
+    blobs: Vec<(Id, u64)>,
+}
+
+/// Where each blob of a file goes, checked against the index's lengths before anything is read.
+fn plan(repo: &Repository, node: &Node) -> Result<Vec<(Id, u64, u64)>> {
+    let mut out = Vec::with_capacity(node.content.len());
+    let mut blobs = node.content.iter();
+    for (off, len) in node.data_regions() {
+        let mut pos = off;
+        while pos < off + len {
+            let id = blobs
+                .next()
+                .ok_or_else(|| Error::corrupt("file has fewer blobs than its size"))?;
+            let raw = repo
+                .index()
+                .get(id)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Missing,
+                        format!("blob {} is not in the index", id.short()),
+                    )
+                })?
+                .entry
+                .raw_len;
+            if raw == 0 || pos + u64::from(raw) > off + len {
+                return Err(Error::corrupt("file blobs do not fit its data regions"));
+            }
+            out.push((*id, pos, u64::from(raw)));
+            pos += u64::from(raw);
+        }
+    }
+    if blobs.next().is_some() {
+        return Err(Error::corrupt("file has more blobs than its size"));
+    }
+    Ok(out)
 }
 
 struct Ctx<'a> {
@@ -302,13 +352,31 @@ impl RWalker<'_, '_> {
                     self.links.insert(key, fd.try_clone().map_err(io)?);
                 }
                 self.out.files += 1;
-                self.jobs
-                    .send(FileJob {
-                        fd,
-                        node: node.clone(),
-                        path: shown,
-                    })
-                    .map_err(|_| Error::new(ErrorKind::Io, "restore writers stopped"))?;
+                let blobs = plan(self.ctx.repo, node).map_err(|e| e.context(&shown))?;
+                let mut parts: Vec<Vec<(Id, u64)>> = vec![Vec::new()];
+                let mut part_bytes = 0;
+                for (id, off, len) in blobs {
+                    if part_bytes >= PART {
+                        parts.push(Vec::new());
+                        part_bytes = 0;
+                    }
+                    parts.last_mut().expect("one part").push((id, off));
+                    part_bytes += len;
+                }
+                let file = Arc::new(RFile {
+                    fd,
+                    node: node.clone(),
+                    path: shown,
+                    parts_left: AtomicUsize::new(parts.len()),
+                });
+                for blobs in parts {
+                    self.jobs
+                        .send(FileJob {
+                            file: Arc::clone(&file),
+                            blobs,
+                        })
+                        .map_err(|_| Error::new(ErrorKind::Io, "restore writers stopped"))?;
+                }
             }
             NodeKind::Symlink => {
                 remove(dir, &node.name).map_err(io)?;
@@ -341,42 +409,70 @@ fn write_files(ctx: &Ctx<'_>, jobs: &Receiver<FileJob>) {
         if ctx.status.failed() {
             continue;
         }
-        if let Err(e) = write_file(ctx, &job) {
-            ctx.status.fail(e.context(&job.path));
+        if let Err(e) = write_part(ctx, &job) {
+            ctx.status.fail(e.context(&job.file.path));
         }
     }
 }
 
-fn write_file(ctx: &Ctx<'_>, job: &FileJob) -> Result<()> {
-    let node = &job.node;
-    let fd = job.fd.as_fd();
-    let regions = node.data_regions();
-    let mut blobs = node.content.iter();
-    for (off, len) in regions {
-        let mut pos = off;
-        while pos < off + len {
-            let id: &Id = blobs
-                .next()
-                .ok_or_else(|| Error::corrupt("file has fewer blobs than its size"))?;
-            let data = ctx.repo.read_blob(id)?;
-            if data.is_empty() || pos + data.len() as u64 > off + len {
-                return Err(Error::corrupt("file blobs do not fit its data regions"));
+fn write_part(ctx: &Ctx<'_>, job: &FileJob) -> Result<()> {
+    let f = &*job.file;
+    let fd = f.fd.as_fd();
+    let repo = ctx.repo;
+    let missing = |id: &Id| {
+        Error::new(
+            ErrorKind::Missing,
+            format!("blob {} is not in the index", id.short()),
+        )
+    };
+    let mut i = 0;
+    while i < job.blobs.len() {
+        // One read for a run of blobs stored back to back in the same pack.
+        let first = repo
+            .index()
+            .get(&job.blobs[i].0)
+            .ok_or_else(|| missing(&job.blobs[i].0))?;
+        let pack = first.pack;
+        let start = u64::from(first.entry.offset);
+        let mut end = start + u64::from(first.entry.length);
+        let mut entries = vec![first.entry];
+        let mut j = i + 1;
+        while let Some((id, _)) = job.blobs.get(j) {
+            let loc = repo.index().get(id).ok_or_else(|| missing(id))?;
+            let len = u64::from(loc.entry.length);
+            if loc.pack.id != pack.id
+                || u64::from(loc.entry.offset) != end
+                || end + len - start > MAX_READ
+            {
+                break;
             }
-            write_all_at(fd, &data, pos).map_err(|e| Error::io("writing", e))?;
-            pos += data.len() as u64;
+            end += len;
+            entries.push(loc.entry);
+            j += 1;
+        }
+        let name = names::pack(&pack.id);
+        let mut buf = repo.store().read_range(&name, start, end - start)?;
+        let cipher = repo.keys().object_cipher(&pack.salt);
+        let mut at = 0usize;
+        for (e, (_, off)) in entries.iter().zip(&job.blobs[i..j]) {
+            let ct = &mut buf[at..at + e.length as usize];
+            at += e.length as usize;
+            let plain = crate::pack::open_blob_in(repo.keys(), &cipher, e, ct)
+                .map_err(|e| e.context(format!("pack {name}")))?;
+            write_all_at(fd, &plain, *off).map_err(|e| Error::io("writing", e))?;
             ctx.progress
                 .bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+                .fetch_add(plain.len() as u64, Ordering::Relaxed);
         }
+        i = j;
     }
-    if blobs.next().is_some() {
-        return Err(Error::corrupt("file has more blobs than its size"));
+    if f.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+        rustix::fs::ftruncate(fd, f.node.size).map_err(|e| Error::io("truncating", e))?;
+        let mut warn = |w: String| ctx.status.warn(w);
+        fsmeta::apply_meta(fsmeta::MetaTarget::Fd(fd), &f.node, &mut warn)
+            .map_err(|e| Error::io("setting metadata", e))?;
+        ctx.progress.files.fetch_add(1, Ordering::Relaxed);
     }
-    rustix::fs::ftruncate(fd, node.size).map_err(|e| Error::io("truncating", e))?;
-    let mut warn = |w: String| ctx.status.warn(w);
-    fsmeta::apply_meta(fsmeta::MetaTarget::Fd(fd), node, &mut warn)
-        .map_err(|e| Error::io("setting metadata", e))?;
-    ctx.progress.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
