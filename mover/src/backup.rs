@@ -79,23 +79,100 @@ struct Shared<'a> {
     status: RunStatus,
 }
 
-/// Seals blobs of one type into packs; one per worker, so no lock on the hot path.
-struct BlobSink {
+/// The open pack of one blob type, shared by every worker: one pack fills at a time, so memory
+/// holds at most one open, one queued and one uploading pack per type, whatever the thread count.
+/// Workers compress outside the lock; only sealing and appending happen under it.
+struct Packer {
     blob_type: BlobType,
-    pack: Option<PackWriter>,
-    comp: Compressor,
+    pack: Mutex<Option<PackWriter>>,
     pack_size: usize,
-    out: Sender<FinishedPack>,
+    out: Mutex<Option<Sender<FinishedPack>>>,
+    /// Buffers of uploaded packs, reused so a backup allocates a handful of pack buffers in all.
+    pool: Option<Receiver<Vec<u8>>>,
 }
 
-impl BlobSink {
-    fn new(repo: &Repository, blob_type: BlobType, out: Sender<FinishedPack>) -> Result<Self> {
-        Ok(Self {
+impl Packer {
+    fn new(
+        repo: &Repository,
+        blob_type: BlobType,
+        out: Sender<FinishedPack>,
+        pool: Option<Receiver<Vec<u8>>>,
+    ) -> Self {
+        Self {
             blob_type,
-            pack: None,
-            comp: Compressor::new(repo.config().compression)?,
+            pack: Mutex::new(None),
             pack_size: repo.config().pack_size as usize,
-            out,
+            out: Mutex::new(Some(out)),
+            pool,
+        }
+    }
+
+    fn add(
+        &self,
+        sh: &Shared<'_>,
+        id: Id,
+        raw_len: u32,
+        compressed: bool,
+        stored: &[u8],
+    ) -> Result<()> {
+        let full = {
+            let mut g = self.pack.lock().expect("pack lock");
+            if g.is_none() {
+                let buf = self
+                    .pool
+                    .as_ref()
+                    .and_then(|p| p.try_recv().ok())
+                    .unwrap_or_default();
+                *g = Some(PackWriter::with_buffer(
+                    sh.repo.keys(),
+                    self.pack_size,
+                    buf,
+                )?);
+            }
+            let pack = g.as_mut().expect("pack exists");
+            pack.add(id, self.blob_type, raw_len, compressed, stored);
+            if pack.len() >= self.pack_size {
+                g.take()
+            } else {
+                None
+            }
+        };
+        match full {
+            Some(p) => self.send(p),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, p: PackWriter) -> Result<()> {
+        let finished = p.finish();
+        let out = self.out.lock().expect("sender lock").clone();
+        out.and_then(|o| o.send(finished).ok())
+            .ok_or_else(|| Error::new(crate::ErrorKind::Storage, "the uploader stopped"))
+    }
+
+    /// Send the last, partly filled pack and close this packer's side of the upload queue.
+    fn finish(&self) -> Result<()> {
+        let last = self.pack.lock().expect("pack lock").take();
+        let r = match last.filter(|p| !p.is_empty()) {
+            Some(p) => self.send(p),
+            None => Ok(()),
+        };
+        self.out.lock().expect("sender lock").take();
+        r
+    }
+}
+
+/// A worker's side of a packer: its own compressor.
+struct BlobSink<'p> {
+    packer: &'p Packer,
+    comp: Compressor,
+}
+
+impl<'p> BlobSink<'p> {
+    fn new(repo: &Repository, packer: &'p Packer) -> Result<Self> {
+        Ok(Self {
+            packer,
+            comp: Compressor::new(repo.config().compression)?,
         })
     }
 
@@ -105,28 +182,13 @@ impl BlobSink {
         if sh.repo.index().contains(&id) || !sh.new_blobs.lock().expect("dedup lock").insert(id) {
             return Ok(id);
         }
-        if self.pack.is_none() {
-            self.pack = Some(PackWriter::new(sh.repo.keys(), self.pack_size)?);
-        }
-        let pack = self.pack.as_mut().expect("pack exists");
+        let raw_len = data.len() as u32;
         match self.comp.compress(data) {
-            Some(z) => pack.add(id, self.blob_type, data.len() as u32, true, z),
-            None => pack.add(id, self.blob_type, data.len() as u32, false, data),
+            Some(z) => self.packer.add(sh, id, raw_len, true, z)?,
+            None => self.packer.add(sh, id, raw_len, false, data)?,
         }
         sh.blobs_added.fetch_add(1, Ordering::Relaxed);
-        if pack.len() >= self.pack_size {
-            self.flush()?;
-        }
         Ok(id)
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if let Some(p) = self.pack.take().filter(|p| !p.is_empty()) {
-            self.out
-                .send(p.finish())
-                .map_err(|_| Error::new(crate::ErrorKind::Storage, "the uploader stopped"))?;
-        }
-        Ok(())
     }
 }
 
@@ -243,32 +305,37 @@ pub fn backup(
     };
     let (job_tx, job_rx) = bounded::<FileJob>(threads * 4);
     let (ev_tx, ev_rx) = bounded::<Event>(16 * 1024);
-    let (pack_tx, pack_rx) = bounded::<FinishedPack>(2);
+    let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(4);
+    let data_packer = Packer::new(repo, BlobType::Data, pack_tx.clone(), Some(pool_rx));
+    let tree_packer = Packer::new(repo, BlobType::Tree, pack_tx, None);
 
     let mut counts = WalkCounts::default();
     let mut root_tree = None;
     std::thread::scope(|s| {
         let sh = &sh;
-        let uploader = s.spawn(move || upload(sh, &pack_rx));
-        for _ in 0..threads {
-            let job_rx = job_rx.clone();
-            let pack_tx = pack_tx.clone();
-            s.spawn(move || {
-                if let Err(e) = work(sh, &job_rx, pack_tx) {
-                    sh.status.fail(e);
-                    for _ in &job_rx {}
-                }
-            });
-        }
+        let uploader = s.spawn(move || upload(sh, &pack_rx, &pool_tx));
+        let data_packer = &data_packer;
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let job_rx = job_rx.clone();
+                s.spawn(move || {
+                    if let Err(e) = work(sh, &job_rx, data_packer) {
+                        sh.status.fail(e);
+                        for _ in &job_rx {}
+                    }
+                })
+            })
+            .collect();
         drop(job_rx);
-        let tree_pack_tx = pack_tx.clone();
-        drop(pack_tx);
         let builder = s.spawn(move || {
-            let r = build_trees(sh, &ev_rx, tree_pack_tx);
+            let r = build_trees(sh, &ev_rx, &tree_packer);
             if r.is_err() {
                 for _ in &ev_rx {}
             }
-            r
+            // Close the tree side of the upload queue even after an error.
+            let f = tree_packer.finish();
+            r.and_then(|t| f.map(|()| t))
         });
         let walker = std::thread::Builder::new()
             .name("lifeboat-walk".into())
@@ -288,6 +355,12 @@ pub fn backup(
         let (walk_result, c) = walker.join().expect("walker panicked");
         counts = c;
         if let Err(e) = walk_result {
+            sh.status.fail(e);
+        }
+        for w in workers {
+            w.join().expect("worker panicked");
+        }
+        if let Err(e) = data_packer.finish() {
             sh.status.fail(e);
         }
         match builder.join().expect("tree builder panicked") {
@@ -517,19 +590,30 @@ impl Walker<'_, '_> {
             Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
         };
         let mut node = fsmeta::node_from_stat(name, &st);
-        match fsmeta::read_xattrs(dir, name) {
-            Ok(x) => node.xattrs = x,
-            Err(e) => self
-                .sh
-                .status
-                .warn(format!("{shown}: cannot read extended attributes: {e}")),
-        }
         let pnode = ptree.and_then(|t| {
             t.nodes
                 .binary_search_by(|n| n.name.as_slice().cmp(name))
                 .ok()
                 .map(|i| &t.nodes[i])
         });
+        // Setting or removing an extended attribute changes ctime: with the same inode and ctime,
+        // the parent's attributes are still current and need no syscalls.
+        if let Some(p) = pnode.filter(|p| {
+            p.kind() == node.kind()
+                && p.ino == node.ino
+                && p.ctime == node.ctime
+                && p.ctime_ns == node.ctime_ns
+        }) {
+            node.xattrs.clone_from(&p.xattrs);
+        } else {
+            match fsmeta::read_xattrs(dir, name) {
+                Ok(x) => node.xattrs = x,
+                Err(e) => self
+                    .sh
+                    .status
+                    .warn(format!("{shown}: cannot read extended attributes: {e}")),
+            }
+        }
         match node.kind() {
             NodeKind::Dir => {
                 let fd = match fsmeta::open_dir_at(dir, name) {
@@ -695,8 +779,8 @@ fn child_tree(repo: &Repository, t: Option<&Tree>, name: &[u8]) -> Option<Tree> 
         .flatten()
 }
 
-fn work(sh: &Shared<'_>, jobs: &Receiver<FileJob>, packs: Sender<FinishedPack>) -> Result<()> {
-    let mut sink = BlobSink::new(sh.repo, BlobType::Data, packs)?;
+fn work(sh: &Shared<'_>, jobs: &Receiver<FileJob>, packer: &Packer) -> Result<()> {
+    let mut sink = BlobSink::new(sh.repo, packer)?;
     let max = sh.chunker.max_size();
     let mut buf = vec![0u8; 2 * max];
     let mut ends = Vec::new();
@@ -715,7 +799,7 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<FileJob>, packs: Sender<FinishedPack>) 
         }
         let _ = job.reply.send(reply);
     }
-    sink.flush()
+    Ok(())
 }
 
 enum ReadError {
@@ -905,9 +989,9 @@ struct TreeCounts {
 fn build_trees(
     sh: &Shared<'_>,
     events: &Receiver<Event>,
-    packs: Sender<FinishedPack>,
+    packer: &Packer,
 ) -> Result<(Vec<Id>, TreeCounts)> {
-    let mut sink = BlobSink::new(sh.repo, BlobType::Tree, packs)?;
+    let mut sink = BlobSink::new(sh.repo, packer)?;
     let mut stack: Vec<(Node, Vec<Node>)> = Vec::new();
     let mut root: Vec<Node> = Vec::new();
     let mut links: HashMap<(u64, u64), FileContent> = HashMap::new();
@@ -1004,7 +1088,6 @@ fn build_trees(
         return Err(Error::invalid("walk ended inside a directory"));
     }
     let ids = store(&mut sink, root)?;
-    sink.flush()?;
     Ok((ids, counts))
 }
 
@@ -1012,7 +1095,7 @@ fn build_trees(
 /// index (their data is re-uploaded by the next backup; prune removes the orphans).
 const PACKS_PER_INDEX: usize = 64;
 
-fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>) -> Result<()> {
+fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>, pool: &Sender<Vec<u8>>) -> Result<()> {
     let mut pending: Vec<PackRecord> = Vec::new();
     let write_index = |pending: &mut Vec<PackRecord>| -> Result<()> {
         if pending.is_empty() {
@@ -1034,8 +1117,14 @@ fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>) -> Result<()> {
         result = sh
             .repo
             .store()
-            .write(&names::pack(&p.id), p.bytes)
+            .write(&names::pack(&p.id), &p.bytes)
             .and_then(|()| {
+                if p.entries
+                    .first()
+                    .is_some_and(|e| e.blob_type == BlobType::Data)
+                {
+                    let _ = pool.try_send(p.bytes);
+                }
                 sh.progress.bytes_added.fetch_add(size, Ordering::Relaxed);
                 pending.push(PackRecord {
                     id: p.id,

@@ -131,9 +131,18 @@ impl PackWriter {
     /// # Errors
     /// When the random source fails.
     pub fn new(keys: &Keys, capacity: usize) -> Result<Self> {
+        Self::with_buffer(keys, capacity, Vec::new())
+    }
+
+    /// [`PackWriter::new`] reusing the allocation of an earlier pack's buffer.
+    ///
+    /// # Errors
+    /// When the random source fails.
+    pub fn with_buffer(keys: &Keys, capacity: usize, mut buf: Vec<u8>) -> Result<Self> {
         let mut salt = [0u8; SALT_LEN];
         random_bytes(&mut salt)?;
-        let mut buf = Vec::with_capacity(capacity + (1 << 20));
+        buf.clear();
+        buf.reserve(capacity + (1 << 20));
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&salt);
         Ok(Self {

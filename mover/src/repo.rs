@@ -120,7 +120,7 @@ impl Repository {
         // Key first, config last: a crash in between leaves no config, so no half-made repository.
         store.write(
             &format!("{}{slot_id}", names::KEYS),
-            serde_json::to_vec_pretty(&slot).expect("slot serializes"),
+            &serde_json::to_vec_pretty(&slot).expect("slot serializes"),
         )?;
         store.sync()?;
         let body = serde_json::to_vec(&config).expect("config serializes");
@@ -130,7 +130,7 @@ impl Repository {
         };
         store.write(
             names::CONFIG,
-            serde_json::to_vec_pretty(&file).expect("config serializes"),
+            &serde_json::to_vec_pretty(&file).expect("config serializes"),
         )?;
         store.sync()?;
         Ok(Self {
@@ -287,7 +287,7 @@ impl Repository {
             ObjectKind::Snapshot => names::SNAPSHOTS,
         };
         let n = sealed.len() as u64;
-        self.store.write(&format!("{prefix}{id}"), sealed)?;
+        self.store.write(&format!("{prefix}{id}"), &sealed)?;
         Ok((id, n))
     }
 
@@ -399,7 +399,7 @@ impl Repository {
         let id = Id::random()?;
         self.store.write(
             &format!("{}{id}", names::KEYS),
-            serde_json::to_vec_pretty(&slot).expect("slot serializes"),
+            &serde_json::to_vec_pretty(&slot).expect("slot serializes"),
         )?;
         self.store.sync()?;
         Ok(id)

@@ -9,6 +9,7 @@
 //! backup, unchanged re-backup and restore with every tool, alternating the tools' order. Each run gets
 //! a fresh local repository with encryption on and zstd level 3 (restic `--compression auto`, rustic
 //! default). Wall time and peak RSS come from GNU time; every restore is checked for its byte total.
+//! Restores write to a tmpfs, so the numbers measure the tools and not ext4's inode allocator.
 //! Writes `results.md` (the table), `results.json` and `chart.svg` into `--out`.
 
 use std::collections::BTreeMap;
@@ -130,6 +131,20 @@ fn main() -> Result<()> {
         args.corpora.clone()
     };
     let bins = find_tools()?;
+    // Restores go to a tmpfs: on ext4, re-creating tens of thousands of files right after deleting
+    // the previous restore makes the kernel's inode allocator dominate every tool's time.
+    let restore_fs = work.join("restore-tmpfs");
+    std::fs::create_dir_all(&restore_fs)?;
+    if !Command::new("mountpoint")
+        .arg("-q")
+        .arg(&restore_fs)
+        .status()?
+        .success()
+    {
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=50%", "lifeboat-compare"])
+            .arg(&restore_fs))?;
+    }
     let mut results = Vec::new();
     for (ci, name) in corpora.iter().enumerate() {
         let path = make_corpus(&work, name)?;
@@ -164,7 +179,7 @@ fn main() -> Result<()> {
             for op in [Op::Backup, Op::Rebackup, Op::Restore] {
                 for &t in &order {
                     let repo = &repos[&t];
-                    let target = work.join("restore");
+                    let target = restore_fs.join("target");
                     let _ = std::fs::remove_dir_all(&target);
                     let cmd = match op {
                         Op::Backup | Op::Rebackup => backup_cmd(&bins, t, repo, &path),
