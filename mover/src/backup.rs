@@ -198,6 +198,9 @@ impl<'p> BlobSink<'p> {
 /// tile the file exactly, and an insertion moves a seam with the content instead of breaking dedup.
 const SEGMENT: u64 = 32 << 20;
 
+/// Walk events per batch sent to the tree builder.
+const EVENT_BATCH: usize = 256;
+
 /// One segment of a file's data: where it nominally starts, and the end of its data region.
 struct Seg {
     at: u64,
@@ -304,7 +307,7 @@ pub fn backup(
         status: RunStatus::default(),
     };
     let (job_tx, job_rx) = bounded::<FileJob>(threads * 4);
-    let (ev_tx, ev_rx) = bounded::<Event>(16 * 1024);
+    let (ev_tx, ev_rx) = bounded::<Vec<Event>>(64);
     let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(4);
     let data_packer = Packer::new(repo, BlobType::Data, pack_tx.clone(), Some(pool_rx));
@@ -345,10 +348,13 @@ pub fn backup(
                     sh,
                     jobs: job_tx,
                     events: ev_tx,
+                    batch: Vec::with_capacity(EVENT_BATCH),
                     links: HashSet::new(),
                     counts: WalkCounts::default(),
                 };
-                let r = w.walk_tops(&tops, parent_root);
+                let r = w
+                    .walk_tops(&tops, parent_root)
+                    .and_then(|()| w.flush_events());
                 (r, w.counts)
             })
             .expect("spawning the walker");
@@ -473,7 +479,8 @@ struct WalkCounts {
 struct Walker<'s, 'a> {
     sh: &'s Shared<'a>,
     jobs: Sender<FileJob>,
-    events: Sender<Event>,
+    events: Sender<Vec<Event>>,
+    batch: Vec<Event>,
     links: HashSet<(u64, u64)>,
     counts: WalkCounts,
 }
@@ -484,9 +491,23 @@ fn os(b: &[u8]) -> &std::ffi::OsStr {
 }
 
 impl Walker<'_, '_> {
-    fn emit(&self, e: Event) -> Result<()> {
+    /// Queue an event for the tree builder. Events travel in batches: one channel operation (and
+    /// at most one wake-up) per batch instead of per entry.
+    fn emit(&mut self, e: Event) -> Result<()> {
+        self.batch.push(e);
+        if self.batch.len() >= EVENT_BATCH {
+            self.flush_events()?;
+        }
+        Ok(())
+    }
+
+    fn flush_events(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::replace(&mut self.batch, Vec::with_capacity(EVENT_BATCH));
         self.events
-            .send(e)
+            .send(b)
             .map_err(|_| Error::new(crate::ErrorKind::Storage, "the tree builder stopped"))
     }
 
@@ -988,7 +1009,7 @@ struct TreeCounts {
 
 fn build_trees(
     sh: &Shared<'_>,
-    events: &Receiver<Event>,
+    events: &Receiver<Vec<Event>>,
     packer: &Packer,
 ) -> Result<(Vec<Id>, TreeCounts)> {
     let mut sink = BlobSink::new(sh.repo, packer)?;
@@ -1009,7 +1030,7 @@ fn build_trees(
         }
         Ok(ids)
     };
-    for ev in events {
+    for ev in events.iter().flatten() {
         let done = match ev {
             Event::Enter(n) => {
                 stack.push((n, Vec::new()));
