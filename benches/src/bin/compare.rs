@@ -9,7 +9,8 @@
 //! backup, unchanged re-backup and restore with every tool, alternating the tools' order. Each run gets
 //! a fresh local repository with encryption on and zstd level 3 (restic `--compression auto`, rustic
 //! default). Wall time and peak RSS come from GNU time; every restore is checked for its byte total.
-//! Restores write to a tmpfs, so the numbers measure the tools and not ext4's inode allocator.
+//! Restores write to a tmpfs, so the numbers measure the tools and not ext4's inode allocator, and
+//! every measurement starts after `sync`, so no tool pays for the writeback of another's repository.
 //! Writes `results.md` (the table), `results.json` and `chart.svg` into `--out`.
 
 use std::collections::BTreeMap;
@@ -219,19 +220,24 @@ fn main() -> Result<()> {
             }
         }
         results.push(r);
+        // Written after every corpus, so a failure later keeps what was measured.
+        write_results(&args.out, &results)?;
     }
-    let md = table(&results);
-    println!("{md}");
-    std::fs::write(args.out.join("results.md"), &md)?;
+    println!("{}", table(&results));
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+fn write_results(out: &Path, results: &[CorpusResult]) -> Result<()> {
+    std::fs::write(out.join("results.md"), table(results))?;
     std::fs::write(
-        args.out.join("results.json"),
+        out.join("results.json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "machine": machine(),
             "corpora": results,
         }))?,
     )?;
-    std::fs::write(args.out.join("chart.svg"), chart(&results))?;
-    eprintln!("wrote {}", args.out.display());
+    std::fs::write(out.join("chart.svg"), chart(results))?;
     Ok(())
 }
 
@@ -347,6 +353,8 @@ fn tool_cmd(b: &Bins, t: Tool, repo: &Path) -> Command {
 
 /// Run `cmd` under GNU time; its output goes to a log file in `work`.
 fn measure(work: &Path, cmd: &Command) -> Result<Measure> {
+    // Flush what earlier runs wrote, so no tool pays for another's writeback.
+    run(&mut Command::new("sync"))?;
     let stats = work.join("time.out");
     let log = work.join("tool.log");
     let mut c = Command::new("/usr/bin/time");
@@ -504,7 +512,7 @@ fn postgres(dir: &Path) -> Result<()> {
         .arg("-D")
         .arg(&data)
         .args(["-w", "-o", &opts, "-l"])
-        .arg(dir.with_extension("log"))
+        .arg(sock.join("server.log"))
         .arg("start"))?;
     let r = run(as_pg("pgbench")
         .args(["-i", "-s", "50", "-q", "-p", "54329", "-h"])
