@@ -49,11 +49,16 @@ impl std::fmt::Display for Location {
     }
 }
 
-fn write_local(root: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+/// Returns whether the object's directory had to be created.
+fn write_local(root: &Path, name: &str, data: &[u8]) -> std::io::Result<bool> {
     use std::io::Write;
     let target = root.join(name);
-    if let Some(parent) = target.parent() {
+    let mut created = false;
+    if let Some(parent) = target.parent()
+        && !parent.is_dir()
+    {
         std::fs::create_dir_all(parent)?;
+        created = true;
     }
     let mut rnd = [0u8; 8];
     getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -71,7 +76,7 @@ fn write_local(root: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    r
+    r.map(|()| created)
 }
 
 fn read_local(path: &Path, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -210,17 +215,27 @@ impl Store {
     /// # Errors
     /// A storage error.
     pub fn write(&self, name: &str, data: &[u8]) -> Result<()> {
-        match &self.location {
+        let created = match &self.location {
             // Like opendal's fs service (data synced, then renamed into place), without its hops
             // through tokio's blocking pool and without copying the pack into an owned buffer.
             Location::Local(root) => write_local(root, name, data)
                 .map_err(|e| Error::new(ErrorKind::Storage, format!("writing {name}: {e}")))?,
+        };
+        // The object's directory holds the new name; a directory created for it (a new `data/xx/`
+        // fan-out) is itself a new name in its parent, which must be synced too, or a power loss
+        // could drop the whole directory with the packs in it.
+        let parent = |s: &str| s.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        let mut dirty = self.dirty.lock().expect("dirty lock");
+        let mut dir = parent(name);
+        loop {
+            let up = parent(&dir);
+            let top = dir.is_empty();
+            dirty.insert(dir);
+            if !created || top {
+                break;
+            }
+            dir = up;
         }
-        let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
-        self.dirty
-            .lock()
-            .expect("dirty lock")
-            .insert(dir.to_owned());
         Ok(())
     }
 
