@@ -1,10 +1,33 @@
 //! Benchmarks of Lifeboat's data path. The criterion benches live in `benches/benches/`; this crate
 //! holds the seeded data they share.
 
+/// A seeded xorshift generator: benches and corpora must be the same on every run and machine.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value; zero is avoided internally).
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// The next 64 pseudo-random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A value below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
 /// Deterministic data of `len` bytes: `compressible_percent`% repeated text, the rest pseudo-random,
 /// in 64 KiB stripes, so compression benches see realistic mixed data.
 pub fn seeded(len: usize, compressible_percent: u8, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
+    let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(len);
     let text = b"fn main() { println!(\"lifeboat keeps applications afloat\"); } // ";
     let mut stripe = 0usize;
@@ -14,10 +37,7 @@ pub fn seeded(len: usize, compressible_percent: u8, seed: u64) -> Vec<u8> {
             out.extend(text.iter().cycle().take(n));
         } else {
             for _ in 0..n.div_ceil(8) {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                out.extend_from_slice(&s.to_le_bytes());
+                out.extend_from_slice(&rng.next_u64().to_le_bytes());
             }
             out.truncate(out.len().min(len));
         }

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use lifeboat_benches::Rng;
 use serde::Serialize;
 
 const PASSWORD: &str = "compare-benchmark-password";
@@ -426,20 +427,6 @@ fn make_corpus(work: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// 30 000 source-like text files of 0.5–12 KiB in 300 directories.
 fn small_files(dir: &Path) -> Result<()> {
     const WORDS: [&str; 24] = [
@@ -447,7 +434,7 @@ fn small_files(dir: &Path) -> Result<()> {
         "use", "crate", "where", "async", "await", "Vec", "String", "u64", "buffer", "chunk",
         "index", "pack", "snapshot",
     ];
-    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut rng = Rng::new(0x5eed_1234_abcd_ef01);
     for d in 0..300 {
         let sub = dir.join(format!("module_{d:03}"));
         std::fs::create_dir_all(&sub)?;
@@ -531,17 +518,17 @@ fn edited_copy(dir: &Path) -> Result<()> {
     const LEN: usize = 512 << 20;
     let base = lifeboat_benches::seeded(LEN, 50, 42);
     std::fs::write(dir.join("base.img"), &base)?;
-    let mut rng = Rng(0x00c0_ffee_1234_5678);
+    let mut rng = Rng::new(0x00c0_ffee_1234_5678);
     let mut edited = base;
     for _ in 0..32 {
         let at = rng.below((LEN - 4096) as u64) as usize;
         for b in &mut edited[at..at + 4096] {
-            *b = rng.next() as u8;
+            *b = rng.next_u64() as u8;
         }
     }
     for _ in 0..8 {
         let at = rng.below(LEN as u64) as usize;
-        let ins: Vec<u8> = (0..100).map(|_| rng.next() as u8).collect();
+        let ins: Vec<u8> = (0..100).map(|_| rng.next_u64() as u8).collect();
         edited.splice(at..at, ins);
     }
     std::fs::write(dir.join("edited.img"), &edited)?;
