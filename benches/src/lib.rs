@@ -1,5 +1,7 @@
 //! Benchmarks of Lifeboat's data path. The criterion benches live in `benches/benches/`; this crate
-//! holds the seeded data they share.
+//! holds the seeded data they share, and the peers the comparison commands run.
+
+pub mod peers;
 
 /// A seeded xorshift generator: benches and corpora must be the same on every run and machine.
 pub struct Rng(u64);

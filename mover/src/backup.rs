@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::names;
-use crate::chunker::Chunker;
+use crate::chunker::{Chunker, Chunking};
 use crate::compress::Compressor;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
@@ -46,6 +46,12 @@ pub struct BackupOptions {
     pub host: Option<String>,
     /// Worker threads (default: one per core).
     pub threads: Option<usize>,
+    /// How file and device data is cut into chunks (trees are always content-defined).
+    pub chunking: Chunking,
+    /// Changed-block hints for the one path backed up, as `(offset, length)` in bytes: only these
+    /// ranges (widened to the parent's chunk boundaries) are read, and the parent's chunks are
+    /// reused everywhere else. Ignored, with a notice, when there is no usable parent.
+    pub changed_ranges: Option<Vec<(u64, u64)>>,
 }
 
 /// Live counters, readable while a backup runs (for a progress bar).
@@ -68,11 +74,19 @@ pub struct BackupOutcome {
     pub snapshot: Snapshot,
     /// Entries that vanished or could not be read (the backup completed without them).
     pub warnings: Vec<String>,
+    /// Things the user should know that did not lose anything (for example a full read where
+    /// changed ranges were given but no parent could use them).
+    pub notices: Vec<String>,
 }
 
 struct Shared<'a> {
     repo: &'a Repository,
+    /// Cuts tree blobs (always content-defined).
     chunker: Chunker,
+    /// Cuts file and device data.
+    data_chunker: Chunker,
+    changed_ranges: Option<&'a [(u64, u64)]>,
+    notices: Mutex<Vec<String>>,
     new_blobs: Mutex<HashSet<Id>>,
     progress: &'a Progress,
     blobs_added: AtomicU64,
@@ -209,30 +223,62 @@ struct Seg {
     region_start: bool,
 }
 
-/// A file being read, shared by the jobs of its segments.
+/// A file or device being read, shared by the jobs of its segments.
 struct OpenFile {
     fd: OwnedFd,
     name: String,
+    /// A block device: any read error or short read fails the backup.
+    device: bool,
     segs: Vec<Seg>,
     /// The actual start of each segment that is not a region start, once a neighbour computed it.
     seams: Vec<OnceLock<u64>>,
 }
 
-struct FileJob {
-    file: Arc<OpenFile>,
-    seg: usize,
-    reply: Sender<SegResult>,
+/// A run of a file's bytes: one blob, or zeros (a hole, or a chunk that was all zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    off: u64,
+    len: u64,
+    blob: Option<Id>,
+}
+
+enum Job {
+    /// Read one segment of a file.
+    Seg {
+        file: Arc<OpenFile>,
+        seg: usize,
+        reply: Sender<SegResult>,
+    },
+    /// Re-read changed windows of a file against its parent's layout.
+    Delta {
+        file: Arc<OpenFile>,
+        parent: Arc<[Piece]>,
+        /// `(start, changed_end)`: start is a parent chunk boundary at or before the change.
+        windows: Vec<(u64, u64)>,
+        /// A parent boundary this job never reads past (where the next job's first window starts).
+        limit: u64,
+        reply: Sender<DeltaResult>,
+    },
 }
 
 /// What one segment produced.
 struct SegContent {
-    content: Vec<Id>,
+    pieces: Vec<Piece>,
     /// Where reading stopped: the segment's end, or earlier if the file shrank.
     end: u64,
     short: bool,
 }
 
 type SegResult = std::result::Result<SegContent, String>;
+
+/// A re-chunked range `[start, end)` that replaces the parent's pieces there.
+struct Replaced {
+    start: u64,
+    end: u64,
+    pieces: Vec<Piece>,
+}
+
+type DeltaResult = std::result::Result<Vec<Replaced>, String>;
 
 /// A file's content: blobs, holes and the size actually read.
 struct FileContent {
@@ -244,8 +290,12 @@ struct FileContent {
 enum Source {
     Ready,
     Pending {
-        regions: Vec<(u64, u64)>,
         parts: Vec<Receiver<SegResult>>,
+    },
+    Delta {
+        parent: Arc<[Piece]>,
+        size: u64,
+        parts: Vec<Receiver<DeltaResult>>,
     },
     SameAs((u64, u64)),
 }
@@ -298,15 +348,23 @@ pub fn backup(
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
         .max(1);
+    if opts.changed_ranges.is_some() && tops.len() != 1 {
+        return Err(Error::invalid(
+            "changed ranges apply to exactly one device or file: give one path",
+        ));
+    }
     let sh = Shared {
         repo,
         chunker: repo.chunker(),
+        data_chunker: repo.chunker().with_mode(opts.chunking),
+        changed_ranges: opts.changed_ranges.as_deref(),
+        notices: Mutex::new(Vec::new()),
         new_blobs: Mutex::new(HashSet::new()),
         progress,
         blobs_added: AtomicU64::new(0),
         status: RunStatus::default(),
     };
-    let (job_tx, job_rx) = bounded::<FileJob>(threads * 4);
+    let (job_tx, job_rx) = bounded::<Job>(threads * 4);
     let (ev_tx, ev_rx) = bounded::<Vec<Event>>(64);
     let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(4);
@@ -351,6 +409,7 @@ pub fn backup(
                     batch: Vec::with_capacity(EVENT_BATCH),
                     links: HashSet::new(),
                     counts: WalkCounts::default(),
+                    top_path: None,
                 };
                 let r = w
                     .walk_tops(&tops, parent_root)
@@ -378,6 +437,7 @@ pub fn backup(
         }
     });
     let warnings = sh.status.finish()?;
+    let notices = sh.notices.into_inner().expect("notice lock");
     let (tree, tc) = root_tree.expect("tree built when nothing failed");
     let mut snapshot = Snapshot {
         time,
@@ -416,7 +476,36 @@ pub fn backup(
         id,
         snapshot,
         warnings,
+        notices,
     })
+}
+
+/// Parse changed-block hints: one `OFFSET LENGTH` pair of byte counts per line (blank lines and
+/// `#` comments are skipped).
+///
+/// # Errors
+/// `InvalidInput` naming the first bad line.
+pub fn parse_changed_ranges(text: &str) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad = || {
+            Error::invalid(format!(
+                "line {}: expected 'OFFSET LENGTH' in bytes, found {line:?}",
+                i + 1
+            ))
+        };
+        let mut f = line.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(off)), Some(Ok(len)), None) = (f.next(), f.next(), f.next()) else {
+            return Err(bad());
+        };
+        off.checked_add(len).ok_or_else(bad)?;
+        out.push((off, len));
+    }
+    Ok(out)
 }
 
 /// Absolute, lexically normalized paths, sorted by component, with duplicates and paths nested in
@@ -478,11 +567,13 @@ struct WalkCounts {
 
 struct Walker<'s, 'a> {
     sh: &'s Shared<'a>,
-    jobs: Sender<FileJob>,
+    jobs: Sender<Job>,
     events: Sender<Vec<Event>>,
     batch: Vec<Event>,
     links: HashSet<(u64, u64)>,
     counts: WalkCounts,
+    /// The path of the top-level entry being visited, for messages.
+    top_path: Option<String>,
 }
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
@@ -563,7 +654,11 @@ impl Walker<'_, '_> {
             let pt = ptrees.last().and_then(Option::as_ref).cloned();
             // A top-level path that cannot be read is fatal: the user asked for it by name.
             match fsmeta::stat_at(dirfd.as_fd(), name) {
-                Ok(_) => self.entry(dirfd.as_fd(), name, pt.as_ref(), true)?,
+                Ok(_) => {
+                    self.top_path = Some(top.display().to_string());
+                    self.entry(dirfd.as_fd(), name, pt.as_ref(), true)?;
+                    self.top_path = None;
+                }
                 Err(e) => return Err(Error::io(top.display(), e)),
             }
         }
@@ -597,7 +692,11 @@ impl Walker<'_, '_> {
         ptree: Option<&Tree>,
         top: bool,
     ) -> Result<()> {
-        let shown = String::from_utf8_lossy(name).into_owned();
+        // A path the user named is shown as given; entries below it by name.
+        let shown = match (top, &self.top_path) {
+            (true, Some(p)) => p.clone(),
+            _ => String::from_utf8_lossy(name).into_owned(),
+        };
         let warn_or_fail = |sh: &Shared<'_>, what: String| -> Result<()> {
             if top {
                 Err(Error::new(crate::ErrorKind::Io, what))
@@ -606,10 +705,18 @@ impl Walker<'_, '_> {
                 Ok(())
             }
         };
-        let st = match fsmeta::stat_at(dir, name) {
+        let mut st = match fsmeta::stat_at(dir, name) {
             Ok(s) => s,
             Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
         };
+        // A volume named by a symlink (/dev/mapper/x, /dev/disk/by-id/...) is the device it names.
+        if top
+            && fsmeta::kind_of(&st) == NodeKind::Symlink
+            && let Ok(t) = rustix::fs::statat(dir, os(name), rustix::fs::AtFlags::empty())
+            && fsmeta::kind_of(&t) == NodeKind::Blockdev
+        {
+            st = t;
+        }
         let mut node = fsmeta::node_from_stat(name, &st);
         let pnode = ptree.and_then(|t| {
             t.nodes
@@ -662,6 +769,8 @@ impl Walker<'_, '_> {
                 Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
             },
             NodeKind::File => self.file(dir, node, pnode, &shown, top)?,
+            // A device given by path is a volume: its contents are backed up.
+            NodeKind::Blockdev if top => self.file(dir, node, pnode, &shown, top)?,
             _ => self.emit(Event::Entry {
                 node,
                 source: Source::Ready,
@@ -705,7 +814,13 @@ impl Walker<'_, '_> {
                 link,
             });
         }
-        let fd = match fsmeta::open_file_at(dir, &node.name) {
+        let device = node.kind() == NodeKind::Blockdev;
+        let opened = if device {
+            fsmeta::open_device_at(dir, &node.name)
+        } else {
+            fsmeta::open_file_at(dir, &node.name)
+        };
+        let fd = match opened {
             Ok(fd) => fd,
             Err(e) if top => return Err(Error::io(shown, e)),
             Err(e) => {
@@ -715,20 +830,22 @@ impl Walker<'_, '_> {
         };
         // The entry may have been replaced between stat and open.
         let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(shown, e))?;
-        if st.st_ino as u64 != node.ino || fsmeta::kind_of(&st) != NodeKind::File {
+        if device {
+            if fsmeta::kind_of(&st) != NodeKind::Blockdev || st.st_rdev as u64 != node.rdev {
+                return Err(Error::io(
+                    shown,
+                    std::io::Error::other("replaced while being opened"),
+                ));
+            }
+            node.size = rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0))
+                .map_err(|e| Error::io(format!("{shown}: reading the device size"), e))?;
+            node.image = true;
+        } else if st.st_ino as u64 != node.ino || fsmeta::kind_of(&st) != NodeKind::File {
             self.sh
                 .status
                 .warn(format!("{shown}: replaced during backup (skipped)"));
             return Ok(());
         }
-        let sparse = (st.st_blocks as u64).saturating_mul(512) < node.size;
-        let regions = match data_regions(fd.as_fd(), node.size, sparse) {
-            Ok(r) => r,
-            Err(e) => {
-                self.sh.status.warn(format!("{shown}: {e} (skipped)"));
-                return Ok(());
-            }
-        };
         if pnode.is_some() {
             self.counts.changed += 1;
         } else {
@@ -737,6 +854,33 @@ impl Walker<'_, '_> {
         if let Some(k) = link {
             self.links.insert(k);
         }
+        if top && let Some(ranges) = self.sh.changed_ranges {
+            let layout = pnode
+                .filter(|p| p.kind() == node.kind() && p.has_data())
+                .and_then(|p| parent_layout(self.sh.repo, p));
+            if let Some(parent) = layout {
+                let file = Arc::new(OpenFile {
+                    fd,
+                    name: shown.to_owned(),
+                    device,
+                    segs: Vec::new(),
+                    seams: Vec::new(),
+                });
+                return self.delta(node, &file, parent, ranges, link);
+            }
+            self.sh.notices.lock().expect("notice lock").push(format!(
+                "{shown}: no parent snapshot of it to apply changed ranges to: read in full"
+            ));
+        }
+        let sparse = !device && (st.st_blocks as u64).saturating_mul(512) < node.size;
+        let regions = match data_regions(fd.as_fd(), node.size, sparse) {
+            Ok(r) => r,
+            Err(e) if device => return Err(Error::io(shown, e)),
+            Err(e) => {
+                self.sh.status.warn(format!("{shown}: {e} (skipped)"));
+                return Ok(());
+            }
+        };
         let mut segs = Vec::new();
         for &(off, len) in &regions {
             let end = off + len;
@@ -753,28 +897,149 @@ impl Walker<'_, '_> {
         let file = Arc::new(OpenFile {
             fd,
             name: shown.to_owned(),
+            device,
             seams: segs.iter().map(|_| OnceLock::new()).collect(),
             segs,
         });
         let mut parts = Vec::with_capacity(file.segs.len());
         for seg in 0..file.segs.len() {
             let (tx, rx) = bounded(1);
-            let job = FileJob {
+            self.send_job(Job::Seg {
                 file: Arc::clone(&file),
                 seg,
                 reply: tx,
-            };
-            self.jobs
-                .send(job)
-                .map_err(|_| Error::new(crate::ErrorKind::Storage, "the workers stopped"))?;
+            })?;
             parts.push(rx);
         }
         self.emit(Event::Entry {
             node,
-            source: Source::Pending { regions, parts },
+            source: Source::Pending { parts },
             link,
         })
     }
+
+    fn send_job(&self, job: Job) -> Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::new(crate::ErrorKind::Storage, "the workers stopped"))
+    }
+
+    /// Queue the changed windows of `file` against its parent's layout, in groups far enough
+    /// apart to be read in parallel.
+    fn delta(
+        &mut self,
+        node: Node,
+        file: &Arc<OpenFile>,
+        parent: Vec<Piece>,
+        ranges: &[(u64, u64)],
+        link: Option<(u64, u64)>,
+    ) -> Result<()> {
+        let psize = parent.last().map_or(0, |p| p.off + p.len);
+        let windows = delta_windows(&parent, psize, node.size, ranges);
+        let parent: Arc<[Piece]> = parent.into();
+        let mut groups: Vec<Vec<(u64, u64)>> = Vec::new();
+        for w in windows {
+            match groups.last_mut() {
+                Some(g) if w.0 < g.last().expect("non-empty group").1 + GROUP_GAP => g.push(w),
+                _ => groups.push(vec![w]),
+            }
+        }
+        let mut parts = Vec::with_capacity(groups.len());
+        for (i, windows) in groups.iter().enumerate() {
+            let limit = groups.get(i + 1).map_or(node.size, |g| g[0].0);
+            let (tx, rx) = bounded(1);
+            self.send_job(Job::Delta {
+                file: Arc::clone(file),
+                parent: Arc::clone(&parent),
+                windows: windows.clone(),
+                limit,
+                reply: tx,
+            })?;
+            parts.push(rx);
+        }
+        let size = node.size;
+        self.emit(Event::Entry {
+            node,
+            source: Source::Delta {
+                parent,
+                size,
+                parts,
+            },
+            link,
+        })
+    }
+}
+
+/// Changed windows farther apart than this are read by separate jobs (in parallel); closer ones
+/// are read in one pass, so a window's resynchronisation never runs into the next one's changes.
+const GROUP_GAP: u64 = 64 << 20;
+
+/// After this many chunks past the end of a changed range without landing on a parent boundary,
+/// the next parent boundary becomes a cut: reading stops a few chunks after each change.
+const RESYNC_CHUNKS: usize = 4;
+
+/// Bytes per read while re-chunking a changed window.
+const DELTA_STEP: usize = 256 << 10;
+
+/// The parent's bytes as pieces tiling `[0, size)`: its blobs (lengths from the index) and its
+/// holes. `None` when a blob is no longer indexed or the node is inconsistent.
+fn parent_layout(repo: &Repository, p: &Node) -> Option<Vec<Piece>> {
+    let blobs = crate::restore::plan(repo, p).ok()?;
+    let mut out = Vec::with_capacity(blobs.len() + p.holes.len());
+    let mut at = 0;
+    for (id, off, len) in blobs {
+        if off > at {
+            out.push(Piece {
+                off: at,
+                len: off - at,
+                blob: None,
+            });
+        }
+        out.push(Piece {
+            off,
+            len,
+            blob: Some(id),
+        });
+        at = off + len;
+    }
+    if p.size > at {
+        out.push(Piece {
+            off: at,
+            len: p.size - at,
+            blob: None,
+        });
+    }
+    Some(out)
+}
+
+/// The windows to re-read: each changed range, clipped to the new size, widened at the start to
+/// the parent piece it begins in, merged where they touch. A size change re-reads the old last
+/// chunk through the new end.
+fn delta_windows(
+    parent: &[Piece],
+    psize: u64,
+    size: u64,
+    ranges: &[(u64, u64)],
+) -> Vec<(u64, u64)> {
+    let mut r: Vec<(u64, u64)> = ranges
+        .iter()
+        .map(|&(o, l)| (o.min(size), o.saturating_add(l).min(size)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    if size != psize && size > 0 {
+        r.push((psize.min(size).saturating_sub(1), size));
+    }
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in r {
+        let i = parent.partition_point(|p| p.off + p.len <= a);
+        let s = parent.get(i).map_or(a, |p| p.off.min(a));
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((s, b)),
+        }
+    }
+    out
 }
 
 fn unchanged(p: &Node, n: &Node) -> bool {
@@ -800,27 +1065,82 @@ fn child_tree(repo: &Repository, t: Option<&Tree>, name: &[u8]) -> Option<Tree> 
         .flatten()
 }
 
-fn work(sh: &Shared<'_>, jobs: &Receiver<FileJob>, packer: &Packer) -> Result<()> {
+fn work(sh: &Shared<'_>, jobs: &Receiver<Job>, packer: &Packer) -> Result<()> {
     let mut sink = BlobSink::new(sh.repo, packer)?;
-    let max = sh.chunker.max_size();
+    let max = sh.data_chunker.max_size();
     let mut buf = vec![0u8; 2 * max];
     let mut ends = Vec::new();
+    // A source error skips a file with a warning, but fails the backup for a device: a volume
+    // snapshot with a part missing is worse than none.
+    let source_error = |f: &OpenFile, e: std::io::Error| -> Result<String> {
+        if f.device {
+            Err(Error::new(
+                crate::ErrorKind::Io,
+                format!("{}: reading the device failed: {e}", f.name),
+            ))
+        } else {
+            Ok(format!("{}: {e} (skipped)", f.name))
+        }
+    };
     for job in jobs {
         if sh.status.failed() {
             continue;
         }
-        let r = read_segment(sh, &mut sink, &job, &mut buf, &mut ends);
-        let reply = match r {
-            Ok(c) => Ok(c),
-            Err(ReadError::Source(e)) => Err(format!("{}: {e} (skipped)", job.file.name)),
-            Err(ReadError::Fatal(e)) => return Err(e),
-        };
-        if job.seg + 1 == job.file.segs.len() {
-            sh.progress.files.fetch_add(1, Ordering::Relaxed);
+        match job {
+            Job::Seg { file, seg, reply } => {
+                let r = match read_segment(sh, &mut sink, &file, seg, &mut buf, &mut ends) {
+                    Ok(c) => Ok(c),
+                    Err(ReadError::Source(e)) => Err(source_error(&file, e)?),
+                    Err(ReadError::Fatal(e)) => return Err(e),
+                };
+                if seg + 1 == file.segs.len() {
+                    sh.progress.files.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = reply.send(r);
+            }
+            Job::Delta {
+                file,
+                parent,
+                windows,
+                limit,
+                reply,
+            } => {
+                let r = read_delta(
+                    sh, &mut sink, &file, &parent, &windows, limit, &mut buf, &mut ends,
+                );
+                let r = match r {
+                    Ok(c) => Ok(c),
+                    Err(ReadError::Source(e)) => Err(source_error(&file, e)?),
+                    Err(ReadError::Fatal(e)) => return Err(e),
+                };
+                let _ = reply.send(r);
+            }
         }
-        let _ = job.reply.send(reply);
     }
     Ok(())
+}
+
+/// Whether every byte is zero (compared a page at a time: memcmp is vectorized).
+fn is_zero(data: &[u8]) -> bool {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+/// One chunk as a piece: all-zero chunks become zero ranges and are never stored.
+fn chunk_piece(sh: &Shared<'_>, sink: &mut BlobSink, data: &[u8], off: u64) -> Result<Piece> {
+    let len = data.len() as u64;
+    if is_zero(data) {
+        return Ok(Piece {
+            off,
+            len,
+            blob: None,
+        });
+    }
+    Ok(Piece {
+        off,
+        len,
+        blob: Some(sink.put(sh, data)?),
+    })
 }
 
 enum ReadError {
@@ -896,78 +1216,264 @@ fn seam(sh: &Shared<'_>, f: &OpenFile, i: usize, buf: &mut [u8]) -> u64 {
     if seg.region_start {
         return seg.at;
     }
-    *f.seams[i].get_or_init(|| {
-        let want = sh.chunker.max_size().min(buf.len());
-        match fill(sh, f.fd.as_fd(), &mut buf[..want], seg.at, seg.region_end) {
-            Ok(n) => {
-                let eof = seg.at + n as u64 >= seg.region_end || n < want;
-                sh.chunker
-                    .first_cut(&buf[..n], eof)
-                    .map_or(seg.at + n as u64, |c| seg.at + c as u64)
-            }
-            // The segment's own read reports the error.
-            Err(_) => seg.at,
-        }
-    })
+    // On a read error the segment's own read reports it.
+    *f.seams[i]
+        .get_or_init(|| seam_at(sh, f.fd.as_fd(), seg.at, seg.region_end, buf).unwrap_or(seg.at))
+}
+
+/// Where a segment nominally starting at `at` (inside a region ending at `region_end`) really
+/// starts: at the first cut of the bytes from `at` on. `buf` holds at least one chunk.
+fn seam_at(
+    sh: &Shared<'_>,
+    fd: BorrowedFd<'_>,
+    at: u64,
+    region_end: u64,
+    buf: &mut [u8],
+) -> std::io::Result<u64> {
+    if sh.data_chunker.is_fixed() {
+        return Ok(at);
+    }
+    let want = sh.data_chunker.max_size().min(buf.len());
+    let n = fill(sh, fd, &mut buf[..want], at, region_end)?;
+    let eof = at + n as u64 >= region_end || n < want;
+    Ok(sh
+        .data_chunker
+        .first_cut(&buf[..n], eof)
+        .map_or(at + n as u64, |c| at + c as u64))
 }
 
 fn read_segment(
     sh: &Shared<'_>,
     sink: &mut BlobSink,
-    job: &FileJob,
+    f: &OpenFile,
+    seg: usize,
     buf: &mut [u8],
     ends: &mut Vec<usize>,
 ) -> std::result::Result<SegContent, ReadError> {
-    let f = &*job.file;
     let fd = f.fd.as_fd();
-    let start = seam(sh, f, job.seg, buf);
-    let end = match f.segs.get(job.seg + 1) {
-        Some(next) if !next.region_start => seam(sh, f, job.seg + 1, buf),
-        _ => f.segs[job.seg].region_end,
+    let start = seam(sh, f, seg, buf);
+    let end = match f.segs.get(seg + 1) {
+        Some(next) if !next.region_start => seam(sh, f, seg + 1, buf),
+        _ => f.segs[seg].region_end,
     };
-    let mut content = Vec::new();
-    let mut pos = start;
+    let mut pieces = Vec::new();
+    // `buf[..filled]` holds the bytes from `base` on.
+    let mut base = start;
     let mut filled = 0usize;
     let mut short = false;
-    while pos < end || filled > 0 {
-        let n = fill(sh, fd, &mut buf[filled..], pos, end).map_err(ReadError::Source)?;
-        short |= n < buf.len() - filled && pos + (n as u64) < end;
+    loop {
+        let at = base + filled as u64;
+        let n = fill(sh, fd, &mut buf[filled..], at, end).map_err(ReadError::Source)?;
+        short |= n < buf.len() - filled && at + (n as u64) < end;
         filled += n;
-        pos += n as u64;
-        let last = pos >= end || short;
+        let last = base + filled as u64 >= end || short;
         ends.clear();
-        let used = sh.chunker.cut(&buf[..filled], last, ends);
+        let used = sh.data_chunker.cut(&buf[..filled], last, ends);
         let mut s = 0;
         for &e in ends.iter() {
-            content.push(sink.put(sh, &buf[s..e])?);
+            pieces.push(chunk_piece(sh, sink, &buf[s..e], base + s as u64)?);
             s = e;
         }
         buf.copy_within(used..filled, 0);
         filled -= used;
+        base += used as u64;
         if last {
             break;
         }
     }
+    if short && f.device {
+        return Err(ReadError::Source(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the device ended early (removed or shrunk while being read)",
+        )));
+    }
     Ok(SegContent {
-        content,
-        end: pos,
+        pieces,
+        end: base,
         short,
     })
+}
+
+/// Re-chunk the changed windows of one job. Each window starts at a parent boundary and is read
+/// until, past its changed end, a cut lands on a parent boundary again (after that the content
+/// and so the chunks are the parent's), or lands inside a parent zero range (the rest of it is
+/// zeros still), or `RESYNC_CHUNKS` chunks went by (the next parent boundary is cut).
+#[allow(clippy::too_many_arguments)]
+fn read_delta(
+    sh: &Shared<'_>,
+    sink: &mut BlobSink,
+    f: &OpenFile,
+    parent: &[Piece],
+    windows: &[(u64, u64)],
+    limit: u64,
+    buf: &mut [u8],
+    ends: &mut Vec<usize>,
+) -> std::result::Result<Vec<Replaced>, ReadError> {
+    let fd = f.fd.as_fd();
+    let is_boundary = |x: u64| {
+        x == limit
+            || parent.binary_search_by_key(&x, |p| p.off).is_ok()
+            || parent.last().is_some_and(|p| p.off + p.len == x)
+    };
+    let next_boundary = |lo: u64| -> Option<u64> {
+        let j = parent.partition_point(|p| p.off < lo);
+        parent
+            .get(j)
+            .map(|p| p.off)
+            .or_else(|| parent.last().map(|p| p.off + p.len).filter(|e| *e >= lo))
+    };
+    // A full read restarts chunking at each segment seam; so does this, so that the chunks are
+    // the ones a full read would find and the next full backup deduplicates against them.
+    // Seams are found lazily: reading stops at the nominal boundary first, and its seam is
+    // computed only if the chain gets there.
+    let mut seam_buf = Vec::new();
+    let mut seams: HashMap<u64, u64> = HashMap::new();
+    let max = sh.data_chunker.max_size() as u64;
+    let mut seam_of = |nominal: u64| -> std::io::Result<u64> {
+        if let Some(t) = seams.get(&nominal) {
+            return Ok(*t);
+        }
+        seam_buf.resize(max as usize, 0);
+        let t = seam_at(sh, fd, nominal, limit, &mut seam_buf)?.min(limit);
+        seams.insert(nominal, t);
+        Ok(t)
+    };
+    // The end of the chain through `x`: (where it stops, whether that is final or a nominal
+    // boundary whose seam is still to be found).
+    let chain_end = |x: u64,
+                     seam_of: &mut dyn FnMut(u64) -> std::io::Result<u64>|
+     -> std::io::Result<(u64, bool)> {
+        let k = x / SEGMENT;
+        if k > 0 && k * SEGMENT + max > x {
+            let t = seam_of(k * SEGMENT)?;
+            if t > x {
+                return Ok((t, true));
+            }
+        }
+        let next = (k + 1) * SEGMENT;
+        Ok(if next < limit {
+            (next, false)
+        } else {
+            (limit, true)
+        })
+    };
+    let mut out = Vec::new();
+    let mut done = 0u64;
+    for (wi, &(s, b)) in windows.iter().enumerate() {
+        if b <= done {
+            continue;
+        }
+        // The next window's changes must not be covered by a zero shortcut.
+        let next_start = windows.get(wi + 1).map_or(limit, |w| w.0);
+        let start = s.max(done);
+        let mut pieces = Vec::new();
+        let mut base = start;
+        let mut filled = 0usize;
+        let mut past = 0usize;
+        let (mut stop, mut known) = chain_end(base, &mut seam_of).map_err(ReadError::Source)?;
+        let end = 'read: loop {
+            if filled == 0 && base == stop {
+                (stop, known) = chain_end(base, &mut seam_of).map_err(ReadError::Source)?;
+            } else if !known && base + filled as u64 >= stop {
+                stop = seam_of(stop).map_err(ReadError::Source)?;
+                known = true;
+            }
+            let at = base + filled as u64;
+            // Small reads: reading stops soon after the chain lands on the parent's again.
+            let want = (buf.len() - filled).min(DELTA_STEP);
+            let n = fill(sh, fd, &mut buf[filled..filled + want], at, stop)
+                .map_err(ReadError::Source)?;
+            if n < want && at + (n as u64) < stop {
+                return Err(ReadError::Source(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "ended early (removed or shrunk while being read)",
+                )));
+            }
+            filled += n;
+            let last = known && base + filled as u64 >= stop;
+            ends.clear();
+            let used = sh.data_chunker.cut(&buf[..filled], last, ends);
+            let mut from = 0usize;
+            for &e in ends.iter() {
+                let c0 = base + from as u64;
+                let mut c1 = base + e as u64;
+                if c1 > b
+                    && past >= RESYNC_CHUNKS
+                    && let Some(q) = next_boundary((c0 + 1).max(b)).filter(|q| *q < c1)
+                {
+                    c1 = q;
+                }
+                let to = (c1 - base) as usize;
+                pieces.push(chunk_piece(sh, sink, &buf[from..to], c0)?);
+                from = to;
+                if c1 < b {
+                    continue;
+                }
+                if is_boundary(c1) {
+                    break 'read c1;
+                }
+                past += 1;
+                let i = parent.partition_point(|p| p.off + p.len <= c1);
+                if let Some(z) = parent.get(i)
+                    && z.blob.is_none()
+                    && z.off < c1
+                    && z.off + z.len <= next_start.min(limit)
+                {
+                    pieces.push(Piece {
+                        off: c1,
+                        len: z.off + z.len - c1,
+                        blob: None,
+                    });
+                    break 'read z.off + z.len;
+                }
+            }
+            buf.copy_within(used..filled, 0);
+            filled -= used;
+            base += used as u64;
+            if last && stop >= limit {
+                break base;
+            }
+        };
+        out.push(Replaced { start, end, pieces });
+        done = end;
+    }
+    Ok(out)
+}
+
+/// Set a node's content from its pieces (sorted): the blobs in order, and everything between
+/// them (holes, zero chunks, the tail) as holes.
+fn set_content(node: &mut Node, pieces: &[Piece], size: u64) {
+    let mut content = Vec::new();
+    let mut holes = Vec::new();
+    let mut at = 0;
+    for p in pieces {
+        let Some(id) = p.blob else { continue };
+        if p.off > at {
+            holes.push((at, p.off - at));
+        }
+        content.push(id);
+        at = p.off + p.len;
+    }
+    if size > at {
+        holes.push((at, size - at));
+    }
+    node.content = content;
+    node.holes = holes;
+    node.size = size;
 }
 
 /// Join a file's segments in order. A file that shrank while it was read keeps what existed.
 fn merge_segments(
     node: &mut Node,
-    regions: &[(u64, u64)],
     parts: Vec<Receiver<SegResult>>,
 ) -> std::result::Result<(), Option<String>> {
-    let mut content = Vec::new();
+    let mut pieces = Vec::new();
     let mut size = node.size;
     let mut short = false;
     for rx in parts {
         match rx.recv() {
             Ok(Ok(seg)) if !short => {
-                content.extend(seg.content);
+                pieces.extend(seg.pieces);
                 if seg.short {
                     short = true;
                     size = seg.end;
@@ -979,23 +1485,58 @@ fn merge_segments(
             Err(_) => return Err(None),
         }
     }
-    let mut holes = Vec::new();
+    set_content(node, &pieces, size);
+    Ok(())
+}
+
+/// Join the parent's pieces with the re-read windows. The result must tile `[0, size)` exactly;
+/// anything else is a bug, and fails the backup rather than record wrong contents.
+fn merge_delta(
+    node: &mut Node,
+    parent: &[Piece],
+    size: u64,
+    parts: Vec<Receiver<DeltaResult>>,
+) -> std::result::Result<(), Option<String>> {
+    let mut replaced = Vec::new();
+    for rx in parts {
+        match rx.recv() {
+            Ok(Ok(r)) => replaced.extend(r),
+            Ok(Err(w)) => return Err(Some(w)),
+            Err(_) => return Err(None),
+        }
+    }
+    let mut pieces = Vec::with_capacity(parent.len() + replaced.len());
+    let mut cursor = 0;
+    let keep = |pieces: &mut Vec<Piece>, from: u64, to: u64| {
+        let i = parent.partition_point(|p| p.off < from);
+        pieces.extend(
+            parent[i..]
+                .iter()
+                .take_while(|p| p.off + p.len <= to)
+                .copied(),
+        );
+    };
+    for r in replaced {
+        keep(&mut pieces, cursor, r.start);
+        pieces.extend(r.pieces);
+        cursor = r.end;
+    }
+    keep(&mut pieces, cursor, size);
     let mut at = 0;
-    for &(off, len) in regions {
-        if off >= size {
+    for p in &pieces {
+        if p.off != at || p.len == 0 {
             break;
         }
-        if off > at {
-            holes.push((at, off - at));
-        }
-        at = (off + len).min(size);
+        at += p.len;
     }
-    if size > at {
-        holes.push((at, size - at));
+    if at != size {
+        return Err(Some(format!(
+            "{}: changed ranges did not line up with the parent snapshot (at byte {at} of \
+             {size}); back it up without --changed-ranges",
+            node.display_name()
+        )));
     }
-    node.content = content;
-    node.holes = holes;
-    node.size = size;
+    set_content(node, &pieces, size);
     Ok(())
 }
 
@@ -1051,17 +1592,29 @@ fn build_trees(
             } => {
                 let resolved = match source {
                     Source::Ready => true,
-                    Source::Pending { regions, parts } => {
-                        match merge_segments(&mut node, &regions, parts) {
-                            Ok(()) => true,
-                            Err(w) => {
-                                if let Some(w) = w {
-                                    sh.status.warn(w);
-                                }
-                                false
+                    Source::Pending { parts } => match merge_segments(&mut node, parts) {
+                        Ok(()) => true,
+                        Err(w) => {
+                            if let Some(w) = w {
+                                sh.status.warn(w);
                             }
+                            false
                         }
-                    }
+                    },
+                    Source::Delta {
+                        parent,
+                        size,
+                        parts,
+                    } => match merge_delta(&mut node, &parent, size, parts) {
+                        Ok(()) => true,
+                        Err(w) => {
+                            // Only the one path given is delta-read: its failure fails the backup.
+                            return Err(Error::new(
+                                crate::ErrorKind::Io,
+                                w.unwrap_or_else(|| "backup aborted".into()),
+                            ));
+                        }
+                    },
                     Source::SameAs(k) => {
                         if let Some(c) = links.get(&k) {
                             node.content.clone_from(&c.content);
@@ -1087,12 +1640,11 @@ fn build_trees(
                         size: node.size,
                     });
                 }
-                match node.kind() {
-                    NodeKind::File => {
-                        counts.files += 1;
-                        counts.bytes += node.size;
-                    }
-                    _ => counts.others += 1,
+                if node.has_data() {
+                    counts.files += 1;
+                    counts.bytes += node.size;
+                } else {
+                    counts.others += 1;
                 }
                 node
             }

@@ -60,17 +60,47 @@ impl ChunkerParams {
     }
 }
 
+/// How data is cut into chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Chunking {
+    /// Content-defined (`FastCDC`): cut points move with the content, so inserted or shifted data
+    /// still deduplicates.
+    #[default]
+    Cdc,
+    /// Fixed-size chunks of the average size, aligned to the start of each data region: no cut
+    /// point search, and in-place block changes touch exactly their own chunks.
+    Fixed,
+}
+
 /// A configured chunker; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Chunker {
     params: ChunkerParams,
     seed: u64,
+    mode: Chunking,
 }
 
 impl Chunker {
-    /// A chunker with these bounds and secret gear seed.
+    /// A content-defined chunker with these bounds and secret gear seed.
     pub fn new(params: ChunkerParams, seed: u64) -> Self {
-        Self { params, seed }
+        Self {
+            params,
+            seed,
+            mode: Chunking::Cdc,
+        }
+    }
+
+    /// The same chunker in another mode (fixed chunks are `avg` bytes long).
+    #[must_use]
+    pub fn with_mode(mut self, mode: Chunking) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Whether chunks have a fixed size (segments then start exactly at their nominal offset).
+    pub fn is_fixed(&self) -> bool {
+        self.mode == Chunking::Fixed
     }
 
     /// The largest chunk this chunker emits.
@@ -83,6 +113,19 @@ impl Chunker {
     /// keeps `data[consumed..]` and appends more before calling again.
     pub fn cut(&self, data: &[u8], eof: bool, ends: &mut Vec<usize>) -> usize {
         let p = self.params;
+        if self.mode == Chunking::Fixed {
+            let size = p.avg as usize;
+            let mut pos = 0;
+            while data.len() - pos >= size {
+                pos += size;
+                ends.push(pos);
+            }
+            if eof && pos < data.len() {
+                pos = data.len();
+                ends.push(pos);
+            }
+            return pos;
+        }
         let cdc = self.cdc(data);
         let mut pos = 0;
         while pos < data.len() {
@@ -102,6 +145,9 @@ impl Chunker {
     pub fn first_cut(&self, data: &[u8], eof: bool) -> Option<usize> {
         if data.is_empty() || (!eof && data.len() < self.max_size()) {
             return None;
+        }
+        if self.mode == Chunking::Fixed {
+            return Some(data.len().min(self.params.avg as usize));
         }
         let n = data.len().min(self.max_size());
         Some(self.cdc(&data[..n]).cut(0, n).1)
@@ -208,6 +254,24 @@ mod tests {
             data.len(),
         );
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn fixed_chunks_are_aligned_whatever_the_buffer() {
+        let data = seeded((5 << 20) + 12_345, 3);
+        let c = Chunker::new(ChunkerParams::default(), 7).with_mode(Chunking::Fixed);
+        let avg = ChunkerParams::default().avg as usize;
+        for step in [1 << 20, 3 << 20, data.len()] {
+            let cuts = all_cuts(&c, &data, step);
+            assert_eq!(cuts.len(), 6, "step {step}");
+            assert!(
+                cuts[..5]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| *e == (i + 1) * avg)
+            );
+            assert_eq!(*cuts.last().unwrap(), data.len());
+        }
     }
 
     const PINNED_COUNT: usize = 20;

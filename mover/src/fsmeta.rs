@@ -95,6 +95,20 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     )
 }
 
+/// Open the block device `name` inside `dir` read-only (following a symlink to it: volumes are
+/// often named by /dev/mapper or /dev/disk links). The caller checks it is the device it stat'ed.
+///
+/// # Errors
+/// The system call's error.
+pub fn open_device_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Open the regular file `name` inside `dir` for reading, without following a symlink, without
 /// blocking on a fifo swapped in underneath us, and without updating its access time where allowed.
 ///

@@ -40,8 +40,9 @@ mod status;
 pub mod tree;
 
 pub use backend::Location;
-pub use backup::{BackupOptions, BackupOutcome, Progress, backup};
+pub use backup::{BackupOptions, BackupOutcome, Progress, backup, parse_changed_ranges};
 pub use check::{CheckProgress, CheckReport, check};
+pub use chunker::Chunking;
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use id::Id;
 pub use keyslot::{KdfParams, KeySlot, Secret, SlotKind};

@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use lifeboat::{
-    BackupOptions, CheckProgress, InitOptions, KdfParams, Location, Progress, Repository,
+    BackupOptions, CheckProgress, Chunking, InitOptions, KdfParams, Location, Progress, Repository,
     RestoreOptions, RestoreProgress, Secret, SlotKind,
     tree::{Node, NodeKind},
 };
@@ -62,11 +62,20 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         pack_size_mib: u32,
     },
-    /// Back up files and directories.
+    /// Back up files, directories and block devices (a device given by path is backed up as a
+    /// volume: its contents, with all-zero ranges recorded, not stored).
     Backup {
         /// Paths to back up.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Read only these byte ranges of the one device or file given, reusing the parent
+        /// snapshot's chunks elsewhere: one "OFFSET LENGTH" pair in bytes per line (what the CSI
+        /// SnapshotMetadata service's GetMetadataDelta returns).
+        #[arg(long, value_name = "FILE")]
+        changed_ranges: Option<PathBuf>,
+        /// How file and device data is cut: content-defined (cdc) or fixed 1 MiB blocks (fixed).
+        #[arg(long, value_parser = ["cdc", "fixed"], default_value = "cdc")]
+        chunking: String,
         /// Tag the snapshot (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -96,13 +105,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a snapshot into a directory.
+    /// Restore a snapshot into a directory, or a volume snapshot onto a block device.
     Restore {
         /// Snapshot id prefix or `latest`.
         snapshot: String,
-        /// Directory to restore into (a backed-up `/a/b` lands at `TARGET/a/b`).
+        /// Directory to restore into (a backed-up `/a/b` lands at `TARGET/a/b`; a backed-up
+        /// device becomes a sparse image file), or a block device to write the snapshot's volume
+        /// onto (refused when the device is smaller, mounted or in use).
         #[arg(long)]
         target: PathBuf,
+        /// The target device already reads as zeros (new, or discarded): skip the zero ranges.
+        #[arg(long)]
+        target_is_zeroed: bool,
         /// Restore only this snapshot path (repeatable).
         #[arg(long)]
         include: Vec<PathBuf>,
@@ -302,11 +316,29 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Backup {
             paths,
+            changed_ranges,
+            chunking,
             tags,
             host,
             threads,
             json,
         } => {
+            let changed_ranges = match &changed_ranges {
+                Some(f) => {
+                    let text = std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?;
+                    Some(
+                        lifeboat::parse_changed_ranges(&text)
+                            .with_context(|| f.display().to_string())?,
+                    )
+                }
+                None => None,
+            };
+            let chunking = if chunking == "fixed" {
+                Chunking::Fixed
+            } else {
+                Chunking::Cdc
+            };
             let mut repo = open(g)?;
             repo.load_index()?;
             let progress = std::sync::Arc::new(Progress::default());
@@ -326,11 +358,16 @@ fn run(cli: Cli) -> Result<u8> {
                     tags,
                     host,
                     threads,
+                    chunking,
+                    changed_ranges,
                 },
                 &progress,
             );
             drop(ticker);
             let out = out?;
+            for n in &out.notices {
+                eprintln!("lifeboat: note: {n}");
+            }
             for w in &out.warnings {
                 eprintln!("lifeboat: warning: {w}");
             }
@@ -431,6 +468,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Restore {
             snapshot,
             target,
+            target_is_zeroed,
             include,
             threads,
         } => {
@@ -451,7 +489,11 @@ fn run(cli: Cli) -> Result<u8> {
                 &repo,
                 &snap,
                 &target,
-                &RestoreOptions { include, threads },
+                &RestoreOptions {
+                    include,
+                    threads,
+                    target_is_zeroed,
+                },
                 &progress,
             );
             drop(ticker);

@@ -32,6 +32,9 @@ pub struct RestoreOptions {
     pub include: Vec<PathBuf>,
     /// Writer threads (default: one per core, at least two).
     pub threads: Option<usize>,
+    /// Restoring onto a device known to read as zeros (new or discarded): zero ranges are skipped
+    /// instead of written with `BLKZEROOUT`.
+    pub target_is_zeroed: bool,
 }
 
 /// Live restore counters.
@@ -113,12 +116,28 @@ const PART: u64 = 32 << 20;
 const MAX_READ: u64 = 16 << 20;
 
 /// A file being restored, shared by the jobs of its parts; the last part to finish sets its size
-/// and metadata.
+/// and metadata (not on a device: it keeps its size and its own metadata).
 struct RFile {
     fd: OwnedFd,
     node: Node,
     path: String,
+    device: bool,
     parts_left: AtomicUsize,
+}
+
+/// Split a file's blobs into parts of about `PART` bytes, written in parallel.
+fn parts_of(blobs: Vec<(Id, u64, u64)>) -> Vec<Vec<(Id, u64)>> {
+    let mut parts: Vec<Vec<(Id, u64)>> = vec![Vec::new()];
+    let mut part_bytes = 0;
+    for (id, off, len) in blobs {
+        if part_bytes >= PART {
+            parts.push(Vec::new());
+            part_bytes = 0;
+        }
+        parts.last_mut().expect("one part").push((id, off));
+        part_bytes += len;
+    }
+    parts
 }
 
 struct FileJob {
@@ -128,7 +147,7 @@ struct FileJob {
 }
 
 /// Where each blob of a file goes, checked against the index's lengths before anything is read.
-fn plan(repo: &Repository, node: &Node) -> Result<Vec<(Id, u64, u64)>> {
+pub(crate) fn plan(repo: &Repository, node: &Node) -> Result<Vec<(Id, u64, u64)>> {
     let mut out = Vec::with_capacity(node.content.len());
     let mut blobs = node.content.iter();
     for (off, len) in node.data_regions() {
@@ -188,6 +207,9 @@ pub fn restore(
             find_node(repo, snap, p)?;
         }
     }
+    if rustix::fs::stat(target).is_ok_and(|st| fsmeta::kind_of(&st) == NodeKind::Blockdev) {
+        return restore_device(repo, snap, target, opts, progress);
+    }
     std::fs::create_dir_all(target).map_err(|e| Error::io(target.display(), e))?;
     let root_fd = fsmeta::open_dir_path(target).map_err(|e| Error::io(target.display(), e))?;
     let root = repo.read_tree(&snap.tree)?;
@@ -238,6 +260,185 @@ pub fn restore(
     });
     out.warnings = ctx.status.finish()?;
     Ok(out)
+}
+
+fn writer_threads(opts: &RestoreOptions) -> usize {
+    opts.threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .max(2)
+}
+
+/// The one volume or file of a snapshot that a device restore writes: the `--include` path, or
+/// the snapshot's only entry with contents.
+fn volume_node(repo: &Repository, snap: &Snapshot, include: &[PathBuf]) -> Result<Node> {
+    fn collect(repo: &Repository, ids: &[Id], found: &mut Vec<Node>) -> Result<()> {
+        for n in repo.read_tree(ids)?.nodes {
+            if found.len() > 1 {
+                break;
+            }
+            if n.kind() == NodeKind::Dir {
+                collect(repo, &n.subtree, found)?;
+            } else if n.has_data() {
+                found.push(n);
+            }
+        }
+        Ok(())
+    }
+    match include {
+        [] => {
+            let mut found = Vec::new();
+            collect(repo, &snap.tree, &mut found)?;
+            match found.len() {
+                1 => Ok(found.remove(0)),
+                0 => Err(Error::invalid(
+                    "the snapshot holds no device or file to write onto a device",
+                )),
+                _ => Err(Error::invalid(
+                    "the snapshot holds more than one file: choose the one to write onto the \
+                     device with --include",
+                )),
+            }
+        }
+        [p] => match find_node(repo, snap, p)? {
+            Some(n) if n.has_data() => Ok(n),
+            _ => Err(Error::invalid(format!(
+                "{} is not a device or regular file in the snapshot",
+                p.display()
+            ))),
+        },
+        _ => Err(Error::invalid(
+            "a device receives one volume: give at most one --include",
+        )),
+    }
+}
+
+/// Write a volume (or file) snapshot onto the block device `target`: refused when the device is
+/// smaller or in use (mounted, or held open exclusively); blobs are written in parallel parts,
+/// zero ranges with `BLKZEROOUT` (skipped with `target_is_zeroed`), and the device is flushed.
+fn restore_device(
+    repo: &Repository,
+    snap: &Snapshot,
+    target: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreOutcome> {
+    let shown = target.display().to_string();
+    let node = volume_node(repo, snap, &opts.include)?;
+    // O_EXCL on a block device claims it exclusively: it fails with EBUSY while a filesystem on it
+    // is mounted (or another exclusive user holds it), and keeps it from being mounted meanwhile.
+    let fd = match rustix::fs::open(
+        target,
+        OFlags::WRONLY | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::BUSY) => {
+            return Err(Error::new(
+                ErrorKind::Refused,
+                format!("{shown}: refusing to restore onto a device that is mounted or in use"),
+            ));
+        }
+        Err(e) => return Err(Error::io(&shown, e)),
+    };
+    let size = rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0))
+        .map_err(|e| Error::io(format!("{shown}: reading the device size"), e))?;
+    if size < node.size {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "{shown}: refusing to restore a {} byte volume onto a {size} byte device",
+                node.size
+            ),
+        ));
+    }
+    let parts = parts_of(plan(repo, &node)?);
+    let ctx = Ctx {
+        repo,
+        progress,
+        status: RunStatus::default(),
+    };
+    let file = Arc::new(RFile {
+        fd,
+        node,
+        path: shown.clone(),
+        device: true,
+        parts_left: AtomicUsize::new(parts.len()),
+    });
+    let (tx, rx) = bounded::<FileJob>(writer_threads(opts) * 8);
+    std::thread::scope(|s| {
+        let ctx = &ctx;
+        for _ in 0..writer_threads(opts) {
+            let rx = rx.clone();
+            s.spawn(move || write_files(ctx, &rx));
+        }
+        drop(rx);
+        for blobs in parts {
+            let job = FileJob {
+                file: Arc::clone(&file),
+                blobs,
+            };
+            if tx.send(job).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        // Zero ranges are disjoint from the data being written meanwhile.
+        if !opts.target_is_zeroed {
+            for &(off, len) in &file.node.holes {
+                if ctx.status.failed() {
+                    break;
+                }
+                if let Err(e) = zero_range(file.fd.as_fd(), off, len) {
+                    ctx.status
+                        .fail(Error::io(format!("{shown}: writing zeros"), e));
+                }
+            }
+        }
+    });
+    let warnings = ctx.status.finish()?;
+    rustix::fs::fsync(&file.fd).map_err(|e| Error::io(format!("{shown}: flushing"), e))?;
+    progress.files.fetch_add(1, Ordering::Relaxed);
+    Ok(RestoreOutcome {
+        files: 1,
+        warnings,
+        ..RestoreOutcome::default()
+    })
+}
+
+/// Make `[off, off + len)` of a block device read as zeros: whole pages with
+/// `fallocate(FALLOC_FL_ZERO_RANGE)`, which the kernel turns into the same `blkdev_issue_zeroout`
+/// as the `BLKZEROOUT` ioctl (the device zeroes them, often without writing data: thin
+/// provisioning, write-zeroes, discard); the unaligned edges, and devices without it, with
+/// ordinary writes.
+fn zero_range(fd: BorrowedFd<'_>, off: u64, len: u64) -> std::io::Result<()> {
+    const PAGE: u64 = 4096;
+    let end = off + len;
+    let (a, b) = (off.next_multiple_of(PAGE), end / PAGE * PAGE);
+    if a < b && blkzeroout(fd, a, b - a).is_ok() {
+        write_zeros(fd, off, a)?;
+        return write_zeros(fd, b, end);
+    }
+    write_zeros(fd, off, end)
+}
+
+fn blkzeroout(fd: BorrowedFd<'_>, off: u64, len: u64) -> std::io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    Ok(rustix::fs::fallocate(
+        fd,
+        FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+        off,
+        len,
+    )?)
+}
+
+fn write_zeros(fd: BorrowedFd<'_>, mut from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    while from < to {
+        let n = (to - from).min(ZEROS.len() as u64) as usize;
+        write_all_at(fd, &ZEROS[..n], from)?;
+        from += n as u64;
+    }
+    Ok(())
 }
 
 struct RWalker<'c, 'a> {
@@ -318,7 +519,8 @@ impl RWalker<'_, '_> {
                 fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.dirs += 1;
             }
-            NodeKind::File => {
+            // A regular file, or a backed-up device restored into a directory as an image file.
+            _ if node.has_data() => {
                 remove(dir, &node.name).map_err(io)?;
                 let key = (node.dev, node.ino);
                 if node.nlink > 1
@@ -353,20 +555,12 @@ impl RWalker<'_, '_> {
                 }
                 self.out.files += 1;
                 let blobs = plan(self.ctx.repo, node).map_err(|e| e.context(&shown))?;
-                let mut parts: Vec<Vec<(Id, u64)>> = vec![Vec::new()];
-                let mut part_bytes = 0;
-                for (id, off, len) in blobs {
-                    if part_bytes >= PART {
-                        parts.push(Vec::new());
-                        part_bytes = 0;
-                    }
-                    parts.last_mut().expect("one part").push((id, off));
-                    part_bytes += len;
-                }
+                let parts = parts_of(blobs);
                 let file = Arc::new(RFile {
                     fd,
                     node: node.clone(),
                     path: shown,
+                    device: false,
                     parts_left: AtomicUsize::new(parts.len()),
                 });
                 for blobs in parts {
@@ -466,7 +660,7 @@ fn write_part(ctx: &Ctx<'_>, job: &FileJob) -> Result<()> {
         }
         i = j;
     }
-    if f.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 {
+    if f.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 && !f.device {
         rustix::fs::ftruncate(fd, f.node.size).map_err(|e| Error::io("truncating", e))?;
         let mut warn = |w: String| ctx.status.warn(w);
         fsmeta::apply_meta(fsmeta::MetaTarget::Fd(fd), &f.node, &mut warn)
@@ -493,9 +687,9 @@ fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> std::io::R
 /// # Errors
 /// `InvalidInput` for a non-file, `Corrupt`/`Missing` for damaged data, or the writer's error.
 pub fn dump(repo: &Repository, node: &Node, out: &mut dyn std::io::Write) -> Result<()> {
-    if node.kind() != NodeKind::File {
+    if !node.has_data() {
         return Err(Error::invalid(format!(
-            "{} is not a regular file",
+            "{} is not a regular file or a backed-up device",
             node.display_name()
         )));
     }

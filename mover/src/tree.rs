@@ -74,6 +74,12 @@ pub struct Node {
     /// Device number of a device node.
     #[serde(default)]
     pub rdev: u64,
+    /// A block device whose contents were backed up (a volume given by path to `backup`): `size`,
+    /// `content` and `holes` (its all-zero ranges) describe the device's bytes, and restore writes
+    /// them onto a device or into an image file. A block device met inside a directory is a device
+    /// node only and has no contents.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image: bool,
     /// Symlink target.
     #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
     pub target: Vec<u8>,
@@ -95,6 +101,11 @@ impl Node {
     /// The entry type (a decoded node always has one).
     pub fn kind(&self) -> NodeKind {
         self.kind.unwrap_or(NodeKind::File)
+    }
+
+    /// Whether the node has byte contents: a regular file or a backed-up block device.
+    pub fn has_data(&self) -> bool {
+        self.kind() == NodeKind::File || (self.kind() == NodeKind::Blockdev && self.image)
     }
 
     /// The name for display (lossy where not UTF-8).
@@ -154,7 +165,10 @@ impl Tree {
             }
         }
         for n in &t.nodes {
-            if !valid_name(&n.name) || n.kind.is_none() {
+            if !valid_name(&n.name)
+                || n.kind.is_none()
+                || (n.image && n.kind != Some(NodeKind::Blockdev))
+            {
                 return Err(Error::corrupt(format!(
                     "tree has an invalid entry {:?}",
                     n.display_name()

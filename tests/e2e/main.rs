@@ -8,6 +8,7 @@
 mod fixtures;
 
 mod bad_input;
+mod block;
 mod corruption;
 mod crash;
 mod incremental;

@@ -1,0 +1,400 @@
+//! Block volumes on real loop devices: ext4 round trips onto a second device, changed-range
+//! backups, sparse images, and the refusals that protect a target device.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::fixtures::{Env, fails_cleanly, make_fixture, noise};
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A loop device over a file, detached when dropped.
+struct Loop {
+    dev: String,
+}
+
+impl Loop {
+    fn new(file: &Path) -> Self {
+        let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()])
+            .trim()
+            .to_owned();
+        Loop { dev }
+    }
+
+    fn path(&self) -> &Path {
+        Path::new(&self.dev)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dev).output();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).output();
+    }
+}
+
+fn sized_file(p: &Path, size: u64) {
+    std::fs::File::create(p).unwrap().set_len(size).unwrap();
+}
+
+/// Fill a loop device with ext4 holding the fixture tree and some incompressible data.
+fn ext4_with_files(env: &Env, dev: &Loop) {
+    // 4 KiB blocks, as on any volume of real size (mkfs picks 1 KiB for small ones).
+    sh("mkfs.ext4", &["-q", "-F", "-b", "4096", &dev.dev]);
+    let mnt = env.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("mount", &[&dev.dev, mnt.to_str().unwrap()]);
+    make_fixture(&mnt.join("tree"));
+    std::fs::write(mnt.join("noise.bin"), noise(24 << 20, 11)).unwrap();
+    sh("umount", &[mnt.to_str().unwrap()]);
+}
+
+fn read_all(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+/// Byte ranges (64 KiB granularity) where two images differ, as the CSI metadata service would
+/// report them, written one `OFFSET LENGTH` pair per line.
+fn changed_ranges(a: &[u8], b: &[u8]) -> (String, u64, usize) {
+    const BS: usize = 64 << 10;
+    let mut out = String::new();
+    let (mut total, mut n) = (0u64, 0usize);
+    let mut start = None;
+    for (i, (x, y)) in a.chunks(BS).zip(b.chunks(BS)).enumerate() {
+        match (x != y, start) {
+            (true, None) => start = Some(i * BS),
+            (false, Some(s)) => {
+                let _ = writeln!(out, "{s} {}", i * BS - s);
+                total += (i * BS - s) as u64;
+                n += 1;
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        let _ = writeln!(out, "{s} {}", a.len() - s);
+        total += (a.len() - s) as u64;
+        n += 1;
+    }
+    (out, total, n)
+}
+
+fn fsck_clean(dev: &Loop) {
+    let o = Command::new("fsck.ext4")
+        .args(["-fn", &dev.dev])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "fsck.ext4 -fn {} is not clean:\n{}{}",
+        dev.dev,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn ext4_volume_round_trips_onto_a_second_device() {
+    let env = Env::new();
+    sized_file(&env.path("a.img"), 96 << 20);
+    sized_file(&env.path("b.img"), 128 << 20);
+    // The target starts dirty: restore must write the zero ranges, not assume them.
+    std::fs::write(env.path("b.img"), noise(128 << 20, 5)).unwrap();
+    let a = Loop::new(&env.path("a.img"));
+    let b = Loop::new(&env.path("b.img"));
+    ext4_with_files(&env, &a);
+
+    let out = env.backup(&[a.path()]);
+    assert_eq!(out["files"], 1, "{out}");
+    assert_eq!(out["bytes_total"], 96 << 20);
+    let ls = env.ok(&["ls", "latest", &a.dev, "--json"]);
+    let node: serde_json::Value = serde_json::from_str(ls.lines().next().unwrap()).unwrap();
+    assert_eq!(node["type"], "blockdev");
+    assert_eq!(node["size"], 96 << 20);
+    // Most of a fresh filesystem is zeros: recorded as ranges, not stored.
+    assert!(
+        out["bytes_added"].as_u64().unwrap() < 48 << 20,
+        "zero ranges were stored: {out}"
+    );
+
+    env.ok(&["restore", "latest", "--target", &b.dev]);
+    let src = read_all(a.path());
+    let dst = read_all(b.path());
+    assert!(src == dst[..src.len()], "restored bytes differ");
+    assert_eq!(
+        dst[src.len()..],
+        noise(128 << 20, 5)[src.len()..],
+        "bytes past the volume's end were touched"
+    );
+    fsck_clean(&b);
+
+    // With --target-is-zeroed onto a fresh device, zero ranges are skipped and the result is the
+    // same.
+    sized_file(&env.path("c.img"), 96 << 20);
+    let c = Loop::new(&env.path("c.img"));
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &c.dev,
+        "--target-is-zeroed",
+    ]);
+    assert!(
+        read_all(c.path()) == src,
+        "restore onto a zeroed device differs"
+    );
+    fsck_clean(&c);
+
+    // Into a directory, the volume becomes an image file with holes where it was zero.
+    let dir = env.path("restored");
+    env.ok(&["restore", "latest", "--target", dir.to_str().unwrap()]);
+    let img: PathBuf = dir.join(a.dev.trim_start_matches('/'));
+    assert!(read_all(&img) == src, "image file differs");
+    let allocated = std::fs::metadata(&img).unwrap().blocks() * 512;
+    // Zero ranges are found per chunk (256 KiB at least), so only large zero areas are holes.
+    assert!(
+        allocated < 80 << 20,
+        "image is not sparse: {allocated} bytes allocated"
+    );
+    env.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn changed_ranges_backup_equals_a_full_backup() {
+    let env = Env::new();
+    sized_file(&env.path("a.img"), 128 << 20);
+    let a = Loop::new(&env.path("a.img"));
+    ext4_with_files(&env, &a);
+    let first = env.backup(&[a.path()]);
+    let before = read_all(a.path());
+
+    // Change the filesystem: a new 5 MiB file, an edit in place, a deletion.
+    let mnt = env.path("mnt");
+    sh("mount", &[&a.dev, mnt.to_str().unwrap()]);
+    std::fs::write(mnt.join("new.bin"), noise(5 << 20, 77)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("noise.bin"))
+        .unwrap();
+    f.write_all_at(&noise(200_000, 78), 10 << 20).unwrap();
+    drop(f);
+    std::fs::remove_file(mnt.join("tree/small.txt")).unwrap();
+    sh("umount", &[mnt.to_str().unwrap()]);
+    let after = read_all(a.path());
+    let (ranges, changed, n) = changed_ranges(&before, &after);
+    assert!(n > 0);
+    std::fs::write(env.path("ranges"), &ranges).unwrap();
+
+    let delta = env.ok(&[
+        "backup",
+        "--json",
+        &a.dev,
+        "--changed-ranges",
+        env.path("ranges").to_str().unwrap(),
+    ]);
+    let delta: serde_json::Value = serde_json::from_str(delta.trim()).unwrap();
+    assert_eq!(delta["parent"], first["snapshot"]);
+    let read = delta["bytes_read"].as_u64().unwrap();
+    // The changes, plus at most the chunk before and a few after each range (4 MiB chunks max).
+    assert!(
+        read >= changed && read <= changed + n as u64 * (24 << 20),
+        "read {read} bytes for {changed} changed bytes in {n} ranges"
+    );
+    eprintln!("changed {changed} bytes in {n} ranges: read {read}");
+    assert!(read < (128 << 20) / 2, "read most of the device: {read}");
+    let added = delta["bytes_added"].as_u64().unwrap();
+    assert!(added < 15_000_000, "a 5 MiB change added {added} bytes");
+
+    // The delta snapshot restores to exactly the device's bytes...
+    sized_file(&env.path("b.img"), 128 << 20);
+    let b = Loop::new(&env.path("b.img"));
+    let snap = delta["snapshot"].as_str().unwrap();
+    env.ok(&["restore", snap, "--target", &b.dev]);
+    assert!(
+        read_all(b.path()) == after,
+        "delta snapshot restores wrong bytes"
+    );
+    fsck_clean(&b);
+    // ...and holds the same chunks a full read finds: a full backup now adds no data.
+    let full = env.backup(&[a.path()]);
+    assert_eq!(full["blobs_added"], 0, "full backup after delta: {full}");
+
+    // Ranges past the end, overlapping, unsorted and empty are all fine.
+    std::fs::write(
+        env.path("ranges2"),
+        format!(
+            "# comment\n{} 4096\n0 0\n4096 8192\n0 65536\n{} 999999\n",
+            64 << 20,
+            127 << 20
+        ),
+    )
+    .unwrap();
+    let d2 = env.ok(&[
+        "backup",
+        "--json",
+        &a.dev,
+        "--changed-ranges",
+        env.path("ranges2").to_str().unwrap(),
+    ]);
+    let d2: serde_json::Value = serde_json::from_str(d2.trim()).unwrap();
+    assert_eq!(d2["blobs_added"], 0, "{d2}");
+    env.ok(&[
+        "restore",
+        d2["snapshot"].as_str().unwrap(),
+        "--target",
+        &b.dev,
+    ]);
+    assert!(read_all(b.path()) == after);
+
+    // A bad ranges file is one clear line.
+    std::fs::write(env.path("bad"), "0 4096\n12 x\n").unwrap();
+    let line = env.fails(&[
+        "backup",
+        &a.dev,
+        "--changed-ranges",
+        env.path("bad").to_str().unwrap(),
+    ]);
+    assert!(line.contains("line 2"), "{line}");
+}
+
+#[test]
+fn changed_ranges_without_a_parent_read_everything() {
+    let env = Env::new();
+    std::fs::write(env.path("vol.img"), noise(12 << 20, 3)).unwrap();
+    let a = Loop::new(&env.path("vol.img"));
+    std::fs::write(env.path("ranges"), "0 4096\n").unwrap();
+    let o = env.run(&[
+        "backup",
+        "--json",
+        &a.dev,
+        "--changed-ranges",
+        env.path("ranges").to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("read in full"));
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert!(v["bytes_read"].as_u64().unwrap() >= 12 << 20);
+    let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
+    assert!(dump.stdout == noise(12 << 20, 3));
+}
+
+#[test]
+fn fixed_chunking_round_trips_a_device() {
+    let env = Env::new();
+    let mut data = noise(20 << 20, 9);
+    data[6 << 20..12 << 20].fill(0);
+    std::fs::write(env.path("vol.img"), &data).unwrap();
+    let a = Loop::new(&env.path("vol.img"));
+    let out = env.ok(&["backup", "--json", "--chunking", "fixed", &a.dev]);
+    let out: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // 14 MiB of data in 1 MiB chunks, plus two tree blobs (the root and /dev).
+    assert_eq!(out["blobs_added"].as_u64().unwrap(), 14 + 2, "{out}");
+    let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
+    assert!(dump.stdout == data);
+}
+
+#[test]
+fn sparse_image_file_round_trip_keeps_holes() {
+    let env = Env::new();
+    let img = env.path("disk.img");
+    sized_file(&img, 4 << 30);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for (i, at) in [0u64, 1 << 30, (3 << 30) + 12345].iter().enumerate() {
+        f.write_all_at(&noise(3 << 20, i as u64 + 1), *at).unwrap();
+    }
+    drop(f);
+    let out = env.backup(&[&img]);
+    let read = out["bytes_read"].as_u64().unwrap();
+    assert!(read < 16 << 20, "holes were read: {read} bytes");
+    let dir = env.path("r");
+    env.ok(&["restore", "latest", "--target", dir.to_str().unwrap()]);
+    let back = dir.join(img.strip_prefix("/").unwrap());
+    let m = std::fs::metadata(&back).unwrap();
+    assert_eq!(m.len(), 4 << 30);
+    assert!(m.blocks() * 512 < 32 << 20, "holes were filled");
+    let (x, y) = (
+        std::fs::File::open(&img).unwrap(),
+        std::fs::File::open(&back).unwrap(),
+    );
+    let mut bx = vec![0u8; 4 << 20];
+    let mut by = vec![0u8; 4 << 20];
+    for at in [0u64, 1 << 30, 3 << 30, (4 << 30) - (4 << 20)] {
+        x.read_exact_at(&mut bx, at).unwrap();
+        y.read_exact_at(&mut by, at).unwrap();
+        assert!(bx == by, "differs at {at}");
+    }
+}
+
+#[test]
+fn restore_refuses_smaller_or_mounted_devices() {
+    let env = Env::new();
+    std::fs::write(env.path("vol.img"), noise(16 << 20, 1)).unwrap();
+    let a = Loop::new(&env.path("vol.img"));
+    env.backup(&[a.path()]);
+
+    std::fs::write(env.path("small.img"), noise(8 << 20, 2)).unwrap();
+    let small = Loop::new(&env.path("small.img"));
+    let line = env.fails(&["restore", "latest", "--target", &small.dev]);
+    assert!(line.contains("refusing"), "{line}");
+    assert!(
+        read_all(small.path()) == noise(8 << 20, 2),
+        "target was written"
+    );
+
+    sized_file(&env.path("m.img"), 32 << 20);
+    let m = Loop::new(&env.path("m.img"));
+    sh("mkfs.ext4", &["-q", "-F", &m.dev]);
+    let mnt = env.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("mount", &[&m.dev, mnt.to_str().unwrap()]);
+    let line = env.fails(&["restore", "latest", "--target", &m.dev]);
+    assert!(line.contains("mounted or in use"), "{line}");
+    sh("umount", &[mnt.to_str().unwrap()]);
+    fsck_clean(&m);
+}
+
+#[test]
+fn a_device_that_shrinks_mid_read_fails_without_a_snapshot() {
+    let env = Env::new();
+    let img = env.path("vol.img");
+    std::fs::write(&img, noise(768 << 20, 4)).unwrap();
+    let a = Loop::new(&img);
+    let child = env
+        .cmd(&["backup", "--threads", "1", &a.dev])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the first pack is stored the backup is reading: cut the device short under it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
+    while env.objects("data").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no pack appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    sh("losetup", &["-c", &a.dev]);
+    let o = child.wait_with_output().unwrap();
+    let line = fails_cleanly(o, &["backup"]);
+    assert!(line.contains(&a.dev), "{line}");
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "a snapshot was written");
+    env.ok(&["check"]);
+}
