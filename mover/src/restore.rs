@@ -213,10 +213,7 @@ pub fn restore(
     std::fs::create_dir_all(target).map_err(|e| Error::io(target.display(), e))?;
     let root_fd = fsmeta::open_dir_path(target).map_err(|e| Error::io(target.display(), e))?;
     let root = repo.read_tree(&snap.tree)?;
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
-        .max(2);
+    let threads = writer_threads(opts);
     let ctx = Ctx {
         repo,
         progress,
@@ -268,8 +265,9 @@ fn writer_threads(opts: &RestoreOptions) -> usize {
         .max(2)
 }
 
-/// The one volume or file of a snapshot that a device restore writes: the `--include` path, or
-/// the snapshot's only entry with contents.
+/// The one volume or file of a snapshot that a device restore writes: the `--include` path (a
+/// volume or a regular file), or else the snapshot's only entry with contents, which must be a
+/// volume: a regular file is written onto a device only when named.
 fn volume_node(repo: &Repository, snap: &Snapshot, include: &[PathBuf]) -> Result<Node> {
     fn collect(repo: &Repository, ids: &[Id], found: &mut Vec<Node>) -> Result<()> {
         for n in repo.read_tree(ids)?.nodes {
@@ -289,7 +287,12 @@ fn volume_node(repo: &Repository, snap: &Snapshot, include: &[PathBuf]) -> Resul
             let mut found = Vec::new();
             collect(repo, &snap.tree, &mut found)?;
             match found.len() {
-                1 => Ok(found.remove(0)),
+                1 if found[0].image => Ok(found.remove(0)),
+                1 => Err(Error::invalid(format!(
+                    "the snapshot holds a file, not a volume: name it with --include {} to \
+                     write it onto the device",
+                    found[0].display_name()
+                ))),
                 0 => Err(Error::invalid(
                     "the snapshot holds no device or file to write onto a device",
                 )),
@@ -364,14 +367,30 @@ fn restore_device(
         device: true,
         parts_left: AtomicUsize::new(parts.len()),
     });
-    let (tx, rx) = bounded::<FileJob>(writer_threads(opts) * 8);
+    let threads = writer_threads(opts);
+    let (tx, rx) = bounded::<FileJob>(threads * 8);
     std::thread::scope(|s| {
         let ctx = &ctx;
-        for _ in 0..writer_threads(opts) {
+        for _ in 0..threads {
             let rx = rx.clone();
             s.spawn(move || write_files(ctx, &rx));
         }
         drop(rx);
+        // Zero ranges are disjoint from the data, so they are zeroed while the data is written.
+        if !opts.target_is_zeroed {
+            let (file, shown) = (&file, &shown);
+            s.spawn(move || {
+                for &(off, len) in &file.node.holes {
+                    if ctx.status.failed() {
+                        break;
+                    }
+                    if let Err(e) = zero_range(file.fd.as_fd(), off, len) {
+                        ctx.status
+                            .fail(Error::io(format!("{shown}: writing zeros"), e));
+                    }
+                }
+            });
+        }
         for blobs in parts {
             let job = FileJob {
                 file: Arc::clone(&file),
@@ -382,18 +401,6 @@ fn restore_device(
             }
         }
         drop(tx);
-        // Zero ranges are disjoint from the data being written meanwhile.
-        if !opts.target_is_zeroed {
-            for &(off, len) in &file.node.holes {
-                if ctx.status.failed() {
-                    break;
-                }
-                if let Err(e) = zero_range(file.fd.as_fd(), off, len) {
-                    ctx.status
-                        .fail(Error::io(format!("{shown}: writing zeros"), e));
-                }
-            }
-        }
     });
     let warnings = ctx.status.finish()?;
     rustix::fs::fsync(&file.fd).map_err(|e| Error::io(format!("{shown}: flushing"), e))?;

@@ -364,6 +364,29 @@ fn restore_refuses_smaller_or_mounted_devices() {
     assert!(line.contains("mounted or in use"), "{line}");
     sh("umount", &[mnt.to_str().unwrap()]);
     fsck_clean(&m);
+
+    // A snapshot of a directory holding one file is not a volume: the file goes onto a device only
+    // when named.
+    let dir = env.path("one-file");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("disk.img"), noise(4 << 20, 3)).unwrap();
+    env.backup(&[&dir]);
+    let line = env.fails(&["restore", "latest", "--target", &small.dev]);
+    assert!(line.contains("--include"), "{line}");
+    assert!(
+        read_all(small.path()) == noise(8 << 20, 2),
+        "target was written"
+    );
+    let img = dir.join("disk.img");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        &small.dev,
+        "--include",
+        img.to_str().unwrap(),
+    ]);
+    assert!(read_all(small.path())[..4 << 20] == noise(4 << 20, 3)[..]);
 }
 
 #[test]
