@@ -17,10 +17,27 @@ use crate::id::Id;
 pub enum Location {
     /// A local directory.
     Local(PathBuf),
+    /// A bucket and prefix in S3 or an S3-compatible store.
+    S3(S3Location),
+}
+
+/// An S3 repository: `s3://BUCKET/PREFIX`. Credentials are never part of it: they come from the
+/// standard AWS variables or the usual credential chain (web identity, instance profile) when the
+/// store is opened, so they cannot end up in output that formats a location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// Bucket name.
+    pub bucket: String,
+    /// Prefix inside the bucket (no leading or trailing `/`; may be empty).
+    pub prefix: String,
+    /// Endpoint URL (default: env `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, else AWS).
+    pub endpoint: Option<String>,
+    /// Region (default: env `AWS_REGION` or `AWS_DEFAULT_REGION`, else `us-east-1`).
+    pub region: Option<String>,
 }
 
 impl Location {
-    /// Parse `--repo`: a plain path is a local repository.
+    /// Parse `--repo`: `s3://BUCKET/PREFIX`, or a local path.
     ///
     /// # Errors
     /// `InvalidInput` for an empty or unsupported location.
@@ -30,9 +47,38 @@ impl Location {
                 "the repository location is empty (set --repo or LIFEBOAT_REPO)",
             ));
         }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !valid_bucket {
+                return Err(Error::invalid(format!(
+                    "{s:?}: {bucket:?} is not a valid S3 bucket name"
+                )));
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix.split('/').any(|c| c == "." || c == "..") {
+                return Err(Error::invalid(format!(
+                    "{s:?}: the prefix may not hold . or .."
+                )));
+            }
+            let env = |names: &[&str]| {
+                names
+                    .iter()
+                    .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+            };
+            return Ok(Location::S3(S3Location {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+                endpoint: env(&["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]),
+                region: env(&["AWS_REGION", "AWS_DEFAULT_REGION"]),
+            }));
+        }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(Error::invalid(format!(
-                "repository scheme {scheme}:// is not supported yet; use a local path"
+                "repository scheme {scheme}:// is not supported; use s3://BUCKET/PREFIX or a local path"
             )));
         }
         Ok(Location::Local(
@@ -45,12 +91,86 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3(s) if s.prefix.is_empty() => write!(f, "s3://{}", s.bucket),
+            Location::S3(s) => write!(f, "s3://{}/{}", s.bucket, s.prefix),
         }
     }
 }
 
-/// Returns whether the object's directory had to be created.
-fn write_local(root: &Path, name: &str, data: &[u8]) -> std::io::Result<bool> {
+/// How a store talks to its backend: limits, retries and timeouts. The defaults suit S3 over a
+/// data-centre network; `--max-requests`, `--limit-upload`, `--limit-download` and `--retries` set
+/// them from the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreOptions {
+    /// Requests in flight at once, at most (remote stores).
+    pub max_requests: usize,
+    /// Upload bandwidth limit, MiB/s.
+    pub limit_upload: Option<f64>,
+    /// Download bandwidth limit, MiB/s.
+    pub limit_download: Option<f64>,
+    /// Retries of a request that failed transiently (with exponential backoff and jitter).
+    pub retries: usize,
+    /// Time limit of one request attempt; also the limit for any single read or write step.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_requests: 16,
+            limit_upload: None,
+            limit_download: None,
+            retries: 6,
+            timeout: std::time::Duration::from_mins(2),
+        }
+    }
+}
+
+/// A bandwidth limit: a GCRA rate limiter counting KiB, waited on before each transfer.
+struct Bandwidth {
+    limiter: governor::DefaultDirectRateLimiter,
+    burst: u32,
+}
+
+impl Bandwidth {
+    fn new(mib_per_s: Option<f64>) -> Result<Option<Self>> {
+        let Some(m) = mib_per_s else { return Ok(None) };
+        if !(m.is_finite() && m > 0.0) {
+            return Err(Error::invalid(format!(
+                "bandwidth limit {m} MiB/s must be a positive number"
+            )));
+        }
+        let kib_per_s = (m * 1024.0).clamp(1.0, f64::from(u32::MAX)) as u32;
+        // Burst: a tenth of a second of traffic, so the limit holds over short windows too.
+        let burst = (kib_per_s / 10).max(1);
+        let nz = |n: u32| std::num::NonZeroU32::new(n).expect("at least 1");
+        Ok(Some(Self {
+            limiter: governor::RateLimiter::direct(
+                governor::Quota::per_second(nz(kib_per_s)).allow_burst(nz(burst)),
+            ),
+            burst,
+        }))
+    }
+
+    /// Wait until `bytes` may pass.
+    fn take(&self, rt: &tokio::runtime::Runtime, bytes: usize) {
+        let mut kib = bytes.div_ceil(1024) as u64;
+        while kib > 0 {
+            // One call may ask for at most the burst.
+            let n = kib.min(u64::from(self.burst)) as u32;
+            let n = std::num::NonZeroU32::new(n).expect("non-zero");
+            // Err only when n exceeds the burst, which it cannot.
+            let _ = rt.block_on(self.limiter.until_n_ready(n));
+            kib -= u64::from(n.get());
+        }
+    }
+}
+
+/// Create `name` with `data` unless it exists. Returns `None` when it already existed, else whether
+/// the object's directory had to be created. The object is written and synced under `tmp/`, then
+/// hard-linked into place: unlike a rename, a link never replaces an existing object, so this is
+/// the local equivalent of S3's `If-None-Match: *`.
+fn write_local(root: &Path, name: &str, data: &[u8]) -> std::io::Result<Option<bool>> {
     use std::io::Write;
     let target = root.join(name);
     let mut created = false;
@@ -71,12 +191,14 @@ fn write_local(root: &Path, name: &str, data: &[u8]) -> std::io::Result<bool> {
             .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &target)
+        match std::fs::hard_link(&tmp, &target) {
+            Ok(()) => Ok(Some(created)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
     })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.map(|()| created)
+    let _ = std::fs::remove_file(&tmp);
+    r
 }
 
 fn read_local(path: &Path, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -126,12 +248,63 @@ pub struct Store {
     rt: tokio::runtime::Runtime,
     op: Operator,
     location: Location,
-    /// Directories that received new names since the last [`Store::sync`].
+    /// Directories that received new names since the last [`Store::sync`] (local stores).
     dirty: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    upload: Option<Bandwidth>,
+    download: Option<Bandwidth>,
 }
 
 fn storage_err(what: &str, e: opendal::Error) -> Error {
     Error::from(e).context(what)
+}
+
+/// S3 multipart part size: packs larger than this are sent as parts, several at once.
+const PART_SIZE: usize = 8 << 20;
+/// Parts of one object in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+fn s3_operator(s3: &S3Location, opts: &StoreOptions) -> Result<Operator> {
+    static HTTP: std::sync::Once = std::sync::Once::new();
+    HTTP.call_once(opendal::install_default);
+    let mut b = opendal::services::S3::default()
+        .bucket(&s3.bucket)
+        .root(&format!("/{}", s3.prefix))
+        .region(s3.region.as_deref().unwrap_or("us-east-1"));
+    if let Some(e) = &s3.endpoint {
+        b = b.endpoint(e);
+    }
+    // Static keys from the environment when set; otherwise opendal's default chain (profile, web
+    // identity as with IRSA, container and instance credentials) finds them.
+    if let (Ok(id), Ok(secret)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        b = b.access_key_id(&id).secret_access_key(&secret);
+        if let Ok(t) = std::env::var("AWS_SESSION_TOKEN") {
+            b = b.session_token(&t);
+        }
+    }
+    let op = Operator::new(b).map_err(|e| storage_err("opening the S3 repository", e))?;
+    // Innermost first: each attempt is timed out and holds a request slot; retries (exponential
+    // backoff with jitter, on errors opendal marks temporary: timeouts, 5xx, throttling, broken
+    // connections) wrap everything and hold no slot while they wait.
+    Ok(op
+        .layer(
+            opendal::layers::TimeoutLayer::new()
+                .with_timeout(opts.timeout)
+                .with_io_timeout(opts.timeout),
+        )
+        .layer(opendal::layers::ConcurrentLimitLayer::new(
+            opts.max_requests.max(1),
+        ))
+        .layer(
+            opendal::layers::RetryLayer::new()
+                .with_max_times(opts.retries)
+                .with_factor(2.0)
+                .with_min_delay(std::time::Duration::from_millis(200))
+                .with_max_delay(std::time::Duration::from_secs(10))
+                .with_jitter(),
+        ))
 }
 
 impl Store {
@@ -139,10 +312,11 @@ impl Store {
     /// error and nothing is created there.
     ///
     /// # Errors
-    /// `RepositoryNotFound`, `NotARepository`, or a storage error.
-    pub fn open(location: &Location, create: bool) -> Result<Self> {
-        let Location::Local(root) = location;
-        if !create {
+    /// `RepositoryNotFound`, `NotARepository`, `InvalidInput` for bad options, or a storage error.
+    pub fn open(location: &Location, create: bool, opts: &StoreOptions) -> Result<Self> {
+        if let Location::Local(root) = location
+            && !create
+        {
             if !root.is_dir() {
                 return Err(Error::new(
                     ErrorKind::RepositoryNotFound,
@@ -168,16 +342,30 @@ impl Store {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting the I/O runtime", e))?;
-        let builder = opendal::services::Fs::default()
-            .root(&root.to_string_lossy())
-            .atomic_write_dir(&tmp_dir(root).to_string_lossy());
-        let op = Operator::new(builder).map_err(|e| storage_err("opening the repository", e))?;
-        Ok(Self {
+        let op = match location {
+            Location::Local(root) => {
+                let builder = opendal::services::Fs::default()
+                    .root(&root.to_string_lossy())
+                    .atomic_write_dir(&tmp_dir(root).to_string_lossy());
+                Operator::new(builder).map_err(|e| storage_err("opening the repository", e))?
+            }
+            Location::S3(s3) => s3_operator(s3, opts)?,
+        };
+        let store = Self {
             rt,
             op,
             location: location.clone(),
             dirty: std::sync::Mutex::default(),
-        })
+            upload: Bandwidth::new(opts.limit_upload)?,
+            download: Bandwidth::new(opts.limit_download)?,
+        };
+        if matches!(location, Location::S3(_)) && !create && !store.exists(names::CONFIG)? {
+            return Err(Error::new(
+                ErrorKind::NotARepository,
+                format!("{location} is not a Lifeboat repository (it has no config)"),
+            ));
+        }
+        Ok(store)
     }
 
     /// Where this store is.
@@ -185,15 +373,25 @@ impl Store {
         &self.location
     }
 
+    /// Whether requests cross a network (so several uploads in flight pay off).
+    pub fn is_remote(&self) -> bool {
+        !matches!(self.location, Location::Local(_))
+    }
+
     /// Read a whole object.
     ///
     /// # Errors
     /// `Missing` when absent, else a storage error.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        self.rt
+        let b = self
+            .rt
             .block_on(self.op.read(name))
             .map(|b| b.to_vec())
-            .map_err(|e| storage_err(&format!("reading {name}"), e))
+            .map_err(|e| storage_err(&format!("reading {name}"), e))?;
+        if let Some(l) = &self.download {
+            l.take(&self.rt, b.len());
+        }
+        Ok(b)
     }
 
     /// Read `len` bytes at `offset`; a short object is `Corrupt`.
@@ -201,25 +399,73 @@ impl Store {
     /// # Errors
     /// `Missing`, `Corrupt` (truncated) or a storage error.
     pub fn read_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        // Local repositories read ranges straight from the file: opendal's fs service hops through
-        // tokio's blocking pool for every open, seek and read, which profiling showed costing more
-        // than decryption and decompression together when restoring many small blobs. Everything
-        // else (writes, listing, deletion) goes through opendal.
+        if let Some(l) = &self.download {
+            l.take(&self.rt, len as usize);
+        }
         match &self.location {
+            // Local repositories read ranges straight from the file: opendal's fs service hops
+            // through tokio's blocking pool for every open, seek and read, which profiling showed
+            // costing more than decryption and decompression together when restoring many small
+            // blobs.
             Location::Local(root) => read_local(&root.join(name), name, offset, len),
+            Location::S3(_) => {
+                let end = offset
+                    .checked_add(len)
+                    .ok_or_else(|| Error::corrupt(format!("{name}: range past 2^64")))?;
+                let b = self
+                    .rt
+                    .block_on(self.op.read_with(name).range(offset..end).into_future())
+                    .map_err(|e| storage_err(&format!("reading {name}"), e))?;
+                if b.len() as u64 != len {
+                    return Err(Error::corrupt(format!("{name} is truncated")));
+                }
+                Ok(b.to_vec())
+            }
         }
     }
 
-    /// Write a new object (atomically: it appears whole or not at all).
+    /// Store a content-addressed object: it appears whole or not at all. An object that already
+    /// exists under that name has the same bytes (the name is their hash), so it is left as is.
     ///
     /// # Errors
     /// A storage error.
     pub fn write(&self, name: &str, data: &[u8]) -> Result<()> {
-        let created = match &self.location {
-            // Like opendal's fs service (data synced, then renamed into place), without its hops
-            // through tokio's blocking pool and without copying the pack into an owned buffer.
-            Location::Local(root) => write_local(root, name, data)
-                .map_err(|e| Error::new(ErrorKind::Storage, format!("writing {name}: {e}")))?,
+        self.create(name, data).map(|_| ())
+    }
+
+    /// Create an object only if no object has that name (S3 `If-None-Match: *`; a hard link
+    /// locally). Returns whether it was created. Atomic: it appears whole or not at all.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn create(&self, name: &str, data: &[u8]) -> Result<bool> {
+        if let Some(l) = &self.upload {
+            l.take(&self.rt, data.len());
+        }
+        let root = match &self.location {
+            Location::Local(root) => root,
+            Location::S3(_) => {
+                let r = self.rt.block_on(
+                    self.op
+                        .write_with(name, data.to_vec())
+                        .if_not_exists(true)
+                        .chunk(PART_SIZE)
+                        .concurrent(PARTS_IN_FLIGHT)
+                        .into_future(),
+                );
+                return match r {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(false),
+                    Err(e) => Err(storage_err(&format!("writing {name}"), e)),
+                };
+            }
+        };
+        // Like opendal's fs service (data synced, then linked into place), without its hops
+        // through tokio's blocking pool and without copying the pack into an owned buffer.
+        let Some(created) = write_local(root, name, data)
+            .map_err(|e| Error::new(ErrorKind::Storage, format!("writing {name}: {e}")))?
+        else {
+            return Ok(false);
         };
         // The object's directory holds the new name; a directory created for it (a new `data/xx/`
         // fan-out) is itself a new name in its parent, which must be synced too, or a power loss
@@ -236,18 +482,21 @@ impl Store {
             }
             dir = up;
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Make every write so far durable. The fs backend syncs each object's data before renaming
-    /// it into place, but a rename is only durable once its directory is synced: without this, a
-    /// power loss could keep a snapshot while losing a pack it needs. Called at each commit point.
+    /// Make every write so far durable. The fs backend syncs each object's data before linking
+    /// it into place, but a new name is only durable once its directory is synced: without this,
+    /// a power loss could keep a snapshot while losing a pack it needs. Called at each commit
+    /// point. Object stores acknowledge a write only once it is durable.
     ///
     /// # Errors
     /// When a directory cannot be synced.
     pub fn sync(&self) -> Result<()> {
         let dirs = std::mem::take(&mut *self.dirty.lock().expect("dirty lock"));
-        let Location::Local(root) = &self.location;
+        let Location::Local(root) = &self.location else {
+            return Ok(());
+        };
         for d in dirs {
             let p = root.join(&d);
             std::fs::File::open(&p)
@@ -278,10 +527,10 @@ impl Store {
             .map_err(|e| storage_err(&format!("reading {name}"), e))
     }
 
-    /// Delete an object.
+    /// Delete an object (deleting a missing object succeeds).
     ///
     /// # Errors
-    /// A storage error.
+    /// A storage error, including a refusal by the store (an object under retention).
     pub fn delete(&self, name: &str) -> Result<()> {
         self.rt
             .block_on(self.op.delete(name))
@@ -294,6 +543,21 @@ impl Store {
     /// # Errors
     /// A storage error.
     pub fn list_ids(&self, prefix: &str) -> Result<Vec<Id>> {
+        let mut ids: Vec<Id> = self
+            .list(prefix)?
+            .into_iter()
+            .filter_map(|(name, _)| name.rsplit('/').next()?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Every object under a prefix, recursively: its name relative to the repository and its size.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let entries = self
             .rt
             .block_on(self.op.list_with(prefix).recursive(true).into_future())
@@ -305,14 +569,11 @@ impl Store {
                 }
             })
             .map_err(|e| storage_err(&format!("listing {prefix}"), e))?;
-        let mut ids: Vec<Id> = entries
+        Ok(entries
             .iter()
             .filter(|e| e.metadata().is_file())
-            .filter_map(|e| e.path().rsplit('/').next()?.parse().ok())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+            .map(|e| (e.path().to_owned(), e.metadata().content_length()))
+            .collect())
     }
 }
 

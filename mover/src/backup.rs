@@ -373,9 +373,19 @@ pub fn backup(
 
     let mut counts = WalkCounts::default();
     let mut root_tree = None;
+    let pending = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         let sh = &sh;
-        let uploader = s.spawn(move || upload(sh, &pack_rx, &pool_tx));
+        // One uploader keeps a local disk busy; a remote store needs several requests in flight
+        // to fill the link (each pack is also sent as parallel parts).
+        let uploaders: Vec<_> = (0..if repo.store().is_remote() { 3 } else { 1 })
+            .map(|_| {
+                let (pack_rx, pool_tx) = (pack_rx.clone(), pool_tx.clone());
+                let pending = &pending;
+                s.spawn(move || upload(sh, &pack_rx, &pool_tx, pending))
+            })
+            .collect();
+        drop((pack_rx, pool_tx));
         let data_packer = &data_packer;
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -432,7 +442,14 @@ pub fn backup(
             Ok(t) => root_tree = Some(t),
             Err(e) => sh.status.fail(e),
         }
-        if let Err(e) = uploader.join().expect("uploader panicked") {
+        for u in uploaders {
+            if let Err(e) = u.join().expect("uploader panicked") {
+                sh.status.fail(e);
+            }
+        }
+        if !sh.status.failed()
+            && let Err(e) = write_index(sh, &mut pending.lock().expect("pending lock"))
+        {
             sh.status.fail(e);
         }
     });
@@ -1668,19 +1685,27 @@ fn build_trees(
 /// index (their data is re-uploaded by the next backup; prune removes the orphans).
 const PACKS_PER_INDEX: usize = 64;
 
-fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>, pool: &Sender<Vec<u8>>) -> Result<()> {
-    let mut pending: Vec<PackRecord> = Vec::new();
-    let write_index = |pending: &mut Vec<PackRecord>| -> Result<()> {
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let (_, n) = sh
-            .repo
-            .save_object(ObjectKind::Index, &index::encode(pending))?;
-        sh.progress.bytes_added.fetch_add(n, Ordering::Relaxed);
-        pending.clear();
-        Ok(())
-    };
+/// Seal the pack records in `pending` into one index object and store it.
+fn write_index(sh: &Shared<'_>, pending: &mut Vec<PackRecord>) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (_, n) = sh
+        .repo
+        .save_object(ObjectKind::Index, &index::encode(pending))?;
+    sh.progress.bytes_added.fetch_add(n, Ordering::Relaxed);
+    pending.clear();
+    Ok(())
+}
+
+/// Store packs as they come, and an index object for every `PACKS_PER_INDEX` stored packs
+/// (the caller indexes the rest once every uploader is done).
+fn upload(
+    sh: &Shared<'_>,
+    packs: &Receiver<FinishedPack>,
+    pool: &Sender<Vec<u8>>,
+    pending: &Mutex<Vec<PackRecord>>,
+) -> Result<()> {
     let mut result = Ok(());
     for p in packs {
         if result.is_err() || sh.status.failed() {
@@ -1699,6 +1724,7 @@ fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>, pool: &Sender<Vec<u8>
                     let _ = pool.try_send(p.bytes);
                 }
                 sh.progress.bytes_added.fetch_add(size, Ordering::Relaxed);
+                let mut pending = pending.lock().expect("pending lock");
                 pending.push(PackRecord {
                     id: p.id,
                     size,
@@ -1706,7 +1732,9 @@ fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>, pool: &Sender<Vec<u8>
                     blobs: p.entries,
                 });
                 if pending.len() >= PACKS_PER_INDEX {
-                    write_index(&mut pending)
+                    // The index is written by whoever fills it; others wait on the lock, which
+                    // keeps index objects in step with stored packs.
+                    write_index(sh, &mut pending)
                 } else {
                     Ok(())
                 }
@@ -1715,9 +1743,5 @@ fn upload(sh: &Shared<'_>, packs: &Receiver<FinishedPack>, pool: &Sender<Vec<u8>
             sh.status.fail(Error::new(e.kind(), e.to_string()));
         }
     }
-    result?;
-    if sh.status.failed() {
-        return Ok(());
-    }
-    write_index(&mut pending)
+    result
 }

@@ -28,6 +28,7 @@ pub mod chunker;
 pub mod compress;
 pub mod crypto;
 mod error;
+pub mod forget;
 pub mod fsmeta;
 mod id;
 pub mod index;
@@ -39,7 +40,7 @@ mod snapshot;
 mod status;
 pub mod tree;
 
-pub use backend::Location;
+pub use backend::{Location, S3Location, StoreOptions};
 pub use backup::{BackupOptions, BackupOutcome, Progress, backup, parse_changed_ranges};
 pub use check::{CheckProgress, CheckReport, check};
 pub use chunker::Chunking;

@@ -12,9 +12,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use lifeboat::forget;
 use lifeboat::{
     BackupOptions, CheckProgress, Chunking, InitOptions, KdfParams, Location, Progress, Repository,
-    RestoreOptions, RestoreProgress, Secret, SlotKind,
+    RestoreOptions, RestoreProgress, Secret, SlotKind, StoreOptions,
     tree::{Node, NodeKind},
 };
 use serde_json::json;
@@ -31,7 +32,9 @@ struct Cli {
 
 #[derive(Args)]
 struct Global {
-    /// Repository: a local directory path.
+    /// Repository: s3://BUCKET/PREFIX or a local directory path. S3 credentials, endpoint and
+    /// region come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    /// AWS_ENDPOINT_URL and AWS_REGION (or the usual AWS credential chain).
     #[arg(
         short = 'r',
         long,
@@ -46,6 +49,24 @@ struct Global {
     /// Open the repository with a raw 32-byte key file instead of a password.
     #[arg(long, global = true)]
     key_file: Option<PathBuf>,
+    /// S3 endpoint URL (overrides AWS_ENDPOINT_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// S3 region (overrides AWS_REGION).
+    #[arg(long, global = true)]
+    s3_region: Option<String>,
+    /// Requests to the storage in flight at once, at most.
+    #[arg(long, global = true, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_requests: u32,
+    /// Upload bandwidth limit in MiB/s.
+    #[arg(long, global = true, value_name = "MIB_PER_S")]
+    limit_upload: Option<f64>,
+    /// Download bandwidth limit in MiB/s.
+    #[arg(long, global = true, value_name = "MIB_PER_S")]
+    limit_download: Option<f64>,
+    /// Retries of a storage request that failed transiently, with exponential backoff.
+    #[arg(long, global = true, default_value_t = 6)]
+    retries: u32,
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -137,6 +158,43 @@ enum Command {
         #[arg(long)]
         read_data: bool,
     },
+    /// Remove snapshots by a retention policy (or by id); prune then deletes their data.
+    /// Snapshots are grouped by host and paths; in each group the newest snapshot of each of the
+    /// last N hours/days/weeks/months/years is kept (local time, ISO weeks).
+    Forget {
+        /// Snapshots to remove by id prefix (instead of, or besides, a policy).
+        snapshots: Vec<String>,
+        /// Keep the N newest snapshots.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<u32>,
+        /// Keep the newest snapshot of each of the last N hours that have one.
+        #[arg(long, value_name = "N")]
+        keep_hourly: Option<u32>,
+        /// ... of each of the last N days.
+        #[arg(long, value_name = "N")]
+        keep_daily: Option<u32>,
+        /// ... of each of the last N ISO weeks.
+        #[arg(long, value_name = "N")]
+        keep_weekly: Option<u32>,
+        /// ... of each of the last N months.
+        #[arg(long, value_name = "N")]
+        keep_monthly: Option<u32>,
+        /// ... of each of the last N years.
+        #[arg(long, value_name = "N")]
+        keep_yearly: Option<u32>,
+        /// Keep every snapshot within this duration of the group's newest one (30d, 2w, 1y 6mo, 36h).
+        #[arg(long, value_name = "DURATION")]
+        keep_within: Option<String>,
+        /// Group snapshots by these fields: any of host,paths,tags ("" for one group).
+        #[arg(long, default_value = "host,paths")]
+        group_by: String,
+        /// Show what would be kept and removed, and why; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the keys that open the repository.
     Key {
         #[command(subcommand)]
@@ -219,7 +277,31 @@ fn location(g: &Global) -> Result<Location> {
     let Some(r) = &g.repo else {
         bail!("no repository given: use --repo or set LIFEBOAT_REPO")
     };
-    Ok(Location::parse(r)?)
+    parse_location(g, r)
+}
+
+/// A location, with the S3 endpoint and region flags applied.
+fn parse_location(g: &Global, s: &str) -> Result<Location> {
+    let mut loc = Location::parse(s)?;
+    if let Location::S3(s3) = &mut loc {
+        if let Some(e) = &g.s3_endpoint {
+            s3.endpoint = Some(e.clone());
+        }
+        if let Some(r) = &g.s3_region {
+            s3.region = Some(r.clone());
+        }
+    }
+    Ok(loc)
+}
+
+fn store_options(g: &Global) -> StoreOptions {
+    StoreOptions {
+        max_requests: g.max_requests as usize,
+        limit_upload: g.limit_upload,
+        limit_download: g.limit_download,
+        retries: g.retries as usize,
+        ..StoreOptions::default()
+    }
 }
 
 fn read_secret_file(p: &PathBuf) -> Result<Vec<u8>> {
@@ -257,7 +339,11 @@ fn secret(g: &Global) -> Result<Secret> {
 }
 
 fn open(g: &Global) -> Result<Repository> {
-    Ok(Repository::open(&location(g)?, &secret(g)?)?)
+    Ok(Repository::open_with(
+        &location(g)?,
+        &secret(g)?,
+        &store_options(g),
+    )?)
 }
 
 /// A spinner on stderr that shows `msg()` every 100 ms, only when stderr is a terminal.
@@ -311,7 +397,7 @@ fn run(cli: Cli) -> Result<u8> {
                 pack_size: pack_size_mib.saturating_mul(1 << 20),
                 ..InitOptions::default()
             };
-            let repo = Repository::init(&loc, &secret(g)?, &opts)?;
+            let repo = Repository::init_with(&loc, &secret(g)?, &opts, &store_options(g))?;
             println!("created repository {} at {loc}", repo.config().id.short());
         }
         Command::Backup {
@@ -557,8 +643,122 @@ fn run(cli: Cli) -> Result<u8> {
             println!("no errors found");
         }
         Command::Key { action } => key(g, action)?,
+        Command::Forget {
+            snapshots,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            keep_within,
+            group_by,
+            dry_run,
+            json,
+        } => {
+            let policy = forget::Policy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+                within: keep_within.as_deref().map(forget::parse_span).transpose()?,
+            };
+            let group_by = forget::GroupBy::parse(&group_by)?;
+            let repo = open(g)?;
+            forget_cmd(&repo, &snapshots, &policy, group_by, dry_run, json)?;
+        }
     }
     Ok(0)
+}
+
+fn forget_cmd(
+    repo: &Repository,
+    explicit: &[String],
+    policy: &forget::Policy,
+    group_by: forget::GroupBy,
+    dry_run: bool,
+    json: bool,
+) -> Result<()> {
+    let mut remove = Vec::new();
+    for spec in explicit {
+        remove.push(repo.find_snapshot(spec)?.0);
+    }
+    let plans = if policy.is_empty() && !explicit.is_empty() {
+        Vec::new()
+    } else {
+        let snaps = repo.snapshots()?;
+        forget::plan(&snaps, policy, group_by, &jiff::tz::TimeZone::system())?
+    };
+    for p in &plans {
+        remove.extend(p.remove.iter().map(|d| d.id));
+    }
+    remove.sort_unstable();
+    remove.dedup();
+    let mut removed = Vec::new();
+    if !dry_run {
+        for id in &remove {
+            repo.remove_snapshot(id)?;
+            removed.push(*id);
+        }
+    }
+    if json {
+        let line = json!({
+            "dry_run": dry_run,
+            "groups": plans,
+            "removed": removed.iter().map(lifeboat::Id::to_hex).collect::<Vec<_>>(),
+            "would_remove": if dry_run { remove.iter().map(lifeboat::Id::to_hex).collect::<Vec<_>>() } else { Vec::new() },
+        });
+        println!("{line}");
+        return Ok(());
+    }
+    for p in &plans {
+        let mut what = Vec::new();
+        if let Some(h) = &p.group.host {
+            what.push(format!("host {h}"));
+        }
+        if let Some(ps) = &p.group.paths {
+            what.push(format!("paths {}", ps.join(" ")));
+        }
+        if let Some(t) = &p.group.tags {
+            what.push(format!("tags [{}]", t.join(",")));
+        }
+        println!(
+            "group {}: keep {}, remove {}",
+            if what.is_empty() {
+                "(all)".to_owned()
+            } else {
+                what.join(", ")
+            },
+            p.keep.len(),
+            p.remove.len()
+        );
+        for d in &p.keep {
+            println!(
+                "  keep    {}  {}  {}",
+                d.id.short(),
+                d.time.round(jiff::Unit::Second).unwrap_or(d.time),
+                d.reasons.join(",")
+            );
+        }
+        for d in &p.remove {
+            println!(
+                "  remove  {}  {}",
+                d.id.short(),
+                d.time.round(jiff::Unit::Second).unwrap_or(d.time)
+            );
+        }
+    }
+    if dry_run {
+        println!("dry run: {} snapshots would be removed", remove.len());
+    } else {
+        println!(
+            "removed {} snapshots (run 'lifeboat prune' to delete data no snapshot uses)",
+            removed.len()
+        );
+    }
+    Ok(())
 }
 
 fn key(g: &Global, action: KeyAction) -> Result<()> {

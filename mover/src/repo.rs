@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Location, Store, names};
+use crate::backend::{Location, Store, StoreOptions, names};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{Keys, ObjectKind, open_object, seal_object};
 use crate::error::{Error, ErrorKind, Result};
@@ -98,8 +98,21 @@ impl Repository {
     /// # Errors
     /// `AlreadyExists` when one is there, `InvalidInput` for bad options, or a storage error.
     pub fn init(location: &Location, secret: &Secret, opts: &InitOptions) -> Result<Self> {
+        Self::init_with(location, secret, opts, &StoreOptions::default())
+    }
+
+    /// [`Repository::init`] with explicit storage options.
+    ///
+    /// # Errors
+    /// As [`Repository::init`].
+    pub fn init_with(
+        location: &Location,
+        secret: &Secret,
+        opts: &InitOptions,
+        store_opts: &StoreOptions,
+    ) -> Result<Self> {
         check_options(opts)?;
-        let store = Store::open(location, true)?;
+        let store = Store::open(location, true, store_opts)?;
         if store.exists(names::CONFIG)? {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -128,10 +141,17 @@ impl Repository {
             config: config.clone(),
             mac: hex::encode(keys.config_mac(&body)),
         };
-        store.write(
+        // Created only if absent: two racing inits cannot both win.
+        if !store.create(
             names::CONFIG,
             &serde_json::to_vec_pretty(&file).expect("config serializes"),
-        )?;
+        )? {
+            let _ = store.delete(&format!("{}{slot_id}", names::KEYS));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("a repository already exists at {location}"),
+            ));
+        }
         store.sync()?;
         Ok(Self {
             store,
@@ -147,7 +167,19 @@ impl Repository {
     /// # Errors
     /// `RepositoryNotFound`, `NotARepository`, `WrongKey`, `Corrupt` (damaged config) or storage errors.
     pub fn open(location: &Location, secret: &Secret) -> Result<Self> {
-        let store = Store::open(location, false)?;
+        Self::open_with(location, secret, &StoreOptions::default())
+    }
+
+    /// [`Repository::open`] with explicit storage options.
+    ///
+    /// # Errors
+    /// As [`Repository::open`].
+    pub fn open_with(
+        location: &Location,
+        secret: &Secret,
+        store_opts: &StoreOptions,
+    ) -> Result<Self> {
+        let store = Store::open(location, false, store_opts)?;
         let raw = store.read(names::CONFIG)?;
         let file: ConfigFile = serde_json::from_slice(&raw).map_err(|e| {
             Error::new(
@@ -355,6 +387,14 @@ impl Repository {
             .collect::<Result<Vec<_>>>()?;
         v.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
         Ok(v)
+    }
+
+    /// Delete one snapshot object (its data stays until `prune`).
+    ///
+    /// # Errors
+    /// Storage errors (a refusal by the store for an object under retention among them).
+    pub fn remove_snapshot(&self, id: &Id) -> Result<()> {
+        self.store.delete(&format!("{}{id}", names::SNAPSHOTS))
     }
 
     /// Resolve `latest` or a unique hex prefix of a snapshot id.
