@@ -177,6 +177,8 @@ pub enum ObjectKind {
     Index = 1,
     /// A snapshot object.
     Snapshot = 2,
+    /// A deletion plan written by `prune`.
+    Plan = 3,
 }
 
 /// Seal `plain`: `magic(7) kind(1) salt(32) AES-GCM(zstd(plain))`.

@@ -23,6 +23,7 @@
 
 pub mod backend;
 mod backup;
+pub mod blobwriter;
 mod check;
 pub mod chunker;
 pub mod compress;
@@ -34,6 +35,7 @@ mod id;
 pub mod index;
 mod keyslot;
 pub mod pack;
+pub mod prune;
 mod repo;
 mod restore;
 mod snapshot;

@@ -195,6 +195,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete data no snapshot uses and repack mostly-empty packs. Safe while backups run:
+    /// unused packs are first recorded in a deletion plan and deleted by a later prune once the
+    /// plan is older than the grace period (set it longer than your longest backup plus clock
+    /// skew). One prune at a time (a lease that expires if its holder dies).
+    Prune {
+        /// How old a deletion plan must be before its packs are deleted (0s deletes at once:
+        /// only safe when nothing else uses the repository).
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        grace: String,
+        /// Repack a pack when less than this percentage of it is still used.
+        #[arg(long, default_value_t = 50.0, value_name = "PERCENT")]
+        repack_below: f64,
+        /// Report what would be planned and deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON line with the result.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the keys that open the repository.
     Key {
         #[command(subcommand)]
@@ -426,7 +445,7 @@ fn run(cli: Cli) -> Result<u8> {
                 Chunking::Cdc
             };
             let mut repo = open(g)?;
-            repo.load_index()?;
+            repo.load_index_for_writing()?;
             let progress = std::sync::Arc::new(Progress::default());
             let p = progress.clone();
             let ticker = Ticker::start(move || {
@@ -643,6 +662,60 @@ fn run(cli: Cli) -> Result<u8> {
             println!("no errors found");
         }
         Command::Key { action } => key(g, action)?,
+        Command::Prune {
+            grace,
+            repack_below,
+            dry_run,
+            json,
+        } => {
+            let span = forget::parse_span(&grace)?;
+            let grace = jiff::SignedDuration::try_from(span)
+                .or_else(|_| {
+                    span.to_duration(
+                        jiff::Timestamp::now()
+                            .to_zoned(jiff::tz::TimeZone::UTC)
+                            .date(),
+                    )
+                })
+                .with_context(|| format!("--grace {grace}"))?;
+            if !(0.0..=100.0).contains(&repack_below) {
+                bail!("--repack-below {repack_below}: give a percentage from 0 to 100");
+            }
+            let mut repo = open(g)?;
+            let r = lifeboat::prune::prune(
+                &mut repo,
+                &lifeboat::prune::PruneOptions {
+                    grace,
+                    repack_below: repack_below / 100.0,
+                    dry_run,
+                    ..Default::default()
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{} snapshots use {} blobs", r.snapshots, r.blobs_used);
+                println!(
+                    "{}planned {} packs ({}) for deletion, {} of them repacked ({} blobs copied)",
+                    if dry_run { "would have " } else { "" },
+                    r.packs_planned,
+                    HumanBytes(r.bytes_planned),
+                    r.packs_repacked,
+                    r.blobs_repacked
+                );
+                println!(
+                    "deleted {} packs ({}) from plans past the grace period; {} kept because new snapshots use them; {} under retention",
+                    r.packs_deleted,
+                    HumanBytes(r.bytes_deleted),
+                    r.packs_rescued,
+                    r.packs_locked
+                );
+                println!(
+                    "{} deletion plans waiting for their grace period",
+                    r.plans_waiting
+                );
+            }
+        }
         Command::Forget {
             snapshots,
             keep_last,

@@ -299,10 +299,41 @@ impl Repository {
     /// # Errors
     /// The first damaged or unreadable index object.
     pub fn load_index(&mut self) -> Result<()> {
-        let mut records = Vec::new();
-        for id in self.store.list_ids(names::INDEX)? {
-            records.extend(self.read_index_object(&id)?);
-        }
+        self.load_index_without(&std::collections::HashSet::new())
+    }
+
+    /// Load the index for writing new data (backup, copy): packs a prune plans to delete are left
+    /// out, so no new snapshot comes to depend on them (their blobs are stored again if needed).
+    ///
+    /// # Errors
+    /// As [`Repository::load_index`], or a damaged deletion plan.
+    pub fn load_index_for_writing(&mut self) -> Result<()> {
+        let planned = crate::prune::planned_packs(self)?;
+        self.load_index_without(&planned)
+    }
+
+    fn load_index_without(&mut self, skip: &std::collections::HashSet<Id>) -> Result<()> {
+        // A prune replaces index objects (new one first, then the old one deleted), so an object
+        // listed a moment ago may be gone: list again, which finds its replacement.
+        let mut attempt = 0;
+        let records = loop {
+            let mut records = Vec::new();
+            let mut vanished = false;
+            for id in self.store.list_ids(names::INDEX)? {
+                match self.read_index_object(&id) {
+                    Ok(r) => records.extend(r.into_iter().filter(|p| !skip.contains(&p.id))),
+                    Err(e) if e.kind() == ErrorKind::Missing && attempt < 3 => {
+                        vanished = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !vanished {
+                break records;
+            }
+            attempt += 1;
+        };
         self.index = Index::from_records(records);
         Ok(())
     }
@@ -317,6 +348,7 @@ impl Repository {
         let prefix = match kind {
             ObjectKind::Index => names::INDEX,
             ObjectKind::Snapshot => names::SNAPSHOTS,
+            ObjectKind::Plan => crate::prune::PENDING,
         };
         let n = sealed.len() as u64;
         self.store.write(&format!("{prefix}{id}"), &sealed)?;
