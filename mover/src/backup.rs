@@ -478,6 +478,7 @@ pub fn backup(
             duration_s: 0.0,
         },
         program: format!("lifeboat {}", env!("CARGO_PKG_VERSION")),
+        original: None,
     };
     // The snapshot's own size is counted in bytes_added by estimate: it is written after the summary.
     snapshot.summary.duration_s = start.elapsed().as_secs_f64();

@@ -138,13 +138,22 @@ impl<'r> BlobWriter<'r> {
     /// # Errors
     /// Storage errors.
     pub fn finish(mut self) -> Result<(u64, u64)> {
+        self.flush()?;
+        Ok((self.bytes_written, self.blobs_written))
+    }
+
+    /// Store the partial packs and index everything added so far (a commit point); the writer
+    /// stays usable and still knows what it added.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn flush(&mut self) -> Result<()> {
         for w in [self.data.take(), self.tree.take()].into_iter().flatten() {
             if !w.is_empty() {
                 self.store_pack(w)?;
             }
         }
         self.write_index()?;
-        self.repo.store().sync()?;
-        Ok((self.bytes_written, self.blobs_written))
+        self.repo.store().sync()
     }
 }

@@ -275,6 +275,7 @@ mod tests {
             tree: vec![],
             summary: crate::Summary::default(),
             program: String::new(),
+            original: None,
         }
     }
 

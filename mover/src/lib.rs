@@ -27,6 +27,7 @@ pub mod blobwriter;
 mod check;
 pub mod chunker;
 pub mod compress;
+pub mod copy;
 pub mod crypto;
 mod error;
 pub mod forget;

@@ -214,6 +214,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy snapshots to another repository (offsite export), sending only the data it lacks.
+    /// Running it again copies nothing new; an interrupted copy resumes.
+    Copy {
+        /// Snapshots to copy, by id prefix or "latest" (default: all).
+        snapshots: Vec<String>,
+        /// Source repository (default: --repo), opened with --password-file, --key-file or
+        /// LIFEBOAT_PASSWORD.
+        #[arg(long, value_name = "REPO")]
+        from: Option<String>,
+        /// Target repository (initialize it first with 'lifeboat init').
+        #[arg(long, value_name = "REPO")]
+        to: String,
+        /// Target password file (default: env LIFEBOAT_TO_PASSWORD).
+        #[arg(long, conflicts_with = "to_key_file")]
+        to_password_file: Option<PathBuf>,
+        /// Target raw 32-byte key file.
+        #[arg(long)]
+        to_key_file: Option<PathBuf>,
+        /// Print one JSON line with the result.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the keys that open the repository.
     Key {
         #[command(subcommand)]
@@ -662,6 +684,68 @@ fn run(cli: Cli) -> Result<u8> {
             println!("no errors found");
         }
         Command::Key { action } => key(g, action)?,
+        Command::Copy {
+            snapshots,
+            from,
+            to,
+            to_password_file,
+            to_key_file,
+            json,
+        } => {
+            let from = match from.as_deref().or(g.repo.as_deref()) {
+                Some(f) => parse_location(g, f)?,
+                None => bail!("no source repository given: use --from or --repo"),
+            };
+            let to_secret = if let Some(k) = &to_key_file {
+                Secret::key_file(&read_secret_file(k)?)?
+            } else if let Some(p) = &to_password_file {
+                password_from(read_secret_file(p)?)?
+            } else if let Some(p) = std::env::var_os("LIFEBOAT_TO_PASSWORD") {
+                use std::os::unix::ffi::OsStringExt;
+                Secret::password(p.into_vec())?
+            } else {
+                bail!(
+                    "no target secret given: use --to-password-file, --to-key-file or env LIFEBOAT_TO_PASSWORD"
+                );
+            };
+            let mut src = Repository::open_with(&from, &secret(g)?, &store_options(g))
+                .context("opening the source")?;
+            let mut dst =
+                Repository::open_with(&parse_location(g, &to)?, &to_secret, &store_options(g))
+                    .context("opening the target")?;
+            src.load_index()?;
+            dst.load_index_for_writing()?;
+            let mut ids = Vec::new();
+            for s in &snapshots {
+                ids.push(src.find_snapshot(s)?.0);
+            }
+            if !snapshots.is_empty() && ids.is_empty() {
+                bail!("no snapshots selected");
+            }
+            let r = lifeboat::copy::copy(&src, &dst, &ids)?;
+            if json {
+                let line = json!({
+                    "snapshots_copied": r.snapshots_copied,
+                    "snapshots_skipped": r.snapshots_skipped,
+                    "bytes_transferred": r.bytes_transferred,
+                    "blobs_transferred": r.blobs_transferred,
+                    "bytes_read": r.bytes_read,
+                    "copied": r.copied.iter().map(|(s, t)| json!({"source": s.to_hex(), "target": t.to_hex()})).collect::<Vec<_>>(),
+                });
+                println!("{line}");
+            } else {
+                for (s, t) in &r.copied {
+                    println!("copied snapshot {} as {}", s.short(), t.short());
+                }
+                println!(
+                    "{} snapshots copied, {} already there; sent {} ({} blobs)",
+                    r.snapshots_copied,
+                    r.snapshots_skipped,
+                    HumanBytes(r.bytes_transferred),
+                    r.blobs_transferred
+                );
+            }
+        }
         Command::Prune {
             grace,
             repack_below,

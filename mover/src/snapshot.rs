@@ -57,6 +57,9 @@ pub struct Snapshot {
     pub summary: Summary,
     /// Lifeboat version that wrote it.
     pub program: String,
+    /// For a snapshot made by `copy`: the id of the snapshot it was copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
 }
 
 /// The local host name (`unknown` if it cannot be read).
