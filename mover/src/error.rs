@@ -6,7 +6,8 @@
 //!   `ErrorStatus` (permanent or temporary).
 //! - `Display` is one line a user can act on. It never contains a secret: nothing that holds a
 //!   password or key is ever formatted into an error.
-//! - The underlying cause is kept as `source` for `tracing` and `--verbose` output.
+//! - The underlying cause is kept for `Debug`, `tracing` and `--verbose` output; its gist is in the
+//!   message.
 
 use std::fmt;
 
@@ -130,8 +131,10 @@ impl fmt::Debug for Error {
 }
 
 impl std::error::Error for Error {
+    /// The cause is summarised in the message already; it is not chained again, so a printed
+    /// error chain stays one readable line. `Debug` (and `--verbose` logs) still show it whole.
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as _)
+        None
     }
 }
 
@@ -142,8 +145,23 @@ impl From<opendal::Error> for Error {
             _ => ErrorKind::Storage,
         };
         let temporary = err.is_temporary();
-        // opendal's message carries the path and operation; it never carries credentials.
-        let mut e = Error::new(kind, format!("storage: {}", err.kind())).with_source(err);
+        // What went wrong at the bottom (connection refused, a server's error code): opendal's
+        // messages and causes name paths, operations and URLs, never credentials or signatures.
+        let mut root: Option<String> = None;
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            root = Some(c.to_string());
+            cause = c.source();
+        }
+        let mut what = format!("storage: {}", err.kind());
+        if !err.message().is_empty() {
+            what = format!("{what}: {}", err.message());
+        }
+        if let Some(r) = root.filter(|r| !r.is_empty() && !what.contains(r.as_str())) {
+            what = format!("{what}: {r}");
+        }
+        let what = what.replace(['\n', '\r'], " ");
+        let mut e = Error::new(kind, what).with_source(err);
         if temporary {
             e = e.temporary();
         }

@@ -14,17 +14,40 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
 pub const PASSWORD: &str = "correct-horse-battery-staple-7f3a";
 
-/// A repository in a fresh temp dir.
+/// A repository (in a fresh temp dir unless given) and a scratch dir.
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
+    /// `--repo` when it is not the local `repo` (an `s3://` URL).
+    pub url: Option<String>,
+    /// Extra environment for every command (S3 endpoint and credentials).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
-        let env = Env { dir, repo };
+        let env = Env {
+            dir,
+            repo,
+            url: None,
+            vars: Vec::new(),
+        };
+        env.ok(&["init"]);
+        env
+    }
+
+    /// A new repository at `url`, with `vars` set for every command.
+    pub fn at(url: &str, vars: Vec<(String, String)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("unused");
+        let env = Env {
+            dir,
+            repo,
+            url: Some(url.to_owned()),
+            vars,
+        };
         env.ok(&["init"]);
         env
     }
@@ -36,9 +59,13 @@ impl Env {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
         c.args(args)
-            .env("LIFEBOAT_REPO", &self.repo)
             .env("LIFEBOAT_PASSWORD", PASSWORD)
             .env_remove("LIFEBOAT_LOG");
+        match &self.url {
+            Some(u) => c.env("LIFEBOAT_REPO", u),
+            None => c.env("LIFEBOAT_REPO", &self.repo),
+        };
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
     }
 

@@ -14,3 +14,4 @@ mod crash;
 mod incremental;
 mod keys;
 mod roundtrip;
+mod s3;

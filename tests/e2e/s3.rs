@@ -1,0 +1,430 @@
+//! Repositories in S3: a real S3 server (moto's server mode) on loopback, started per test, and a
+//! TCP relay in front of it that the tests can cut, to play a server that goes away mid-backup
+//! (moto keeps its state in memory, so it is the link that goes down, not the process).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::fixtures::{Env, PASSWORD, fails_cleanly, noise, scan};
+
+/// moto's S3 server on a free loopback port; killed on drop.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl S3Server {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server not found: pip install 'moto[server]' (.ci/run installs it)");
+        let s = S3Server { child, port };
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_mins(1), "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    /// Create a bucket (moto accepts unsigned requests).
+    pub fn bucket(&self, name: &str) {
+        let mut c = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            c,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "creating bucket: {resp}");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The variables that point lifeboat at `port`.
+fn s3_vars(port: u16) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "lifeboat-test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "lifeboat-test-secret".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A TCP relay to the server that can be cut (every connection dropped, new ones closed at once)
+/// and restored.
+struct Relay {
+    port: u16,
+    up: Arc<AtomicBool>,
+    bytes_up: Arc<AtomicU64>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let bytes_up = Arc::new(AtomicU64::new(0));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (u, b, cs) = (up.clone(), bytes_up.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !u.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                {
+                    let mut g = cs.lock().unwrap();
+                    g.push(client.try_clone().unwrap());
+                    g.push(server.try_clone().unwrap());
+                }
+                let pump =
+                    |mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>| {
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 64 << 10];
+                            loop {
+                                match from.read(&mut buf) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => {
+                                        if let Some(c) = &count {
+                                            c.fetch_add(n as u64, Ordering::SeqCst);
+                                        }
+                                        if to.write_all(&buf[..n]).is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            let _ = to.shutdown(Shutdown::Both);
+                        });
+                    };
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(b.clone()),
+                );
+                pump(server, client, None);
+            }
+        });
+        Relay {
+            port,
+            up,
+            bytes_up,
+            conns,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+fn write(p: &Path, data: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn restore_matches(env: &Env, snap: &str, src: &Path) {
+    let target = env.path(&format!("restore-{snap}"));
+    env.ok(&["restore", snap, "--target", target.to_str().unwrap()]);
+    let got = target.join(src.strip_prefix("/").unwrap());
+    let (a, b) = (scan(src), scan(&got));
+    assert_eq!(a.len(), b.len(), "{snap}: entry count");
+    for (k, m) in &a {
+        assert_eq!(
+            Some(&m.content),
+            b.get(k).map(|x| &x.content),
+            "{snap}: {k:?}"
+        );
+    }
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Four hosts back up at once while a prune deletes an older plan and plans anew; afterwards
+/// `check --read-data` is clean and every snapshot restores byte-exact, also after a later prune
+/// whose grace period has passed.
+#[test]
+fn concurrent_backups_and_prune_on_s3() {
+    let s3 = S3Server::start();
+    s3.bucket("lifeboat-many");
+    let env = Env::at("s3://lifeboat-many/app", s3_vars(s3.port));
+    let shared = noise(3 << 20, 99);
+    let mut srcs = Vec::new();
+    for h in 0..4u64 {
+        let d = env.path(&format!("src{h}"));
+        write(&d.join("shared.bin"), &shared);
+        write(&d.join("own.bin"), &noise(6 << 20, h));
+        write(&d.join("sub/small.txt"), format!("host {h}\n").as_bytes());
+        srcs.push(d);
+    }
+    // Garbage for the prune to find: a snapshot forgotten, planned by a first prune.
+    let junk = env.path("junk");
+    write(&junk.join("junk.bin"), &noise(4 << 20, 7));
+    env.ok(&["backup", junk.to_str().unwrap()]);
+    env.ok(&["forget", "--keep-last", "0", "--group-by", ""]);
+    let first = json(&env.ok(&["prune", "--grace", "1h", "--json"]));
+    assert!(first["packs_planned"].as_u64().unwrap() >= 1, "{first}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut children: Vec<(String, Child)> = srcs
+        .iter()
+        .enumerate()
+        .map(|(h, d)| {
+            let args = [
+                "backup",
+                "--json",
+                "--host",
+                &format!("host{h}"),
+                d.to_str().unwrap(),
+            ]
+            .map(str::to_owned);
+            let c = env
+                .cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (format!("backup host{h}"), c)
+        })
+        .collect();
+    // The plan is 2 s old: this prune deletes it while the backups run.
+    let prune = env
+        .cmd(&["prune", "--grace", "1s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    children.push(("prune".into(), prune));
+    let mut pruned = serde_json::Value::Null;
+    for (what, c) in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{what} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if what == "prune" {
+            pruned = json(&String::from_utf8(o.stdout).unwrap());
+        }
+    }
+    // The junk's packs (planned 2 s before) were deleted while the backups ran.
+    assert!(pruned["packs_deleted"].as_u64().unwrap() >= 1, "{pruned}");
+    let out = env.ok(&["check", "--read-data"]);
+    assert!(out.contains("no errors found"), "{out}");
+    let snaps: serde_json::Value = json(&env.ok(&["snapshots", "--json"]));
+    let snaps = snaps.as_array().unwrap();
+    assert_eq!(snaps.len(), 4);
+    for s in snaps {
+        let h: usize = s["host"].as_str().unwrap()[4..].parse().unwrap();
+        restore_matches(&env, s["id"].as_str().unwrap(), &srcs[h]);
+    }
+    // A later prune past the grace period: the backups' packs that the concurrent prune saw
+    // before they were indexed are in use now, so they are kept, and everything still restores.
+    std::thread::sleep(Duration::from_secs(2));
+    let later = json(&env.ok(&["prune", "--grace", "1s", "--json"]));
+    assert_eq!(later["snapshots"], 4, "{later}");
+    let out = env.ok(&["check", "--read-data"]);
+    assert!(out.contains("no errors found"), "{out}");
+    for s in snaps {
+        let h: usize = s["host"].as_str().unwrap()[4..].parse().unwrap();
+        restore_matches(&env, s["id"].as_str().unwrap(), &srcs[h]);
+    }
+    // Dedup across hosts: a fifth host with only the shared file adds almost nothing.
+    let fifth = env.path("fifth");
+    write(&fifth.join("shared.bin"), &shared);
+    let b = json(&env.ok(&[
+        "backup",
+        "--json",
+        "--host",
+        "host9",
+        fifth.to_str().unwrap(),
+    ]));
+    assert!(b["bytes_added"].as_u64().unwrap() < 100_000, "{b}");
+    // No lease left behind: another prune starts at once.
+    env.ok(&["prune", "--dry-run"]);
+}
+
+/// The link to the server goes down mid-backup: one clear error, no snapshot; once it is back, the
+/// next backup succeeds and `check` passes.
+#[test]
+fn server_gone_mid_backup() {
+    let s3 = S3Server::start();
+    s3.bucket("lifeboat-gone");
+    let relay = Relay::start(s3.port);
+    let env = Env::at("s3://lifeboat-gone/r", s3_vars(relay.port));
+    let src = env.path("src");
+    for i in 0..6 {
+        write(&src.join(format!("f{i}")), &noise(8 << 20, i));
+    }
+    let args = [
+        "--retries",
+        "2",
+        "--limit-upload",
+        "16",
+        "backup",
+        src.to_str().unwrap(),
+    ];
+    let child = env
+        .cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let before = relay.bytes_up.load(Ordering::SeqCst);
+    let t = Instant::now();
+    while relay.bytes_up.load(Ordering::SeqCst) < before + (12 << 20) {
+        assert!(
+            t.elapsed() < Duration::from_mins(2),
+            "backup never uploaded"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    relay.cut();
+    let o = child.wait_with_output().unwrap();
+    let line = fails_cleanly(o, &args);
+    assert!(
+        line.contains("writing") || line.contains("storage"),
+        "{line}"
+    );
+    assert!(!line.contains("lifeboat-test-secret"), "{line}");
+    relay.restore();
+    let snaps = json(&env.ok(&["snapshots", "--json"]));
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "{snaps}");
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let out = env.ok(&["check", "--read-data"]);
+    assert!(out.contains("no errors found"), "{out}");
+    restore_matches(&env, "latest", &src);
+}
+
+/// Copy to a local repository with its own password; again: nothing sent; then incremental;
+/// restores from the copy are byte-exact.
+#[test]
+fn copy_s3_to_local() {
+    let s3 = S3Server::start();
+    s3.bucket("lifeboat-copy");
+    let env = Env::at("s3://lifeboat-copy/src", s3_vars(s3.port));
+    let src = env.path("src");
+    write(&src.join("a.bin"), &noise(5 << 20, 1));
+    write(&src.join("b/c.txt"), b"hello offsite\n");
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let local = env.path("offsite");
+    let to_pw = "offsite-password-31";
+    let mut init = env.cmd(&["--repo", local.to_str().unwrap(), "init"]);
+    init.env("LIFEBOAT_PASSWORD", to_pw);
+    assert!(init.output().unwrap().status.success());
+    let copy = |env: &Env| {
+        let mut c = env.cmd(&["copy", "--to", local.to_str().unwrap(), "--json"]);
+        c.env("LIFEBOAT_TO_PASSWORD", to_pw);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        json(&out)
+    };
+    let first = copy(&env);
+    assert_eq!(first["snapshots_copied"], 1, "{first}");
+    assert!(first["bytes_transferred"].as_u64().unwrap() > 5 << 20);
+    let again = copy(&env);
+    assert_eq!(again["snapshots_copied"], 0, "{again}");
+    assert_eq!(again["bytes_transferred"], 0, "{again}");
+    // A small change: only about that much is sent, and unchanged files are not even read.
+    write(&src.join("b/d.txt"), b"new file\n");
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let third = copy(&env);
+    assert_eq!(third["snapshots_copied"], 1, "{third}");
+    assert!(
+        third["bytes_transferred"].as_u64().unwrap() < 100_000,
+        "{third}"
+    );
+    assert!(third["bytes_read"].as_u64().unwrap() < 1000, "{third}");
+    // Restore from the copy, opened with its own password only.
+    let local_env = |args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env("LIFEBOAT_REPO", &local)
+            .env("LIFEBOAT_PASSWORD", to_pw);
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(local_env(&["check", "--read-data"]).contains("no errors found"));
+    let target = env.path("from-copy");
+    local_env(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let got = target.join(src.strip_prefix("/").unwrap());
+    let (a, b) = (scan(&src), scan(&got));
+    assert_eq!(a.len(), b.len());
+    for (k, m) in &a {
+        assert_eq!(Some(&m.content), b.get(k).map(|x| &x.content), "{k:?}");
+    }
+    // The source password does not open the copy.
+    let mut c = env.cmd(&["snapshots"]);
+    c.env("LIFEBOAT_REPO", &local);
+    assert!(!c.output().unwrap().status.success());
+    let _ = PASSWORD;
+}
+
+/// An upload limit holds: 8 MiB at 4 MiB/s cannot finish in under 1.5 s (a lower bound, which
+/// a slow machine cannot break).
+#[test]
+fn upload_limit_holds() {
+    let s3 = S3Server::start();
+    s3.bucket("lifeboat-limit");
+    let env = Env::at("s3://lifeboat-limit/r", s3_vars(s3.port));
+    let src = env.path("src");
+    write(&src.join("x"), &noise(8 << 20, 5));
+    let t = Instant::now();
+    env.ok(&["--limit-upload", "4", "backup", src.to_str().unwrap()]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    env.fails(&["--limit-upload", "0", "snapshots"]);
+    assert!(
+        !env.run(&["--max-requests", "0", "snapshots"])
+            .status
+            .success()
+    );
+}
