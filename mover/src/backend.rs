@@ -252,7 +252,15 @@ pub struct Store {
     dirty: std::sync::Mutex<std::collections::BTreeSet<String>>,
     upload: Option<Bandwidth>,
     download: Option<Bandwidth>,
+    /// Object Lock: the raw client that writes locked objects, and the settings.
+    lock: Option<(crate::s3lock::S3Raw, crate::repo::LockConfig)>,
+    /// Objects created under a lock since the last [`Store::take_locked`], with their retention.
+    locked: std::sync::Mutex<Vec<(String, jiff::Timestamp)>>,
 }
+
+/// Prefixes never locked: a prune's lease and deletion plans must stay deletable, and the
+/// retention ledger is only a record (losing it costs extra extensions, nothing else).
+pub const UNLOCKED: [&str; 3] = ["locks/", "pending/", "retention/"];
 
 fn storage_err(what: &str, e: opendal::Error) -> Error {
     Error::from(e).context(what)
@@ -358,6 +366,8 @@ impl Store {
             dirty: std::sync::Mutex::default(),
             upload: Bandwidth::new(opts.limit_upload)?,
             download: Bandwidth::new(opts.limit_download)?,
+            lock: None,
+            locked: std::sync::Mutex::default(),
         };
         if matches!(location, Location::S3(_)) && !create && !store.exists(names::CONFIG)? {
             return Err(Error::new(
@@ -366,6 +376,145 @@ impl Store {
             ));
         }
         Ok(store)
+    }
+
+    /// Write every new object with S3 Object Lock retention from now on.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a repository that is not in S3.
+    pub fn set_lock(
+        &mut self,
+        lock: Option<crate::repo::LockConfig>,
+        opts: &StoreOptions,
+    ) -> Result<()> {
+        self.lock = match (lock, &self.location) {
+            (None, _) => None,
+            (Some(l), Location::S3(s3)) => Some((crate::s3lock::S3Raw::new(s3, opts.timeout)?, l)),
+            (Some(_), Location::Local(_)) => {
+                return Err(Error::invalid(
+                    "Object Lock needs an S3 repository (a bucket with Object Lock enabled)",
+                ));
+            }
+        };
+        Ok(())
+    }
+
+    /// The lock settings, when objects are locked.
+    pub fn lock(&self) -> Option<crate::repo::LockConfig> {
+        self.lock.as_ref().map(|(_, l)| *l)
+    }
+
+    /// Whether the bucket has Object Lock enabled (only for a store with a lock set).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn lock_enabled(&self) -> Result<bool> {
+        match &self.lock {
+            Some((raw, _)) => self.rt.block_on(raw.lock_enabled()),
+            None => Ok(false),
+        }
+    }
+
+    /// Extend the retention of `name` to `until`.
+    ///
+    /// # Errors
+    /// `Missing`, storage errors, or `InvalidInput` when the store has no lock.
+    pub fn extend_lock(&self, name: &str, until: jiff::Timestamp) -> Result<()> {
+        let Some((raw, l)) = &self.lock else {
+            return Err(Error::invalid("this repository does not use Object Lock"));
+        };
+        self.rt.block_on(raw.extend(name, l.mode, until))
+    }
+
+    /// Undo deletions on a versioned bucket: for every object whose current version is a
+    /// delete marker and that still has an earlier version, delete its delete markers, which
+    /// makes the latest earlier version current again. Leases and deletion plans (never locked,
+    /// and deleted by prune on purpose) are left deleted. Returns the number of objects brought
+    /// back and the number that have no version left.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a local repository; storage errors.
+    pub fn undelete(&self) -> Result<(u64, u64)> {
+        #[derive(Default)]
+        struct Versions {
+            markers: Vec<String>,
+            real: bool,
+            deleted_now: bool,
+        }
+        if !self.is_remote() {
+            return Err(Error::invalid(
+                "recover needs a versioned S3 bucket (a local repository keeps no old versions)",
+            ));
+        }
+        let entries = self
+            .rt
+            .block_on(
+                self.op
+                    .list_with("")
+                    .recursive(true)
+                    .versions(true)
+                    .deleted(true)
+                    .into_future(),
+            )
+            .map_err(|e| storage_err("listing object versions", e))?;
+        let mut by_path: std::collections::BTreeMap<String, Versions> =
+            std::collections::BTreeMap::new();
+        for e in &entries {
+            let m = e.metadata();
+            if !m.is_file()
+                || ["locks/", "pending/", "tmp/"]
+                    .iter()
+                    .any(|p| e.path().starts_with(p))
+            {
+                continue;
+            }
+            let v = by_path.entry(e.path().to_owned()).or_default();
+            if m.is_deleted() {
+                if let Some(id) = m.version() {
+                    v.markers.push(id.to_owned());
+                }
+                if m.is_current() == Some(true) {
+                    v.deleted_now = true;
+                }
+            } else {
+                v.real = true;
+            }
+        }
+        let (mut back, mut lost) = (0, 0);
+        for (path, v) in by_path {
+            if !v.deleted_now {
+                continue;
+            }
+            if !v.real {
+                lost += 1;
+                continue;
+            }
+            for m in &v.markers {
+                self.rt
+                    .block_on(self.op.delete_with(&path).version(m).into_future())
+                    .map_err(|e| {
+                        storage_err(&format!("removing the delete marker of {path}"), e)
+                    })?;
+            }
+            back += 1;
+        }
+        Ok((back, lost))
+    }
+
+    /// The retain-until date of `name` as the store reports it (`None`: not locked, or absent).
+    ///
+    /// # Errors
+    /// Storage errors, or `InvalidInput` when the store has no lock.
+    pub fn retain_until(&self, name: &str) -> Result<Option<jiff::Timestamp>> {
+        let Some((raw, _)) = &self.lock else {
+            return Err(Error::invalid("this repository does not use Object Lock"));
+        };
+        self.rt.block_on(raw.retain_until(name))
+    }
+
+    /// The objects created locked since the last call, with their retention.
+    pub fn take_locked(&self) -> Vec<(String, jiff::Timestamp)> {
+        std::mem::take(&mut *self.locked.lock().expect("locked list"))
     }
 
     /// Where this store is.
@@ -441,6 +590,22 @@ impl Store {
     pub fn create(&self, name: &str, data: &[u8]) -> Result<bool> {
         if let Some(l) = &self.upload {
             l.take(&self.rt, data.len());
+        }
+        if let Some((raw, l)) = &self.lock
+            && !UNLOCKED.iter().any(|p| name.starts_with(p))
+        {
+            let until =
+                jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * i64::from(l.days));
+            let created = self
+                .rt
+                .block_on(raw.put_locked(name, data, l.mode, until))?;
+            if created {
+                self.locked
+                    .lock()
+                    .expect("locked list")
+                    .push((name.to_owned(), until));
+            }
+            return Ok(created);
         }
         let root = match &self.location {
             Location::Local(root) => root,

@@ -91,6 +91,9 @@ struct Shared<'a> {
     progress: &'a Progress,
     blobs_added: AtomicU64,
     status: RunStatus,
+    /// Existing packs the new snapshot uses (collected only under Object Lock, whose retention
+    /// they need extended).
+    used_packs: Mutex<HashSet<Id>>,
 }
 
 /// The open pack of one blob type, shared by every worker: one pack fills at a time, so memory
@@ -363,6 +366,7 @@ pub fn backup(
         progress,
         blobs_added: AtomicU64::new(0),
         status: RunStatus::default(),
+        used_packs: Mutex::new(HashSet::new()),
     };
     let (job_tx, job_rx) = bounded::<Job>(threads * 4);
     let (ev_tx, ev_rx) = bounded::<Vec<Event>>(64);
@@ -490,6 +494,20 @@ pub fn backup(
     repo.store().sync()?;
     snapshot.summary.bytes_added += n;
     progress.bytes_added.fetch_add(n, Ordering::Relaxed);
+    // Object Lock: what this snapshot needs stays locked for the configured days from now. The
+    // root tree's own blobs are checked too (they are often reused unchanged).
+    let mut used = sh.used_packs.into_inner().expect("used packs");
+    for id in &snapshot.tree {
+        if let Some(l) = repo.index().get(id) {
+            used.insert(l.pack.id);
+        }
+    }
+    crate::retention::upkeep(repo, &used).map_err(|e| {
+        e.context(format!(
+            "snapshot {} is saved, but extending the Object Lock retention of the data it uses failed",
+            id.short()
+        ))
+    })?;
     Ok(BackupOutcome {
         id,
         snapshot,
@@ -1576,6 +1594,8 @@ fn build_trees(
     let mut root: Vec<Node> = Vec::new();
     let mut links: HashMap<(u64, u64), FileContent> = HashMap::new();
     let mut counts = TreeCounts::default();
+    let track_packs = sh.repo.store().lock().is_some();
+    let mut used_packs: HashSet<Id> = HashSet::new();
     let mut ends = Vec::new();
     let mut store = |sink: &mut BlobSink, nodes: Vec<Node>| -> Result<Vec<Id>> {
         let bytes = Tree { nodes }.encode();
@@ -1667,10 +1687,20 @@ fn build_trees(
                 node
             }
         };
+        if track_packs {
+            for id in done.content.iter().chain(&done.subtree) {
+                if let Some(l) = sh.repo.index().get(id) {
+                    used_packs.insert(l.pack.id);
+                }
+            }
+        }
         match stack.last_mut() {
             Some((_, children)) => children.push(done),
             None => root.push(done),
         }
+    }
+    if track_packs {
+        sh.used_packs.lock().expect("used packs").extend(used_packs);
     }
     if sh.status.failed() {
         return Err(Error::new(crate::ErrorKind::Storage, "backup aborted"));

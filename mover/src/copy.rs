@@ -51,28 +51,43 @@ struct Copier<'a> {
     /// Source tree blob ids → target tree blob ids.
     trees: HashMap<Vec<Id>, Vec<Id>>,
     bytes_read: u64,
+    /// Target packs the copies reuse (their Object Lock retention is extended).
+    used_packs: HashSet<Id>,
 }
 
 impl Copier<'_> {
+    /// Remember the target pack of a reused blob.
+    fn reuse(&mut self, id: &Id) {
+        if let Some(l) = self.dst.index().get(id) {
+            self.used_packs.insert(l.pack.id);
+        }
+    }
+
     fn data_blob(&mut self, w: &mut BlobWriter<'_>, s: Id) -> Result<Id> {
-        if let Some(t) = self.data.get(&s)
-            && w.has(t)
+        if let Some(&t) = self.data.get(&s)
+            && w.has(&t)
         {
-            return Ok(*t);
+            self.reuse(&t);
+            return Ok(t);
         }
         let plain = self.src.read_blob(&s)?;
         self.bytes_read += plain.len() as u64;
         let t = self.dst.keys().blob_id(&plain);
-        w.add(BlobType::Data, t, &plain)?;
+        if !w.add(BlobType::Data, t, &plain)? {
+            self.reuse(&t);
+        }
         self.data.insert(s, t);
         Ok(t)
     }
 
     fn tree(&mut self, w: &mut BlobWriter<'_>, ids: &[Id]) -> Result<Vec<Id>> {
-        if let Some(t) = self.trees.get(ids)
+        if let Some(t) = self.trees.get(ids).cloned()
             && t.iter().all(|i| w.has(i))
         {
-            return Ok(t.clone());
+            for i in &t {
+                self.reuse(i);
+            }
+            return Ok(t);
         }
         let mut tree = self.src.read_tree(ids)?;
         for n in &mut tree.nodes {
@@ -91,7 +106,9 @@ impl Copier<'_> {
         for e in ends {
             let chunk = &bytes[s..e];
             let id = self.dst.keys().blob_id(chunk);
-            w.add(BlobType::Tree, id, chunk)?;
+            if !w.add(BlobType::Tree, id, chunk)? {
+                self.reuse(&id);
+            }
             out.push(id);
             s = e;
         }
@@ -162,6 +179,7 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
         data: HashMap::new(),
         trees: HashMap::new(),
         bytes_read: 0,
+        used_packs: HashSet::new(),
     };
     let mut w = BlobWriter::new(dst)?;
     for (sid, snap) in snaps {
@@ -201,5 +219,6 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
     let (bytes, blobs) = w.finish()?;
     report.bytes_transferred += bytes;
     report.blobs_transferred += blobs;
+    crate::retention::upkeep(dst, &c.used_packs)?;
     Ok(report)
 }

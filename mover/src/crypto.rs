@@ -179,6 +179,8 @@ pub enum ObjectKind {
     Snapshot = 2,
     /// A deletion plan written by `prune`.
     Plan = 3,
+    /// A record of Object Lock retention dates.
+    Ledger = 4,
 }
 
 /// Seal `plain`: `magic(7) kind(1) salt(32) AES-GCM(zstd(plain))`.

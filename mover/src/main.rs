@@ -14,8 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use lifeboat::forget;
 use lifeboat::{
-    BackupOptions, CheckProgress, Chunking, InitOptions, KdfParams, Location, Progress, Repository,
-    RestoreOptions, RestoreProgress, Secret, SlotKind, StoreOptions,
+    BackupOptions, CheckProgress, Chunking, InitOptions, KdfParams, Location, LockConfig, Progress,
+    Repository, RestoreOptions, RestoreProgress, Secret, SlotKind, StoreOptions,
+    s3lock::LockMode,
     tree::{Node, NodeKind},
 };
 use serde_json::json;
@@ -82,6 +83,21 @@ enum Command {
         /// Target pack size in MiB.
         #[arg(long, default_value_t = 16)]
         pack_size_mib: u32,
+        /// S3 Object Lock: write every object locked for this many days, and keep what newer
+        /// snapshots use locked that long from each backup (the bucket needs Object Lock).
+        #[arg(long, value_name = "DAYS")]
+        lock_days: Option<u32>,
+        /// Object Lock mode: governance (users with the bypass permission can still delete) or
+        /// compliance (nobody can).
+        #[arg(long, value_parser = ["governance", "compliance"], default_value = "governance", requires = "lock_days")]
+        lock_mode: String,
+    },
+    /// Bring back objects deleted from an Object Lock (versioned) bucket, then repair the index.
+    /// Use after an attack or a mistake; then run 'check --read-data'.
+    Recover {
+        /// Print one JSON line with the result.
+        #[arg(long)]
+        json: bool,
     },
     /// Back up files, directories and block devices (a device given by path is backed up as a
     /// volume: its contents, with all-zero ranges recorded, not stored).
@@ -431,11 +447,21 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Init {
             compression,
             pack_size_mib,
+            lock_days,
+            lock_mode,
         } => {
             let loc = location(g)?;
             let opts = InitOptions {
                 compression,
                 pack_size: pack_size_mib.saturating_mul(1 << 20),
+                lock: lock_days.map(|days| LockConfig {
+                    days,
+                    mode: if lock_mode == "compliance" {
+                        LockMode::Compliance
+                    } else {
+                        LockMode::Governance
+                    },
+                }),
                 ..InitOptions::default()
             };
             let repo = Repository::init_with(&loc, &secret(g)?, &opts, &store_options(g))?;
@@ -684,6 +710,25 @@ fn run(cli: Cli) -> Result<u8> {
             println!("no errors found");
         }
         Command::Key { action } => key(g, action)?,
+        Command::Recover { json } => {
+            let r = lifeboat::recover::recover(&location(g)?, &secret(g)?, &store_options(g))?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "restored {} deleted objects; {} deleted objects have no version left",
+                    r.objects_restored, r.objects_lost
+                );
+                println!(
+                    "repaired {} index objects that named {} packs which are gone",
+                    r.index_repaired, r.packs_missing
+                );
+                println!(
+                    "{} snapshots; run 'lifeboat check --read-data' to verify them",
+                    r.snapshots
+                );
+            }
+        }
         Command::Copy {
             snapshots,
             from,

@@ -372,6 +372,8 @@ fn prune_holding(
         delete_due(repo, opts, &mut plans, &|_| true, &mut report, lease)?;
     }
     report.plans_waiting = load_plans(repo)?.len() as u64;
+    // Object Lock: record the packs repacking wrote, keep index objects locked.
+    crate::retention::upkeep(repo, &HashSet::new())?;
     Ok(report)
 }
 
@@ -424,6 +426,29 @@ fn delete_due(
             elsewhere.extend(blobs_of.remove(&p).unwrap_or_default());
         }
     }
+    // Packs still under Object Lock retention are skipped (a delete would only hide them
+    // behind a delete marker) and stay planned for a later prune.
+    let mut locked_left: Vec<Id> = Vec::new();
+    if repo.store().lock().is_some() {
+        let ledger = crate::retention::Ledger::load(repo)?;
+        let now = jiff::Timestamp::now();
+        let mut keep = HashSet::new();
+        for p in &doomed {
+            let name = names::pack(p);
+            // The ledger first; an object it does not know is asked about (the ledger may be
+            // incomplete: it is not locked, and is only a record).
+            let until = match ledger.until(&name) {
+                Some(t) => Some(t),
+                None => repo.store().retain_until(&name)?,
+            };
+            if until.is_some_and(|t| t > now) {
+                keep.insert(*p);
+            }
+        }
+        doomed.retain(|p| !keep.contains(p));
+        locked_left.extend(keep);
+        report.packs_locked += locked_left.len() as u64;
+    }
     if opts.dry_run {
         report.packs_deleted = doomed.len() as u64;
         return Ok(());
@@ -475,7 +500,21 @@ fn delete_due(
             }
         }
     }
-    // Last, the plans: a crash before this only means deleting missing packs again.
+    // Last, the plans: a crash before this only means deleting missing packs again. Locked
+    // packs move to a new plan with the old time first.
+    if let Some(time) = due_plans.iter().map(|(_, p)| p.time).min()
+        && !locked_left.is_empty()
+    {
+        let plan = Plan {
+            time,
+            packs: locked_left,
+        };
+        repo.save_object(
+            ObjectKind::Plan,
+            &serde_json::to_vec(&plan).expect("plan serializes"),
+        )?;
+        repo.store().sync()?;
+    }
     for (id, _) in &due_plans {
         repo.store().delete(&format!("{PENDING}{id}"))?;
     }

@@ -10,6 +10,7 @@ use crate::id::Id;
 use crate::index::{self, Index, PackRecord};
 use crate::keyslot::{KdfParams, KeySlot, Secret, wrong_key};
 use crate::pack::{self, MAX_PACK_SIZE};
+use crate::s3lock::LockMode;
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 
@@ -33,6 +34,20 @@ pub struct Config {
     pub pack_size: u32,
     /// When the repository was created.
     pub created: String,
+    /// S3 Object Lock: every object is written with this retention, which is extended while
+    /// newer snapshots still use the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockConfig>,
+}
+
+/// Object Lock settings of a repository.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LockConfig {
+    /// Days each object stays locked after it is written or last used.
+    pub days: u32,
+    /// Governance or compliance.
+    pub mode: LockMode,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -54,6 +69,8 @@ pub struct InitOptions {
     pub pack_size: u32,
     /// argon2id parameters for password slots.
     pub kdf: KdfParams,
+    /// S3 Object Lock retention for every object (needs a bucket with Object Lock enabled).
+    pub lock: Option<LockConfig>,
 }
 
 impl Default for InitOptions {
@@ -63,6 +80,7 @@ impl Default for InitOptions {
             compression: 3,
             pack_size: 16 << 20,
             kdf: KdfParams::DEFAULT,
+            lock: None,
         }
     }
 }
@@ -112,12 +130,23 @@ impl Repository {
         store_opts: &StoreOptions,
     ) -> Result<Self> {
         check_options(opts)?;
-        let store = Store::open(location, true, store_opts)?;
+        let mut store = Store::open(location, true, store_opts)?;
         if store.exists(names::CONFIG)? {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 format!("a repository already exists at {location}"),
             ));
+        }
+        if let Some(lock) = opts.lock {
+            if lock.days == 0 || lock.days > 36_500 {
+                return Err(Error::invalid("--lock-days must be between 1 and 36500"));
+            }
+            store.set_lock(Some(lock), store_opts)?;
+            if !store.lock_enabled()? {
+                return Err(Error::invalid(format!(
+                    "the bucket of {location} does not have Object Lock enabled (it can only be enabled when the bucket is created, with versioning)"
+                )));
+            }
         }
         let keys = Keys::generate()?;
         let config = Config {
@@ -127,6 +156,7 @@ impl Repository {
             compression: opts.compression,
             pack_size: opts.pack_size,
             created: jiff::Timestamp::now().to_string(),
+            lock: opts.lock,
         };
         let slot = KeySlot::create(&keys, secret, opts.kdf)?;
         let slot_id = Id::random()?;
@@ -179,7 +209,7 @@ impl Repository {
         secret: &Secret,
         store_opts: &StoreOptions,
     ) -> Result<Self> {
-        let store = Store::open(location, false, store_opts)?;
+        let mut store = Store::open(location, false, store_opts)?;
         let raw = store.read(names::CONFIG)?;
         let file: ConfigFile = serde_json::from_slice(&raw).map_err(|e| {
             Error::new(
@@ -238,6 +268,7 @@ impl Repository {
             .chunker
             .validate()
             .map_err(|_| Error::corrupt("the repository config has invalid chunker parameters"))?;
+        store.set_lock(file.config.lock, store_opts)?;
         Ok(Self {
             store,
             keys,
@@ -349,6 +380,7 @@ impl Repository {
             ObjectKind::Index => names::INDEX,
             ObjectKind::Snapshot => names::SNAPSHOTS,
             ObjectKind::Plan => crate::prune::PENDING,
+            ObjectKind::Ledger => crate::retention::LEDGER,
         };
         let n = sealed.len() as u64;
         self.store.write(&format!("{prefix}{id}"), &sealed)?;

@@ -428,3 +428,148 @@ fn upload_limit_holds() {
             .success()
     );
 }
+
+/// Run a Python snippet with boto3 pointed at the server (the attacker's tool in the test below).
+fn boto3(port: u16, code: &str) -> String {
+    let script = format!(
+        "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', aws_access_key_id='attacker', aws_secret_access_key='attacker', region_name='us-east-1')\n{code}"
+    );
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// The ransomware case: an attacker with delete rights deletes every object (delete markers on
+/// the versioned bucket) and then tries to delete every version for good, which Object Lock
+/// refuses. `recover` brings the repository back and every snapshot restores byte-exact. Prune
+/// leaves locked packs alone without failing.
+#[test]
+fn object_lock_survives_deletion() {
+    let s3 = S3Server::start();
+    boto3(
+        s3.port,
+        "s3.create_bucket(Bucket='lifeboat-locked', ObjectLockEnabledForBucket=True)\ns3.create_bucket(Bucket='lifeboat-unlocked')",
+    );
+    // A bucket without Object Lock is refused at init, with one line.
+    let dir = tempfile::tempdir().unwrap();
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    refused
+        .args([
+            "--repo",
+            "s3://lifeboat-unlocked/r",
+            "init",
+            "--lock-days",
+            "1",
+        ])
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .envs(s3_vars(s3.port))
+        .current_dir(dir.path());
+    let line = fails_cleanly(refused.output().unwrap(), &["init", "--lock-days"]);
+    assert!(line.contains("Object Lock"), "{line}");
+
+    let url = "s3://lifeboat-locked/app";
+    let dir = tempfile::tempdir().unwrap();
+    let mut init = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    init.args(["--repo", url, "init", "--lock-days", "2"])
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .envs(s3_vars(s3.port));
+    let o = init.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let env = Env {
+        dir,
+        repo: std::path::PathBuf::from("/nonexistent"),
+        url: Some(url.to_owned()),
+        vars: s3_vars(s3.port),
+    };
+    let src = env.path("src");
+    write(&src.join("db/base.bin"), &noise(3 << 20, 11));
+    write(&src.join("db/wal.bin"), &noise(1 << 20, 12));
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // Without the retention ledger, the next backup cannot know how long the data it reuses is
+    // locked, so it extends all of it (to 1.5 x 2 days).
+    boto3(
+        s3.port,
+        "for o in s3.list_objects_v2(Bucket='lifeboat-locked', Prefix='app/retention/')['Contents']:\n    s3.delete_object(Bucket='lifeboat-locked', Key=o['Key'])",
+    );
+    write(&src.join("db/wal.bin"), &noise(1 << 20, 13));
+    write(&src.join("etc/conf"), b"max_connections = 100\n");
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let extended = boto3(
+        s3.port,
+        "import datetime\nn = 0\nfor o in s3.list_objects_v2(Bucket='lifeboat-locked', Prefix='app/data/')['Contents']:\n    h = s3.head_object(Bucket='lifeboat-locked', Key=o['Key'])\n    if h['ObjectLockRetainUntilDate'] - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=2, hours=12):\n        n += 1\nprint(n)",
+    );
+    assert!(
+        extended.trim().parse::<u32>().unwrap() >= 1,
+        "the reused pack holding base.bin was extended: {extended}"
+    );
+    let snaps = json(&env.ok(&["snapshots", "--json"]));
+    let ids: Vec<String> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    // Every object is locked, in governance mode, for about two days.
+    let out = boto3(
+        s3.port,
+        "import datetime\nn = 0\nfor o in s3.list_objects_v2(Bucket='lifeboat-locked')['Contents']:\n    if o['Key'].split('/')[1] in ('retention', 'locks', 'pending'):\n        continue\n    h = s3.head_object(Bucket='lifeboat-locked', Key=o['Key'])\n    assert h.get('ObjectLockMode') == 'GOVERNANCE', o['Key']\n    left = h['ObjectLockRetainUntilDate'] - datetime.datetime.now(datetime.timezone.utc)\n    assert datetime.timedelta(days=1, hours=23) < left < datetime.timedelta(days=3, hours=1), (o['Key'], left)\n    n += 1\nprint(n)",
+    );
+    assert!(out.trim().parse::<u32>().unwrap() >= 8, "{out}");
+
+    // Prune skips what is still locked, without failing.
+    let forgotten = env.path("forgotten");
+    write(&forgotten.join("old.bin"), &noise(2 << 20, 14));
+    env.ok(&["backup", forgotten.to_str().unwrap()]);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let pruned = json(&env.ok(&["prune", "--grace", "0s", "--json"]));
+    assert!(pruned["packs_locked"].as_u64().unwrap() >= 1, "{pruned}");
+    assert_eq!(pruned["packs_deleted"], 0, "{pruned}");
+
+    // The attack: delete everything, then try to destroy every version.
+    let out = boto3(
+        s3.port,
+        "b = 'lifeboat-locked'\nkeys = [o['Key'] for o in s3.list_objects_v2(Bucket=b)['Contents']]\nfor k in keys:\n    s3.delete_object(Bucket=b, Key=k)\nrefused = destroyed = 0\nfor v in s3.list_object_versions(Bucket=b).get('Versions', []):\n    try:\n        s3.delete_object(Bucket=b, Key=v['Key'], VersionId=v['VersionId'])\n        destroyed += 1\n    except Exception:\n        refused += 1\nprint(len(keys), refused, destroyed, s3.list_objects_v2(Bucket=b).get('KeyCount'))",
+    );
+    let f: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert!(f[0] >= 8 && f[1] >= 8, "attack: {out}");
+    assert_eq!(f[3], 0, "nothing is visible after the attack: {out}");
+    assert!(!env.run(&["snapshots"]).status.success());
+
+    let r = json(&env.ok(&["recover", "--json"]));
+    assert!(r["objects_restored"].as_u64().unwrap() >= 8, "{r}");
+    let out = env.ok(&["check", "--read-data"]);
+    assert!(out.contains("no errors found"), "{out}");
+    let snaps = json(&env.ok(&["snapshots", "--json"]));
+    let now: Vec<String> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        assert!(now.contains(id), "snapshot {id} is back: {now:?}");
+    }
+    // The latest restores to the source as it is now; the first to its own state.
+    restore_matches(&env, &ids[1][..8], &src);
+    let first = env.path("first");
+    env.ok(&["restore", &ids[0][..8], "--target", first.to_str().unwrap()]);
+    let got = first.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read(got.join("db/wal.bin")).unwrap(),
+        noise(1 << 20, 12)
+    );
+    assert_eq!(
+        std::fs::read(got.join("db/base.bin")).unwrap(),
+        noise(3 << 20, 11)
+    );
+    assert!(!got.join("etc/conf").exists());
+}
