@@ -135,8 +135,23 @@ pub fn planned_packs(repo: &Repository) -> Result<HashSet<Id>> {
 #[derive(Serialize, Deserialize)]
 struct LeaseBody {
     holder: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    pid: u32,
     acquired: jiff::Timestamp,
     expires: jiff::Timestamp,
+}
+
+impl LeaseBody {
+    /// Whether the holder is known to be gone: a process on this host that no longer runs
+    /// (a prune killed here need not block the next one until its lease expires).
+    fn holder_gone(&self) -> bool {
+        self.host == crate::snapshot::hostname()
+            && self.pid != 0
+            && self.pid != std::process::id()
+            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
 }
 
 /// The prune lease, held until [`Lease::release`] (or until it expires).
@@ -183,7 +198,7 @@ impl Lease {
         );
         let now = jiff::Timestamp::now();
         let next = match latest_lease(store)? {
-            Some((_, b)) if b.expires > now => {
+            Some((_, b)) if b.expires > now && !b.holder_gone() => {
                 return Err(Error::new(
                     ErrorKind::Refused,
                     format!(
@@ -210,6 +225,8 @@ impl Lease {
         let now = jiff::Timestamp::now();
         let body = LeaseBody {
             holder: self.holder.clone(),
+            host: crate::snapshot::hostname(),
+            pid: std::process::id(),
             acquired: now,
             expires: now + self.ttl,
         };

@@ -13,5 +13,6 @@ mod corruption;
 mod crash;
 mod incremental;
 mod keys;
+mod lifecycle;
 mod roundtrip;
 mod s3;
