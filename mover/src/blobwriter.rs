@@ -17,6 +17,9 @@ use crate::repo::Repository;
 
 /// Packs per index object (as in a backup).
 pub const PACKS_PER_INDEX: usize = 64;
+/// Stored packs are also indexed once the oldest unindexed one is this old, so an interrupted
+/// copy loses at most a few seconds of transfer: the next run finds the rest in the index.
+const INDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Adds blobs to `repo`, skipping those already indexed or added.
 pub struct BlobWriter<'r> {
@@ -26,6 +29,7 @@ pub struct BlobWriter<'r> {
     tree: Option<PackWriter>,
     added: HashSet<Id>,
     pending: Vec<PackRecord>,
+    pending_since: Option<std::time::Instant>,
     /// Bytes stored (packs and index objects).
     pub bytes_written: u64,
     /// Blobs stored.
@@ -45,6 +49,7 @@ impl<'r> BlobWriter<'r> {
             tree: None,
             added: HashSet::new(),
             pending: Vec::new(),
+            pending_since: None,
             bytes_written: 0,
             blobs_written: 0,
         })
@@ -115,7 +120,10 @@ impl<'r> BlobWriter<'r> {
             salt: p.salt,
             blobs: p.entries,
         });
-        if self.pending.len() >= PACKS_PER_INDEX {
+        let since = *self
+            .pending_since
+            .get_or_insert_with(std::time::Instant::now);
+        if self.pending.len() >= PACKS_PER_INDEX || since.elapsed() >= INDEX_AFTER {
             self.write_index()?;
         }
         Ok(())
@@ -130,6 +138,7 @@ impl<'r> BlobWriter<'r> {
             .save_object(ObjectKind::Index, &index::encode(&self.pending))?;
         self.bytes_written += n;
         self.pending.clear();
+        self.pending_since = None;
         Ok(())
     }
 

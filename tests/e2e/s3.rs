@@ -352,7 +352,13 @@ fn copy_s3_to_local() {
     env.ok(&["backup", src.to_str().unwrap()]);
     let local = env.path("offsite");
     let to_pw = "offsite-password-31";
-    let mut init = env.cmd(&["--repo", local.to_str().unwrap(), "init"]);
+    let mut init = env.cmd(&[
+        "--repo",
+        local.to_str().unwrap(),
+        "init",
+        "--pack-size-mib",
+        "4",
+    ]);
     init.env("LIFEBOAT_PASSWORD", to_pw);
     assert!(init.output().unwrap().status.success());
     let copy = |env: &Env| {
@@ -398,6 +404,47 @@ fn copy_s3_to_local() {
     for (k, m) in &a {
         assert_eq!(Some(&m.content), b.get(k).map(|x| &x.content), "{k:?}");
     }
+    // Interrupted, then resumed: the second run sends only what the first did not.
+    write(&src.join("big.bin"), &noise(24 << 20, 2));
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let mut c = env.cmd(&[
+        "--limit-upload",
+        "4",
+        "copy",
+        "--to",
+        local.to_str().unwrap(),
+        "--json",
+    ]);
+    c.env("LIFEBOAT_TO_PASSWORD", to_pw)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    // Killed once it has indexed some of what it sent.
+    let index = local.join("index");
+    let count = || crate::fixtures::walk_files(&index).len();
+    let before = count();
+    let t = Instant::now();
+    while count() == before {
+        assert!(t.elapsed() < Duration::from_mins(1), "copy indexed nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    let resumed = copy(&env);
+    println!("resumed copy: {resumed}");
+    assert_eq!(resumed["snapshots_copied"], 1, "{resumed}");
+    let sent = resumed["bytes_transferred"].as_u64().unwrap();
+    assert!(
+        sent < 20 << 20,
+        "the resumed copy re-sent everything: {resumed}"
+    );
+    let target = env.path("from-copy-2");
+    local_env(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(target.join(src.strip_prefix("/").unwrap()).join("big.bin")).unwrap(),
+        noise(24 << 20, 2)
+    );
+    assert!(local_env(&["check", "--read-data"]).contains("no errors found"));
     // The source password does not open the copy.
     let mut c = env.cmd(&["snapshots"]);
     c.env("LIFEBOAT_REPO", &local);
