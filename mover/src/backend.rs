@@ -256,6 +256,8 @@ pub struct Store {
     lock: Option<(crate::s3lock::S3Raw, crate::repo::LockConfig)>,
     /// Objects created under a lock since the last [`Store::take_locked`], with their retention.
     locked: std::sync::Mutex<Vec<(String, jiff::Timestamp)>>,
+    /// Requests allowed in flight (`--max-requests`).
+    max_requests: usize,
 }
 
 /// Prefixes never locked: a prune's lease and deletion plans must stay deletable, and the
@@ -302,9 +304,10 @@ fn s3_operator(s3: &S3Location, opts: &StoreOptions) -> Result<Operator> {
                 .with_timeout(opts.timeout)
                 .with_io_timeout(opts.timeout),
         )
-        .layer(opendal::layers::ConcurrentLimitLayer::new(
-            opts.max_requests.max(1),
-        ))
+        .layer(
+            opendal::layers::ConcurrentLimitLayer::new(opts.max_requests.max(1))
+                .with_http_concurrent_limit(opts.max_requests.max(1)),
+        )
         .layer(
             opendal::layers::RetryLayer::new()
                 .with_max_times(opts.retries)
@@ -368,6 +371,7 @@ impl Store {
             download: Bandwidth::new(opts.limit_download)?,
             lock: None,
             locked: std::sync::Mutex::default(),
+            max_requests: opts.max_requests.max(1),
         };
         if matches!(location, Location::S3(_)) && !create && !store.exists(names::CONFIG)? {
             return Err(Error::new(
@@ -527,6 +531,12 @@ impl Store {
         !matches!(self.location, Location::Local(_))
     }
 
+    /// Blocking requests worth keeping in flight from worker threads: `--max-requests` for a remote
+    /// store (each request mostly waits on the network), `None` for a local one (bound by cores).
+    pub fn parallelism(&self) -> Option<usize> {
+        self.is_remote().then_some(self.max_requests)
+    }
+
     /// Read a whole object.
     ///
     /// # Errors
@@ -610,19 +620,7 @@ impl Store {
         let root = match &self.location {
             Location::Local(root) => root,
             Location::S3(_) => {
-                let r = self.rt.block_on(
-                    self.op
-                        .write_with(name, data.to_vec())
-                        .if_not_exists(true)
-                        .chunk(PART_SIZE)
-                        .concurrent(PARTS_IN_FLIGHT)
-                        .into_future(),
-                );
-                return match r {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(false),
-                    Err(e) => Err(storage_err(&format!("writing {name}"), e)),
-                };
+                return self.create_remote(name, bytes::Bytes::copy_from_slice(data));
             }
         };
         // Like opendal's fs service (data synced, then linked into place), without its hops
@@ -648,6 +646,38 @@ impl Store {
             dir = up;
         }
         Ok(true)
+    }
+
+    /// [`Store::write`] for an owned buffer: sent to a remote store without a copy (the buffer is
+    /// dropped once the upload is done, which is when a recycling owner gets it back).
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn write_bytes(&self, name: &str, data: bytes::Bytes) -> Result<()> {
+        if matches!(self.location, Location::S3(_)) && self.lock.is_none() {
+            if let Some(l) = &self.upload {
+                l.take(&self.rt, data.len());
+            }
+            return self.create_remote(name, data).map(|_| ());
+        }
+        self.write(name, &data)
+    }
+
+    /// Create-if-absent on S3 (`If-None-Match: *`), large objects as parallel multipart parts.
+    fn create_remote(&self, name: &str, data: bytes::Bytes) -> Result<bool> {
+        let r = self.rt.block_on(
+            self.op
+                .write_with(name, data)
+                .if_not_exists(true)
+                .chunk(PART_SIZE)
+                .concurrent(PARTS_IN_FLIGHT)
+                .into_future(),
+        );
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == opendal::ErrorKind::ConditionNotMatch => Ok(false),
+            Err(e) => Err(storage_err(&format!("writing {name}"), e)),
+        }
     }
 
     /// Make every write so far durable. The fs backend syncs each object's data before linking

@@ -1729,6 +1729,26 @@ fn write_index(sh: &Shared<'_>, pending: &mut Vec<PackRecord>) -> Result<()> {
     Ok(())
 }
 
+/// A pack buffer that returns to the packer's pool when its last reference is dropped.
+struct Recycled {
+    buf: Vec<u8>,
+    pool: Option<Sender<Vec<u8>>>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            let _ = pool.try_send(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
 /// Store packs as they come, and an index object for every `PACKS_PER_INDEX` stored packs
 /// (the caller indexes the rest once every uploader is done).
 fn upload(
@@ -1743,17 +1763,21 @@ fn upload(
             continue;
         }
         let size = p.bytes.len() as u64;
+        // Data pack buffers go back to the packer once stored (however the store holds them).
+        let recycle = p
+            .entries
+            .first()
+            .is_some_and(|e| e.blob_type == BlobType::Data)
+            .then(|| pool.clone());
+        let bytes = bytes::Bytes::from_owner(Recycled {
+            buf: p.bytes,
+            pool: recycle,
+        });
         result = sh
             .repo
             .store()
-            .write(&names::pack(&p.id), &p.bytes)
+            .write_bytes(&names::pack(&p.id), bytes)
             .and_then(|()| {
-                if p.entries
-                    .first()
-                    .is_some_and(|e| e.blob_type == BlobType::Data)
-                {
-                    let _ = pool.try_send(p.bytes);
-                }
                 sh.progress.bytes_added.fetch_add(size, Ordering::Relaxed);
                 let mut pending = pending.lock().expect("pending lock");
                 pending.push(PackRecord {

@@ -112,8 +112,37 @@ pub fn find_node(repo: &Repository, snap: &Snapshot, path: &Path) -> Result<Opti
 
 /// Large files are restored in parts of about this many bytes, written in parallel.
 const PART: u64 = 32 << 20;
-/// Reads of neighbouring blobs of one pack are merged up to this many bytes.
-const MAX_READ: u64 = 16 << 20;
+/// Small files are handed to the writers in batches of up to this many bytes and files, so that
+/// files whose blobs lie next to each other in a pack (the backup stored them in walk order) are
+/// fetched with one read.
+const BATCH_BYTES: u64 = 8 << 20;
+const BATCH_FILES: usize = 256;
+
+/// How writers read packs: neighbouring blobs of one pack are fetched with one read of at most
+/// `max_read` bytes, reading over gaps of unwanted blobs up to `gap` bytes.
+#[derive(Clone, Copy)]
+struct ReadShape {
+    max_read: u64,
+    gap: u64,
+}
+
+impl ReadShape {
+    fn of(repo: &Repository) -> Self {
+        if repo.store().is_remote() {
+            // Each request costs a round trip: read over larger gaps, but keep the buffers of the
+            // many writers in flight small.
+            Self {
+                max_read: 4 << 20,
+                gap: 1 << 20,
+            }
+        } else {
+            Self {
+                max_read: 16 << 20,
+                gap: 32 << 10,
+            }
+        }
+    }
+}
 
 /// A file being restored, shared by the jobs of its parts; the last part to finish sets its size
 /// and metadata (not on a device: it keeps its size and its own metadata).
@@ -140,11 +169,14 @@ fn parts_of(blobs: Vec<(Id, u64, u64)>) -> Vec<Vec<(Id, u64)>> {
     parts
 }
 
-struct FileJob {
+/// One part of a file: its blobs and the file offset each one goes to.
+struct FilePart {
     file: Arc<RFile>,
-    /// Blobs of this part and the file offset each one goes to.
     blobs: Vec<(Id, u64)>,
 }
+
+/// What one writer takes at a time: one part of a large file, or a batch of small files.
+type Job = Vec<FilePart>;
 
 /// Where each blob of a file goes, checked against the index's lengths before anything is read.
 pub(crate) fn plan(repo: &Repository, node: &Node) -> Result<Vec<(Id, u64, u64)>> {
@@ -184,6 +216,18 @@ struct Ctx<'a> {
     repo: &'a Repository,
     progress: &'a RestoreProgress,
     status: RunStatus,
+    shape: ReadShape,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(repo: &'a Repository, progress: &'a RestoreProgress) -> Self {
+        Self {
+            repo,
+            progress,
+            status: RunStatus::default(),
+            shape: ReadShape::of(repo),
+        }
+    }
 }
 
 /// Restore `snap` under `target`: a backed-up path `/a/b/c` lands at `target/a/b/c`.
@@ -213,13 +257,9 @@ pub fn restore(
     std::fs::create_dir_all(target).map_err(|e| Error::io(target.display(), e))?;
     let root_fd = fsmeta::open_dir_path(target).map_err(|e| Error::io(target.display(), e))?;
     let root = repo.read_tree(&snap.tree)?;
-    let threads = writer_threads(opts);
-    let ctx = Ctx {
-        repo,
-        progress,
-        status: RunStatus::default(),
-    };
-    let (tx, rx) = bounded::<FileJob>(threads * 8);
+    let threads = writer_threads(repo, opts);
+    let ctx = Ctx::new(repo, progress);
+    let (tx, rx) = bounded::<Job>(threads * 2);
     let mut out = RestoreOutcome::default();
     std::thread::scope(|s| {
         let ctx = &ctx;
@@ -238,14 +278,18 @@ pub fn restore(
                     links: HashMap::new(),
                     out: RestoreOutcome::default(),
                     includes,
+                    batch: Vec::new(),
+                    batch_bytes: 0,
                 };
                 let mut path = Vec::new();
-                let r = w.dir(
-                    root_fd.as_fd(),
-                    &root,
-                    &mut path,
-                    &target.display().to_string(),
-                );
+                let r = w
+                    .dir(
+                        root_fd.as_fd(),
+                        &root,
+                        &mut path,
+                        &target.display().to_string(),
+                    )
+                    .and_then(|()| w.flush());
                 (r, w.out)
             })
             .expect("spawning the restore walker");
@@ -259,9 +303,14 @@ pub fn restore(
     Ok(out)
 }
 
-fn writer_threads(opts: &RestoreOptions) -> usize {
+/// Writers: `--threads`, or one per core, or for a remote repository one per request allowed in
+/// flight (they mostly wait on the network); at least two.
+fn writer_threads(repo: &Repository, opts: &RestoreOptions) -> usize {
     opts.threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+            repo.store().parallelism().map_or(cores, |n| n.max(cores))
+        })
         .max(2)
 }
 
@@ -355,11 +404,7 @@ fn restore_device(
         ));
     }
     let parts = parts_of(plan(repo, &node)?);
-    let ctx = Ctx {
-        repo,
-        progress,
-        status: RunStatus::default(),
-    };
+    let ctx = Ctx::new(repo, progress);
     let file = Arc::new(RFile {
         fd,
         node,
@@ -367,8 +412,8 @@ fn restore_device(
         device: true,
         parts_left: AtomicUsize::new(parts.len()),
     });
-    let threads = writer_threads(opts);
-    let (tx, rx) = bounded::<FileJob>(threads * 8);
+    let threads = writer_threads(repo, opts);
+    let (tx, rx) = bounded::<Job>(threads * 2);
     std::thread::scope(|s| {
         let ctx = &ctx;
         for _ in 0..threads {
@@ -392,10 +437,10 @@ fn restore_device(
             });
         }
         for blobs in parts {
-            let job = FileJob {
+            let job = vec![FilePart {
                 file: Arc::clone(&file),
                 blobs,
-            };
+            }];
             if tx.send(job).is_err() {
                 break;
             }
@@ -450,13 +495,32 @@ fn write_zeros(fd: BorrowedFd<'_>, mut from: u64, to: u64) -> std::io::Result<()
 
 struct RWalker<'c, 'a> {
     ctx: &'c Ctx<'a>,
-    jobs: crossbeam_channel::Sender<FileJob>,
+    jobs: crossbeam_channel::Sender<Job>,
     links: HashMap<(u64, u64), OwnedFd>,
     out: RestoreOutcome,
     includes: Vec<Vec<Vec<u8>>>,
+    /// Small files waiting to be handed to the writers together.
+    batch: Job,
+    batch_bytes: u64,
 }
 
 impl RWalker<'_, '_> {
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::new(ErrorKind::Io, "restore writers stopped"))
+    }
+
+    /// Hand the batched small files to the writers.
+    fn flush(&mut self) -> Result<()> {
+        self.batch_bytes = 0;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let job = std::mem::take(&mut self.batch);
+        self.send(job)
+    }
+
     /// Whether `path` is restored: it is inside an included path, or an ancestor of one.
     fn selected(&self, path: &[Vec<u8>]) -> bool {
         self.includes.is_empty()
@@ -562,6 +626,7 @@ impl RWalker<'_, '_> {
                 }
                 self.out.files += 1;
                 let blobs = plan(self.ctx.repo, node).map_err(|e| e.context(&shown))?;
+                let bytes: u64 = blobs.iter().map(|b| b.2).sum();
                 let parts = parts_of(blobs);
                 let file = Arc::new(RFile {
                     fd,
@@ -570,13 +635,18 @@ impl RWalker<'_, '_> {
                     device: false,
                     parts_left: AtomicUsize::new(parts.len()),
                 });
-                for blobs in parts {
-                    self.jobs
-                        .send(FileJob {
-                            file: Arc::clone(&file),
-                            blobs,
-                        })
-                        .map_err(|_| Error::new(ErrorKind::Io, "restore writers stopped"))?;
+                if parts.len() == 1 && bytes < BATCH_BYTES {
+                    let blobs = parts.into_iter().next().expect("one part");
+                    self.batch.push(FilePart { file, blobs });
+                    self.batch_bytes += bytes;
+                    if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_FILES {
+                        self.flush()?;
+                    }
+                } else {
+                    for blobs in parts {
+                        let file = Arc::clone(&file);
+                        self.send(vec![FilePart { file, blobs }])?;
+                    }
                 }
             }
             NodeKind::Symlink => {
@@ -605,69 +675,120 @@ fn remove(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
     }
 }
 
-fn write_files(ctx: &Ctx<'_>, jobs: &Receiver<FileJob>) {
+fn write_files(ctx: &Ctx<'_>, jobs: &Receiver<Job>) {
     for job in jobs {
         if ctx.status.failed() {
             continue;
         }
-        if let Err(e) = write_part(ctx, &job) {
-            ctx.status.fail(e.context(&job.file.path));
+        if let Err(e) = write_job(ctx, &job) {
+            ctx.status.fail(e);
         }
     }
 }
 
-fn write_part(ctx: &Ctx<'_>, job: &FileJob) -> Result<()> {
-    let f = &*job.file;
-    let fd = f.fd.as_fd();
+/// One blob to write: where it is stored, which part of the job wants it, and where it goes.
+struct Want<'i> {
+    loc: crate::index::Location<'i>,
+    part: usize,
+    off: u64,
+}
+
+/// Fetch, authenticate, decompress and write every blob of a job. Blobs are sorted by where they
+/// are stored; each run of neighbours in one pack is fetched with one read, and a blob several
+/// files want is opened once.
+fn write_job(ctx: &Ctx<'_>, job: &[FilePart]) -> Result<()> {
     let repo = ctx.repo;
-    let missing = |id: &Id| {
-        Error::new(
-            ErrorKind::Missing,
-            format!("blob {} is not in the index", id.short()),
-        )
-    };
-    let mut i = 0;
-    while i < job.blobs.len() {
-        // One read for a run of blobs stored back to back in the same pack.
-        let first = repo
-            .index()
-            .get(&job.blobs[i].0)
-            .ok_or_else(|| missing(&job.blobs[i].0))?;
-        let pack = first.pack;
-        let start = u64::from(first.entry.offset);
-        let mut end = start + u64::from(first.entry.length);
-        let mut entries = vec![first.entry];
-        let mut j = i + 1;
-        while let Some((id, _)) = job.blobs.get(j) {
-            let loc = repo.index().get(id).ok_or_else(|| missing(id))?;
-            let len = u64::from(loc.entry.length);
-            if loc.pack.id != pack.id
-                || u64::from(loc.entry.offset) != end
-                || end + len - start > MAX_READ
-            {
-                break;
-            }
-            end += len;
-            entries.push(loc.entry);
-            j += 1;
+    let mut want = Vec::with_capacity(job.iter().map(|p| p.blobs.len()).sum());
+    for (part, p) in job.iter().enumerate() {
+        for (id, off) in &p.blobs {
+            let loc = repo.index().get(id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Missing,
+                    format!("blob {} is not in the index", id.short()),
+                )
+                .context(&p.file.path)
+            })?;
+            want.push(Want {
+                loc,
+                part,
+                off: *off,
+            });
         }
-        let name = names::pack(&pack.id);
-        let mut buf = repo.store().read_range(&name, start, end - start)?;
-        let cipher = repo.keys().object_cipher(&pack.salt);
-        let mut at = 0usize;
-        for (e, (_, off)) in entries.iter().zip(&job.blobs[i..j]) {
-            let ct = &mut buf[at..at + e.length as usize];
-            at += e.length as usize;
-            let plain = crate::pack::open_blob_in(repo.keys(), &cipher, e, ct)
-                .map_err(|e| e.context(format!("pack {name}")))?;
-            write_all_at(fd, &plain, *off).map_err(|e| Error::io("writing", e))?;
+    }
+    want.sort_unstable_by_key(|w| (w.loc.pack.id, w.loc.entry.offset));
+    let mut rest = &want[..];
+    while !rest.is_empty() {
+        let (run, tail) = rest.split_at(run_len(rest, ctx.shape));
+        write_run(ctx, job, run)?;
+        rest = tail;
+    }
+    for p in job {
+        finish_part(ctx, &p.file).map_err(|e| e.context(&p.file.path))?;
+    }
+    Ok(())
+}
+
+impl Want<'_> {
+    /// Where the blob's ciphertext is in its pack.
+    fn span(&self) -> (u64, u64) {
+        let start = u64::from(self.loc.entry.offset);
+        (start, start + u64::from(self.loc.entry.length))
+    }
+}
+
+/// How many of the (sorted) blobs at the head of `want` one read fetches.
+fn run_len(want: &[Want<'_>], shape: ReadShape) -> usize {
+    let (start, mut end) = want[0].span();
+    let mut n = 1;
+    for w in &want[1..] {
+        let (s, e) = w.span();
+        if w.loc.pack.id != want[0].loc.pack.id
+            || s > end + shape.gap
+            || e.max(end) - start > shape.max_read
+        {
+            break;
+        }
+        end = end.max(e);
+        n += 1;
+    }
+    n
+}
+
+/// Fetch a run of blobs of one pack with one read, and write each where it goes.
+fn write_run(ctx: &Ctx<'_>, job: &[FilePart], run: &[Want<'_>]) -> Result<()> {
+    let repo = ctx.repo;
+    let pack = run[0].loc.pack;
+    let start = run[0].span().0;
+    let end = run.iter().map(|w| w.span().1).max().unwrap_or(start);
+    let name = names::pack(&pack.id);
+    let path_of = |w: &Want<'_>| &job[w.part].file.path;
+    let mut buf = repo
+        .store()
+        .read_range(&name, start, end - start)
+        .map_err(|e| e.context(path_of(&run[0])))?;
+    let cipher = repo.keys().object_cipher(&pack.salt);
+    // A blob several files want is opened once.
+    for same in run.chunk_by(|a, b| a.loc.entry.offset == b.loc.entry.offset) {
+        let entry = same[0].loc.entry;
+        let at = (u64::from(entry.offset) - start) as usize;
+        let ct = &mut buf[at..at + entry.length as usize];
+        let plain = crate::pack::open_blob_in(repo.keys(), &cipher, &entry, ct)
+            .map_err(|e| e.context(format!("pack {name}")).context(path_of(&same[0])))?;
+        for w in same {
+            write_all_at(job[w.part].file.fd.as_fd(), &plain, w.off)
+                .map_err(|e| Error::io(path_of(w), e))?;
             ctx.progress
                 .bytes
                 .fetch_add(plain.len() as u64, Ordering::Relaxed);
         }
-        i = j;
     }
+    Ok(())
+}
+
+/// Count one part of `f` done; the last one sets the file's size and metadata.
+fn finish_part(ctx: &Ctx<'_>, f: &RFile) -> Result<()> {
     if f.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 && !f.device {
+        let fd = f.fd.as_fd();
         rustix::fs::ftruncate(fd, f.node.size).map_err(|e| Error::io("truncating", e))?;
         let mut warn = |w: String| ctx.status.warn(w);
         fsmeta::apply_meta(fsmeta::MetaTarget::Fd(fd), &f.node, &mut warn)

@@ -207,6 +207,14 @@ pub fn make_fixture(root: &Path) {
         &b"all work and no play ".repeat(100_000),
     );
     w("dir/hardlink-a", b"shared inode content");
+    // Small files with the same content (one blob) restored in one writer batch, and a read-only
+    // one whose mode is set only after its data is written.
+    let dup = noise(300_000, 4);
+    w("dup-a", &dup);
+    w("dir/dup-b", &dup);
+    w("dup-c", &dup);
+    w("read-only", &dup[..1000]);
+    set_mode(root, "read-only", 0o400);
     std::fs::hard_link(root.join("dir/hardlink-a"), root.join("dir/sub/hardlink-b")).unwrap();
     std::os::unix::fs::symlink("small.txt", root.join("link-rel")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("link-dangling")).unwrap();

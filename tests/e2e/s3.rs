@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,9 @@ struct Relay {
     up: Arc<AtomicBool>,
     bytes_up: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    /// Connections open now, and the most ever open at once.
+    open: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
 }
 
 impl Relay {
@@ -95,7 +98,10 @@ impl Relay {
         let up = Arc::new(AtomicBool::new(true));
         let bytes_up = Arc::new(AtomicU64::new(0));
         let conns = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
         let (u, b, cs) = (up.clone(), bytes_up.clone(), conns.clone());
+        let (o, pk) = (open.clone(), peak.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -111,8 +117,11 @@ impl Relay {
                     g.push(client.try_clone().unwrap());
                     g.push(server.try_clone().unwrap());
                 }
+                pk.fetch_max(o.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                let o = o.clone();
                 let pump =
                     |mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>| {
+                        let o = o.clone();
                         std::thread::spawn(move || {
                             let mut buf = vec![0u8; 64 << 10];
                             loop {
@@ -129,6 +138,10 @@ impl Relay {
                                 }
                             }
                             let _ = to.shutdown(Shutdown::Both);
+                            // The client's side ending closes the connection.
+                            if count.is_some() {
+                                o.fetch_sub(1, Ordering::SeqCst);
+                            }
                         });
                     };
                 pump(
@@ -144,6 +157,8 @@ impl Relay {
             up,
             bytes_up,
             conns,
+            open,
+            peak,
         }
     }
 
@@ -156,6 +171,13 @@ impl Relay {
 
     fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// The most connections open at once since the last call (each request in flight holds one;
+    /// an idle connection is reused before a new one is opened).
+    fn take_peak(&self) -> usize {
+        self.peak
+            .swap(self.open.load(Ordering::SeqCst), Ordering::SeqCst)
     }
 }
 
@@ -455,10 +477,11 @@ fn copy_s3_to_local() {
 /// An upload limit holds: 8 MiB at 4 MiB/s cannot finish in under 1.5 s (a lower bound, which
 /// a slow machine cannot break).
 #[test]
-fn upload_limit_holds() {
+fn limits_hold() {
     let s3 = S3Server::start();
     s3.bucket("lifeboat-limit");
-    let env = Env::at("s3://lifeboat-limit/r", s3_vars(s3.port));
+    let relay = Relay::start(s3.port);
+    let env = Env::at("s3://lifeboat-limit/r", s3_vars(relay.port));
     let src = env.path("src");
     write(&src.join("x"), &noise(8 << 20, 5));
     let t = Instant::now();
@@ -467,6 +490,48 @@ fn upload_limit_holds() {
         t.elapsed() >= Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
+    );
+    let out = env.path("out");
+    let t = Instant::now();
+    env.ok(&[
+        "--limit-download",
+        "4",
+        "restore",
+        "latest",
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        std::fs::read(out.join(src.strip_prefix("/").unwrap()).join("x")).unwrap(),
+        noise(8 << 20, 5)
+    );
+    // Requests in flight: three uploaders each sending packs as parallel parts, held to
+    // --max-requests. The relay sees connections, which can exceed requests by one: a finished
+    // request frees its slot a moment before its connection is back in the client's pool.
+    let mut peaks = Vec::new();
+    for (k, n) in ["1", "16"].into_iter().enumerate() {
+        for i in 0..8 {
+            write(
+                &src.join(format!("{n}-{i}")),
+                &noise(8 << 20, 10 * k as u64 + i + 10),
+            );
+        }
+        relay.take_peak();
+        env.ok(&["--max-requests", n, "backup", src.to_str().unwrap()]);
+        peaks.push(relay.take_peak());
+    }
+    assert!(
+        peaks[0] <= 2,
+        "--max-requests 1: {peaks:?} connections at once"
+    );
+    assert!(
+        peaks[1] > 2,
+        "--max-requests 16: {peaks:?} connections at once"
     );
     env.fails(&["--limit-upload", "0", "snapshots"]);
     assert!(
