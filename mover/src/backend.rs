@@ -658,6 +658,26 @@ impl Store {
         }
     }
 
+    /// Tell a local store that these ranges will be read soon, so the kernel starts reading them
+    /// (`POSIX_FADV_WILLNEED`) while earlier ones are processed: a restore from a repository that
+    /// is not in the page cache keeps the disk busy with one reader per core. A hint only: a
+    /// remote store, or a failure, does nothing.
+    pub fn prefetch(&self, ranges: &[(&str, u64, u64)]) {
+        let Location::Local(root) = &self.location else {
+            return;
+        };
+        for (name, offset, len) in ranges {
+            if let Ok(f) = std::fs::File::open(root.join(name)) {
+                let _ = rustix::fs::fadvise(
+                    &f,
+                    *offset,
+                    std::num::NonZeroU64::new(*len),
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+        }
+    }
+
     /// Store a content-addressed object: it appears whole or not at all. An object that already
     /// exists under that name has the same bytes (the name is their hash), so it is left as is.
     ///

@@ -716,11 +716,28 @@ fn write_job(ctx: &Ctx<'_>, job: &[FilePart]) -> Result<()> {
         }
     }
     want.sort_unstable_by_key(|w| (w.loc.pack.id, w.loc.entry.offset));
+    let mut runs = Vec::new();
     let mut rest = &want[..];
     while !rest.is_empty() {
         let (run, tail) = rest.split_at(run_len(rest, ctx.shape));
-        write_run(ctx, job, run)?;
+        runs.push(run);
         rest = tail;
+    }
+    let names: Vec<String> = runs
+        .iter()
+        .map(|r| names::pack(&r[0].loc.pack.id))
+        .collect();
+    let ranges: Vec<(&str, u64, u64)> = runs
+        .iter()
+        .zip(&names)
+        .map(|(r, name)| {
+            let (start, end) = run_span(r);
+            (name.as_str(), start, end - start)
+        })
+        .collect();
+    repo.store().prefetch(&ranges);
+    for run in runs {
+        write_run(ctx, job, run)?;
     }
     for p in job {
         finish_part(ctx, &p.file).map_err(|e| e.context(&p.file.path))?;
@@ -754,12 +771,17 @@ fn run_len(want: &[Want<'_>], shape: ReadShape) -> usize {
     n
 }
 
+/// The bytes of its pack that a run reads.
+fn run_span(run: &[Want<'_>]) -> (u64, u64) {
+    let start = run[0].span().0;
+    (start, run.iter().map(|w| w.span().1).max().unwrap_or(start))
+}
+
 /// Fetch a run of blobs of one pack with one read, and write each where it goes.
 fn write_run(ctx: &Ctx<'_>, job: &[FilePart], run: &[Want<'_>]) -> Result<()> {
     let repo = ctx.repo;
     let pack = run[0].loc.pack;
-    let start = run[0].span().0;
-    let end = run.iter().map(|w| w.span().1).max().unwrap_or(start);
+    let (start, end) = run_span(run);
     let name = names::pack(&pack.id);
     let path_of = |w: &Want<'_>| &job[w.part].file.path;
     let mut buf = repo
