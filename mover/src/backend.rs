@@ -232,8 +232,11 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
         if bounce.is_empty() {
             bounce.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
         }
+        // `align_offset` may in principle decline (usize::MAX): then O_DIRECT is refused.
         let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
-        let aligned = &mut bounce[at..at + DIRECT_CHUNK];
+        let Some(aligned) = bounce.get_mut(at..at.saturating_add(DIRECT_CHUNK)) else {
+            return Err(rustix::io::Errno::INVAL);
+        };
         let mut off = 0;
         for chunk in data[..head].chunks(DIRECT_CHUNK) {
             aligned[..chunk.len()].copy_from_slice(chunk);

@@ -118,6 +118,23 @@ const PART: u64 = 32 << 20;
 const BATCH_BYTES: u64 = 8 << 20;
 const BATCH_FILES: usize = 256;
 
+/// Files per batch such that every file open at once (one batch per writer and two queued per
+/// writer, plus the walker's) stays within half the open-file limit. The soft limit is raised to
+/// the hard one first, as Go programs such as restic do: the common default soft limit of 1024
+/// would otherwise cap a restore, not protect anything.
+fn batch_files(writers: usize) -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    let open = getrlimit(Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    (open / 2 / (writers * 3 + 1)).clamp(1, BATCH_FILES)
+}
+
 /// How writers read packs: neighbouring blobs of one pack are fetched with one read of at most
 /// `max_read` bytes, reading over gaps of unwanted blobs up to `gap` bytes.
 #[derive(Clone, Copy)]
@@ -280,6 +297,7 @@ pub fn restore(
                     includes,
                     batch: Vec::new(),
                     batch_bytes: 0,
+                    batch_files: batch_files(threads),
                 };
                 let mut path = Vec::new();
                 let r = w
@@ -502,6 +520,8 @@ struct RWalker<'c, 'a> {
     /// Small files waiting to be handed to the writers together.
     batch: Job,
     batch_bytes: u64,
+    /// Most files in one batch (each holds an open file descriptor until written).
+    batch_files: usize,
 }
 
 impl RWalker<'_, '_> {
@@ -639,7 +659,7 @@ impl RWalker<'_, '_> {
                     let blobs = parts.into_iter().next().expect("one part");
                     self.batch.push(FilePart { file, blobs });
                     self.batch_bytes += bytes;
-                    if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_FILES {
+                    if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= self.batch_files {
                         self.flush()?;
                     }
                 } else {

@@ -126,3 +126,39 @@ fn several_paths_land_at_their_absolute_places() {
     // Siblings of the backed-up paths were not included.
     assert!(!r(&env.path("repo")).exists());
 }
+
+/// Restore hands small files to its writers in batches, each file open until written: under a
+/// low open-file limit (soft and hard, so it cannot be raised) the batches shrink and a tree of
+/// many small files still restores.
+#[test]
+fn many_small_files_restore_under_a_low_open_file_limit() {
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..4 {
+        std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..150u64 {
+            let data = crate::fixtures::noise(100 + (f as usize * 37) % 3000, d * 1000 + f);
+            std::fs::write(src.join(format!("d{d}/f{f}")), data).unwrap();
+        }
+    }
+    let before = scan(&src);
+    env.backup(&[&src]);
+    let target = env.path("restore");
+    let inner = env.cmd(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let mut c = std::process::Command::new("prlimit");
+    c.arg("--nofile=64:64")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "restore under 64 open files: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
+}
