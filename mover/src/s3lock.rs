@@ -74,6 +74,13 @@ pub struct S3Raw {
     prefix: String,
 }
 
+/// What one request got back.
+struct Reply {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+}
+
 impl S3Raw {
     /// A client for `s3`.
     ///
@@ -123,15 +130,15 @@ impl S3Raw {
         }
     }
 
-    /// Send one signed request; returns the status and body. Transient failures (connection
-    /// errors, 5xx, 429) are retried with backoff.
+    /// Send one signed request; returns the status, headers and body. Transient failures
+    /// (connection errors, 5xx, 429) are retried with backoff.
     async fn send(
         &self,
         method: http::Method,
         path_query: &str,
         headers: &[(&str, String)],
         body: &[u8],
-    ) -> Result<(http::StatusCode, bytes::Bytes)> {
+    ) -> Result<Reply> {
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
@@ -140,7 +147,9 @@ impl S3Raw {
                 .send_once(method.clone(), path_query, headers, body)
                 .await;
             let retry = match &r {
-                Ok((s, _)) => s.is_server_error() || *s == http::StatusCode::TOO_MANY_REQUESTS,
+                Ok(r) => {
+                    r.status.is_server_error() || r.status == http::StatusCode::TOO_MANY_REQUESTS
+                }
                 Err(_) => true,
             };
             if !retry || attempt >= 4 {
@@ -157,7 +166,7 @@ impl S3Raw {
         path_query: &str,
         headers: &[(&str, String)],
         body: &[u8],
-    ) -> Result<(http::StatusCode, bytes::Bytes)> {
+    ) -> Result<Reply> {
         let url = format!("{}/{path_query}", self.base);
         let mut b = http::Request::builder()
             .method(method)
@@ -184,11 +193,16 @@ impl S3Raw {
             .await
             .map_err(|e| Error::new(ErrorKind::Storage, format!("{url}: {e}")).temporary())?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = resp
             .bytes()
             .await
             .map_err(|e| Error::new(ErrorKind::Storage, format!("{url}: {e}")).temporary())?;
-        Ok((status, body))
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
     }
 
     fn fail(what: &str, status: http::StatusCode, body: &[u8]) -> Error {
@@ -220,7 +234,9 @@ impl S3Raw {
             ("x-amz-object-lock-mode", mode.header().to_owned()),
             ("x-amz-object-lock-retain-until-date", iso(until)),
         ];
-        let (s, body) = self
+        let Reply {
+            status: s, body, ..
+        } = self
             .send(http::Method::PUT, &self.key(name), &headers, data)
             .await?;
         match s.as_u16() {
@@ -242,7 +258,9 @@ impl S3Raw {
         );
         let md5 =
             base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()));
-        let (s, body) = self
+        let Reply {
+            status: s, body, ..
+        } = self
             .send(
                 http::Method::PUT,
                 &format!("{}?retention", self.key(name)),
@@ -269,54 +287,19 @@ impl S3Raw {
     /// # Errors
     /// Storage errors.
     pub async fn retain_until(&self, name: &str) -> Result<Option<jiff::Timestamp>> {
-        let url = self.key(name);
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1.. {
-            let r = self.head(&url).await;
-            match r {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt < 4 => {
-                    tracing::debug!("HEAD {name}: {e}; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the loop returns")
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<jiff::Timestamp>> {
-        let url = format!("{}/{key}", self.base);
-        let (mut parts, ()) = http::Request::builder()
-            .method(http::Method::HEAD)
-            .uri(&url)
-            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
-            .body(())
-            .map_err(|e| Error::invalid(format!("request for {url}: {e}")))?
-            .into_parts();
-        self.signer
-            .sign(&mut parts, None)
-            .await
-            .map_err(|e| Error::new(ErrorKind::Storage, format!("signing a request: {e}")))?;
-        let req = reqwest::Request::try_from(http::Request::from_parts(parts, bytes::Bytes::new()))
-            .map_err(|e| Error::invalid(format!("request for {url}: {e}")))?;
-        let resp = self
-            .client
-            .execute(req)
-            .await
-            .map_err(|e| Error::new(ErrorKind::Storage, format!("{url}: {e}")).temporary())?;
-        if resp.status().as_u16() == 404 {
+        let r = self
+            .send(http::Method::HEAD, &self.key(name), &[], &[])
+            .await?;
+        if r.status == http::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if !resp.status().is_success() {
+        if !r.status.is_success() {
             return Err(Error::new(
                 ErrorKind::Storage,
-                format!("{url}: HTTP {}", resp.status()),
+                format!("reading the retention of {name}: HTTP {}", r.status),
             ));
         }
-        Ok(resp
-            .headers()
+        Ok(r.headers
             .get("x-amz-object-lock-retain-until-date")
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<jiff::Timestamp>().ok()))
@@ -327,7 +310,9 @@ impl S3Raw {
     /// # Errors
     /// Storage errors other than "no lock configuration".
     pub async fn lock_enabled(&self) -> Result<bool> {
-        let (s, body) = self
+        let Reply {
+            status: s, body, ..
+        } = self
             .send(http::Method::GET, "?object-lock", &[], &[])
             .await?;
         if s.is_success() {
