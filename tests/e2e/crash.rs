@@ -17,12 +17,8 @@ fn sigkill_during_backup_leaves_a_consistent_repository() {
     let state_a = scan(&src);
 
     // Pseudo-random kill points, spread from "just started" to "nearly done"; printed for replay.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("crash test seed {seed}");
-    let mut s = seed | 1;
+    let mut points = crate::fixtures::KillPoints::new("crash test");
+    let seed = points.seed;
     let mut kills = 0;
     for round in 0..8u64 {
         // New data every round so each backup has real work to do.
@@ -31,10 +27,7 @@ fn sigkill_during_backup_leaves_a_consistent_repository() {
             noise(48 << 20, seed ^ round),
         )
         .unwrap();
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        let delay = Duration::from_millis(5 + s % (60 + 60 * round));
+        let delay = Duration::from_millis(5 + points.next() % (60 + 60 * round));
         let mut child = env
             .cmd(&["backup", "--json", src.to_str().unwrap()])
             .stdout(std::process::Stdio::null())

@@ -530,3 +530,28 @@ pub fn flip_byte(p: &Path, at_fraction: f64) {
     std::fs::remove_file(p).unwrap();
     std::fs::File::create(p).unwrap().write_all(&data).unwrap();
 }
+
+/// Pseudo-random numbers for kill points, seeded from the clock; the seed is printed for replay.
+pub struct KillPoints {
+    pub seed: u64,
+    s: u64,
+}
+
+impl KillPoints {
+    pub fn new(what: &str) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        println!("{what} seed {seed}");
+        KillPoints { seed, s: seed | 1 }
+    }
+
+    /// The next number (xorshift64).
+    pub fn next(&mut self) -> u64 {
+        self.s ^= self.s << 13;
+        self.s ^= self.s >> 7;
+        self.s ^= self.s << 17;
+        self.s
+    }
+}

@@ -71,12 +71,8 @@ fn sigkill_during_prune_leaves_a_consistent_repository() {
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("keep"), noise(3 << 20, 1)).unwrap();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("prune crash test seed {seed}");
-    let mut s = seed | 1;
+    let mut points = crate::fixtures::KillPoints::new("prune crash test");
+    let seed = points.seed;
     let mut kills = 0;
     for round in 0..6u64 {
         // Garbage to delete (forgotten below) and something half-used to repack.
@@ -96,15 +92,13 @@ fn sigkill_during_prune_leaves_a_consistent_repository() {
         env.ok(&["forget", "--keep-last", "1"]);
         let state = scan(&src);
 
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
+        let r = points.next();
         // Kill points spread over the time a prune takes here (measured by a dry run, which
         // does the same reading without the writes and deletions).
         let t = std::time::Instant::now();
         env.ok(&["prune", "--grace", "0s", "--dry-run"]);
         let window = t.elapsed().as_millis() as u64 * 3 / 2 + 1;
-        let delay = Duration::from_millis(s % window);
+        let delay = Duration::from_millis(r % window);
         let mut child = env
             .cmd(&["prune", "--grace", "0s"])
             .stdout(std::process::Stdio::null())
