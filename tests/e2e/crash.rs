@@ -28,16 +28,7 @@ fn sigkill_during_backup_leaves_a_consistent_repository() {
         )
         .unwrap();
         let delay = Duration::from_millis(5 + points.next() % (60 + 60 * round));
-        let mut child = env
-            .cmd(&["backup", "--json", src.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let finished = child.try_wait().unwrap().is_some();
-        let _ = child.kill();
-        child.wait().unwrap();
+        let finished = env.kill_after(&["backup", "--json", src.to_str().unwrap()], delay);
         if !finished {
             kills += 1;
         }

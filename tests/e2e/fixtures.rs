@@ -69,6 +69,21 @@ impl Env {
         c
     }
 
+    /// Start `lifeboat ARGS`, SIGKILL it after `delay`; returns whether it had finished already.
+    pub fn kill_after(&self, args: &[&str], delay: std::time::Duration) -> bool {
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill();
+        child.wait().unwrap();
+        finished
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).stdin(Stdio::null()).output().unwrap()
     }

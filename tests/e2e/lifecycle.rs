@@ -99,16 +99,7 @@ fn sigkill_during_prune_leaves_a_consistent_repository() {
         env.ok(&["prune", "--grace", "0s", "--dry-run"]);
         let window = t.elapsed().as_millis() as u64 * 3 / 2 + 1;
         let delay = Duration::from_millis(r % window);
-        let mut child = env
-            .cmd(&["prune", "--grace", "0s"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(delay);
-        let finished = child.try_wait().unwrap().is_some();
-        let _ = child.kill();
-        child.wait().unwrap();
+        let finished = env.kill_after(&["prune", "--grace", "0s"], delay);
         kills += u32::from(!finished);
         println!("round {round}: killed after {delay:?} (finished before: {finished})");
         let o = env.run(&["check", "--read-data"]);
