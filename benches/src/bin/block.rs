@@ -38,8 +38,13 @@ struct Args {
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
-/// A loop device over a file, detached when dropped.
-struct Loop(String);
+/// A loop device over a file, detached when dropped. It is held open meanwhile: the kernel drops a
+/// block device's page cache when its last opener closes it, so without this every "warm" read
+/// would go through the loop driver again (a pod using its volume keeps it open the same way).
+struct Loop {
+    dev: String,
+    _hold: std::fs::File,
+}
 
 impl Loop {
     fn new(file: &Path) -> Result<Self> {
@@ -48,17 +53,19 @@ impl Loop {
             .arg(file)
             .output()?;
         ensure!(o.status.success(), "losetup {}", file.display());
-        Ok(Loop(String::from_utf8(o.stdout)?.trim().to_owned()))
+        let dev = String::from_utf8(o.stdout)?.trim().to_owned();
+        let hold = std::fs::File::open(&dev)?;
+        Ok(Loop { dev, _hold: hold })
     }
 
     fn path(&self) -> &Path {
-        Path::new(&self.0)
+        Path::new(&self.dev)
     }
 }
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
 

@@ -167,7 +167,14 @@ fn main() -> Result<()> {
                     let _ = std::fs::remove_dir_all(&target);
                     let cmd = match op {
                         Op::Backup | Op::Rebackup => backup_cmd(&bins, t, repo, &path),
-                        Op::Restore => restore_cmd(&bins, t, repo, &target),
+                        Op::Restore => {
+                            // A restore's source is the repository: warm it, as every backup's
+                            // source is warm. Tools that write packs around the page cache
+                            // (Lifeboat) would otherwise restore from disk against peers that
+                            // restore from memory.
+                            warm(repo)?;
+                            restore_cmd(&bins, t, repo, &target)
+                        }
                     };
                     let m = measure(&work, &cmd).with_context(|| format!("{t:?} {op:?} {name}"))?;
                     if op == Op::Restore {
@@ -411,7 +418,11 @@ fn warm(p: &Path) -> Result<()> {
             }
         }
     }
-    eprintln!("   page cache warmed in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "   page cache warmed in {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        p.display()
+    );
     Ok(())
 }
 
