@@ -217,7 +217,9 @@ const DIRECT_CHUNK: usize = 4 << 20;
 /// unaligned tail is written through the cache. Returns `false`, with nothing left at `tmp`,
 /// where the filesystem does not take `O_DIRECT`, so the caller writes it the usual way.
 fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
+    use crate::fsmeta::write_all_at;
     use rustix::fs::{Mode, OFlags};
+    use std::os::fd::AsFd;
     thread_local! {
         static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -235,48 +237,31 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
         // `align_offset` may in principle decline (usize::MAX): then O_DIRECT is refused.
         let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
         let Some(aligned) = bounce.get_mut(at..at.saturating_add(DIRECT_CHUNK)) else {
-            return Err(rustix::io::Errno::INVAL);
+            return Err(rustix::io::Errno::INVAL.into());
         };
         let mut off = 0;
         for chunk in data[..head].chunks(DIRECT_CHUNK) {
             aligned[..chunk.len()].copy_from_slice(chunk);
-            write_all_at(&fd, &aligned[..chunk.len()], off as u64)?;
+            write_all_at(fd.as_fd(), &aligned[..chunk.len()], off as u64)?;
             off += chunk.len();
         }
-        Ok::<_, rustix::io::Errno>(())
+        Ok::<_, std::io::Error>(())
     });
     match r {
         Ok(()) => {}
-        Err(rustix::io::Errno::INVAL) => {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
             drop(fd);
             std::fs::remove_file(tmp)?;
             return Ok(false);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
     if head < data.len() {
         rustix::fs::fcntl_setfl(&fd, flags.difference(OFlags::CREATE | OFlags::EXCL))?;
-        write_all_at(&fd, &data[head..], head as u64)?;
+        write_all_at(fd.as_fd(), &data[head..], head as u64)?;
     }
     rustix::fs::fsync(&fd)?;
     Ok(true)
-}
-
-fn write_all_at(
-    fd: &std::os::fd::OwnedFd,
-    mut data: &[u8],
-    mut off: u64,
-) -> rustix::io::Result<()> {
-    while !data.is_empty() {
-        match rustix::io::pwrite(fd, data, off)? {
-            0 => return Err(rustix::io::Errno::IO),
-            n => {
-                data = &data[n..];
-                off += n as u64;
-            }
-        }
-    }
-    Ok(())
 }
 
 fn read_local(path: &Path, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {

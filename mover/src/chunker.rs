@@ -81,10 +81,11 @@ pub struct Chunker {
     gear: Gear,
 }
 
-/// The keyed gear table and the normalised masks (`FastCDC` 2020, level 2).
+/// The keyed gear table, fastcdc's copy of it shifted left by one (for the two-bytes-a-step scan),
+/// and the normalised masks (`FastCDC` 2020, level 2).
 #[derive(Clone)]
 struct Gear {
-    table: std::sync::Arc<[u64; 256]>,
+    table: std::sync::Arc<[[u64; 256]; 2]>,
     mask_s: u64,
     mask_l: u64,
 }
@@ -105,10 +106,9 @@ const LANE: usize = 4096;
 impl Chunker {
     /// A content-defined chunker with these bounds and secret gear seed.
     pub fn new(params: ChunkerParams, seed: u64) -> Self {
-        let (table, _) = get_gear_with_seed(seed);
-        let table: [u64; 256] = table[..]
-            .try_into()
-            .expect("the gear table has 256 entries");
+        let (gear, gear_ls) = get_gear_with_seed(seed);
+        let table = [&gear, &gear_ls]
+            .map(|t| -> [u64; 256] { t[..].try_into().expect("gear tables have 256 entries") });
         let (mask_s, mask_l) = select_masks(params.avg as usize, Normalization::Level2);
         // The two-bytes-at-a-time scan of fastcdc tests even positions against `mask << 1`; that
         // equals testing `mask` only while the mask leaves the top bit free, as all of fastcdc's do.
@@ -225,14 +225,19 @@ fn first_hit(
     from: usize,
     to: usize,
     mask: u64,
-    gear: &[u64; 256],
+    [gear, gear_ls]: &[[u64; 256]; 2],
 ) -> Option<usize> {
     let warm = |start: usize| {
         data[start.saturating_sub(WINDOW).max(origin)..start]
             .iter()
             .fold(0u64, |h, &b| (h << 1).wrapping_add(gear[b as usize]))
     };
-    let gear_ls: [u64; 256] = std::array::from_fn(|i| gear[i] << 1);
+    // In order from `at` to the end of its block, once a lane found a hit somewhere in it.
+    let ordered = |at: usize| {
+        let found = scan(data, at, at + 4 * LANE, mask, gear, warm(at));
+        debug_assert!(found.is_some(), "a lane hit that the ordered scan missed");
+        found
+    };
     let mask_ls = mask << 1;
     let mut at = from;
     while to - at >= 4 * LANE {
@@ -246,7 +251,6 @@ fn first_hit(
         let (l0, rest) = block.split_at(LANE);
         let (l1, rest) = rest.split_at(LANE);
         let (l2, l3) = rest.split_at(LANE);
-        let mut hit = false;
         // Two bytes a step, as fastcdc does: the first byte's hash is kept shifted left by one
         // (one shift a step instead of two) and tested against the shifted mask.
         let pairs = l0
@@ -260,22 +264,15 @@ fn first_hit(
             h2 = (h2 << 2).wrapping_add(gear_ls[c[0] as usize]);
             h3 = (h3 << 2).wrapping_add(gear_ls[d[0] as usize]);
             if h0 & mask_ls == 0 || h1 & mask_ls == 0 || h2 & mask_ls == 0 || h3 & mask_ls == 0 {
-                hit = true;
-                break;
+                return ordered(at);
             }
             h0 = h0.wrapping_add(gear[a[1] as usize]);
             h1 = h1.wrapping_add(gear[b[1] as usize]);
             h2 = h2.wrapping_add(gear[c[1] as usize]);
             h3 = h3.wrapping_add(gear[d[1] as usize]);
             if h0 & mask == 0 || h1 & mask == 0 || h2 & mask == 0 || h3 & mask == 0 {
-                hit = true;
-                break;
+                return ordered(at);
             }
-        }
-        if hit {
-            let found = scan(data, at, at + 4 * LANE, mask, gear, warm(at));
-            debug_assert!(found.is_some(), "a lane hit that the ordered scan missed");
-            return found;
         }
         at += 4 * LANE;
     }

@@ -59,6 +59,22 @@ pub fn node_from_stat(name: &[u8], st: &Stat) -> Node {
     }
 }
 
+/// Write all of `data` at `off` (pwrite until done).
+///
+/// # Errors
+/// The first failed write, or `WriteZero` when the file takes no more bytes.
+pub fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = rustix::io::pwrite(fd, data, off)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
 /// `lstat` of `name` in `dir`.
 ///
 /// # Errors

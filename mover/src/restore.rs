@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::fsmeta::write_all_at;
 use crossbeam_channel::{Receiver, bounded};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
@@ -756,8 +757,8 @@ fn write_job(ctx: &Ctx<'_>, job: &[FilePart]) -> Result<()> {
         })
         .collect();
     repo.store().prefetch(&ranges);
-    for run in runs {
-        write_run(ctx, job, run)?;
+    for (run, name) in runs.into_iter().zip(&names) {
+        write_run(ctx, job, run, name)?;
     }
     for p in job {
         finish_part(ctx, &p.file).map_err(|e| e.context(&p.file.path))?;
@@ -797,16 +798,15 @@ fn run_span(run: &[Want<'_>]) -> (u64, u64) {
     (start, run.iter().map(|w| w.span().1).max().unwrap_or(start))
 }
 
-/// Fetch a run of blobs of one pack with one read, and write each where it goes.
-fn write_run(ctx: &Ctx<'_>, job: &[FilePart], run: &[Want<'_>]) -> Result<()> {
+/// Fetch a run of blobs of pack `name` with one read, and write each where it goes.
+fn write_run(ctx: &Ctx<'_>, job: &[FilePart], run: &[Want<'_>], name: &str) -> Result<()> {
     let repo = ctx.repo;
     let pack = run[0].loc.pack;
     let (start, end) = run_span(run);
-    let name = names::pack(&pack.id);
     let path_of = |w: &Want<'_>| &job[w.part].file.path;
     let mut buf = repo
         .store()
-        .read_range(&name, start, end - start)
+        .read_range(name, start, end - start)
         .map_err(|e| e.context(path_of(&run[0])))?;
     let cipher = repo.keys().object_cipher(&pack.salt);
     // A blob several files want is opened once.
@@ -836,18 +836,6 @@ fn finish_part(ctx: &Ctx<'_>, f: &RFile) -> Result<()> {
         fsmeta::apply_meta(fsmeta::MetaTarget::Fd(fd), &f.node, &mut warn)
             .map_err(|e| Error::io("setting metadata", e))?;
         ctx.progress.files.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
-fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> std::io::Result<()> {
-    while !data.is_empty() {
-        let n = rustix::io::pwrite(fd, data, off)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        data = &data[n..];
-        off += n as u64;
     }
     Ok(())
 }
