@@ -47,3 +47,36 @@ pub fn seeded(len: usize, compressible_percent: u8, seed: u64) -> Vec<u8> {
     }
     out
 }
+
+/// Bytes and regular files under `p`.
+///
+/// # Errors
+/// When a directory cannot be listed.
+pub fn tree_size(p: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    use anyhow::Context as _;
+    let mut bytes = 0;
+    let mut files = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| d.display().to_string())? {
+            let e = e?;
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                bytes += e.metadata()?.len();
+                files += 1;
+            }
+        }
+    }
+    Ok((bytes, files))
+}
+
+/// A size for the result tables: GiB from 1 GiB on, else MiB.
+pub fn human(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", b as f64 / f64::from(1 << 30))
+    } else {
+        format!("{:.1} MiB", b as f64 / f64::from(1 << 20))
+    }
+}

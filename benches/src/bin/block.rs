@@ -22,7 +22,7 @@ use clap::Parser;
 use lifeboat_benches::peers::{
     Bins, Measure, PASSWORD, Tool, backup_cmd, find_tools, init_cmd, measure, restore_cmd, run,
 };
-use lifeboat_benches::seeded;
+use lifeboat_benches::{human, seeded};
 
 #[derive(Parser)]
 #[command(about = "Lifeboat on block devices and disk images, with rustic and restic alongside")]
@@ -427,12 +427,4 @@ fn bytes(j: &serde_json::Value, key: &str) -> u64 {
 
 fn rate(n: u64, m: Measure) -> String {
     format!("{:.2} s, {:.2} GB/s", m.seconds, n as f64 / 1e9 / m.seconds)
-}
-
-fn human(b: u64) -> String {
-    if b >= 1 << 30 {
-        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-    } else {
-        format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
-    }
 }

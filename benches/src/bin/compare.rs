@@ -22,10 +22,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use lifeboat_benches::Rng;
 use lifeboat_benches::peers::{
     Measure, Tool, backup_cmd, find_tools, init_cmd, measure, restore_cmd, run,
 };
+use lifeboat_benches::{Rng, human, tree_size};
 use serde::Serialize;
 
 const CORPORA: [&str; 5] = [
@@ -382,25 +382,6 @@ fn edited_copy(dir: &Path) -> Result<()> {
 }
 
 /// Regular-file bytes and count below `p` (symlinks not followed).
-fn tree_size(p: &Path) -> Result<(u64, u64)> {
-    let mut bytes = 0;
-    let mut files = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).with_context(|| d.display().to_string())? {
-            let e = e?;
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                bytes += e.metadata()?.len();
-                files += 1;
-            }
-        }
-    }
-    Ok((bytes, files))
-}
-
 /// Read every file once so every tool starts from a warm page cache.
 fn warm(p: &Path) -> Result<()> {
     let t = Instant::now();
@@ -428,14 +409,6 @@ fn warm(p: &Path) -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Report
-
-fn human(b: u64) -> String {
-    if b >= 1 << 30 {
-        format!("{:.2} GiB", b as f64 / f64::from(1 << 30))
-    } else {
-        format!("{:.0} MiB", b as f64 / f64::from(1 << 20))
-    }
-}
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use lifeboat_benches::peers::{Measure, PASSWORD, Tool, find_tools, measure, run, which};
+use lifeboat_benches::tree_size;
 
 #[derive(Parser)]
 #[command(about = "Lifeboat, restic and rustic against an S3 server on loopback")]
@@ -134,20 +135,6 @@ fn with_args(mut c: Command, args: &[&str]) -> Command {
     c
 }
 
-fn tree_bytes(p: &Path) -> Result<u64> {
-    let mut n = 0;
-    for e in std::fs::read_dir(p)? {
-        let e = e?;
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            n += tree_bytes(&e.path())?;
-        } else if ft.is_file() {
-            n += e.metadata()?.len();
-        }
-    }
-    Ok(n)
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let corpus = if let Some(c) = args.corpus {
@@ -160,7 +147,7 @@ fn main() -> Result<()> {
     };
     let bins = find_tools()?;
     std::fs::create_dir_all(&args.work)?;
-    let bytes = tree_bytes(&corpus)?;
+    let bytes = tree_size(&corpus)?.0;
     let moto = start_moto()?;
     let tools = [Tool::Lifeboat, Tool::Restic, Tool::Rustic];
     for t in tools {
@@ -201,7 +188,7 @@ fn main() -> Result<()> {
         };
         restore.arg(&target);
         let m = measure(&args.work, &restore).and_then(|m| {
-            let got = tree_bytes(&target.join(corpus.strip_prefix("/")?))?;
+            let got = tree_size(&target.join(corpus.strip_prefix("/")?))?.0;
             if got != bytes {
                 bail!("restored {got} bytes, expected {bytes}");
             }
