@@ -205,10 +205,10 @@ fn write_local(root: &Path, name: &str, data: &[u8]) -> std::io::Result<Option<b
 
 /// Objects at least this large (packs) are written with `O_DIRECT`.
 const DIRECT_MIN: usize = 1 << 20;
-/// `O_DIRECT` alignment of memory, offsets and lengths (the page size; covers 512 B and 4 KiB
-/// sectors).
-const DIRECT_ALIGN: usize = 4096;
-/// The aligned bounce buffer each writing thread copies through.
+/// `O_DIRECT` alignment of memory, offsets and lengths.
+const DIRECT_ALIGN: usize = crate::pack::PACK_ALIGN;
+/// The aligned bounce buffer each writing thread copies data through when it is not aligned in
+/// memory (packs from the backup pipeline are, see [`crate::pack::PACK_ALIGN`]).
 const DIRECT_CHUNK: usize = 4 << 20;
 
 /// Write a new file at `tmp` with `O_DIRECT` and sync it. Packs are written once and read rarely:
@@ -230,23 +230,27 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
         Err(e) => return Err(e.into()),
     };
     let head = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-    let r = BOUNCE.with_borrow_mut(|bounce| {
-        if bounce.is_empty() {
-            bounce.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
-        }
-        // `align_offset` may in principle decline (usize::MAX): then O_DIRECT is refused.
-        let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
-        let Some(aligned) = bounce.get_mut(at..at.saturating_add(DIRECT_CHUNK)) else {
-            return Err(rustix::io::Errno::INVAL.into());
-        };
-        let mut off = 0;
-        for chunk in data[..head].chunks(DIRECT_CHUNK) {
-            aligned[..chunk.len()].copy_from_slice(chunk);
-            write_all_at(fd.as_fd(), &aligned[..chunk.len()], off as u64)?;
-            off += chunk.len();
-        }
-        Ok::<_, std::io::Error>(())
-    });
+    let r = if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+        write_all_at(fd.as_fd(), &data[..head], 0)
+    } else {
+        BOUNCE.with_borrow_mut(|bounce| {
+            if bounce.is_empty() {
+                bounce.resize(DIRECT_CHUNK + DIRECT_ALIGN, 0);
+            }
+            // `align_offset` may in principle decline (usize::MAX): then O_DIRECT is refused.
+            let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
+            let Some(aligned) = bounce.get_mut(at..at.saturating_add(DIRECT_CHUNK)) else {
+                return Err(rustix::io::Errno::INVAL.into());
+            };
+            let mut off = 0;
+            for chunk in data[..head].chunks(DIRECT_CHUNK) {
+                aligned[..chunk.len()].copy_from_slice(chunk);
+                write_all_at(fd.as_fd(), &aligned[..chunk.len()], off as u64)?;
+                off += chunk.len();
+            }
+            Ok::<_, std::io::Error>(())
+        })
+    };
     match r {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {

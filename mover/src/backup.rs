@@ -1758,21 +1758,19 @@ fn upload(
     pending: &Mutex<Vec<PackRecord>>,
 ) -> Result<()> {
     let mut result = Ok(());
-    for p in packs {
+    for mut p in packs {
         if result.is_err() || sh.status.failed() {
             continue;
         }
-        let size = p.bytes.len() as u64;
+        let size = p.bytes().len() as u64;
         // Data pack buffers go back to the packer once stored (however the store holds them).
         let recycle = p
             .entries
             .first()
             .is_some_and(|e| e.blob_type == BlobType::Data)
             .then(|| pool.clone());
-        let bytes = bytes::Bytes::from_owner(Recycled {
-            buf: p.bytes,
-            pool: recycle,
-        });
+        let (buf, start) = p.take_buffer();
+        let bytes = bytes::Bytes::from_owner(Recycled { buf, pool: recycle }).slice(start..);
         result = sh
             .repo
             .store()

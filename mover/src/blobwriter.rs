@@ -112,11 +112,11 @@ impl<'r> BlobWriter<'r> {
         let p = w.finish();
         self.repo
             .store()
-            .write(&crate::backend::names::pack(&p.id), &p.bytes)?;
-        self.bytes_written += p.bytes.len() as u64;
+            .write(&crate::backend::names::pack(&p.id), p.bytes())?;
+        self.bytes_written += p.bytes().len() as u64;
         self.pending.push(PackRecord {
             id: p.id,
-            size: p.bytes.len() as u64,
+            size: p.bytes().len() as u64,
             salt: p.salt,
             blobs: p.entries,
         });

@@ -105,24 +105,46 @@ impl BlobEntry {
     }
 }
 
-/// Builds one pack in memory.
+/// Where a pack starts in its buffer is aligned to this, so a local store can write it with
+/// `O_DIRECT` straight from the buffer (the page size; covers 512 B and 4 KiB sectors).
+pub const PACK_ALIGN: usize = 4096;
+
+/// Builds one pack in memory, at `buf[start..]`.
 pub struct PackWriter {
     salt: [u8; SALT_LEN],
     cipher: ObjectCipher,
     buf: Vec<u8>,
+    start: usize,
     entries: Vec<BlobEntry>,
 }
 
 /// A finished pack, ready to store under `data/<id>`.
 pub struct FinishedPack {
-    /// BLAKE3 of `bytes`: the pack's name.
+    /// BLAKE3 of the pack's bytes: its name.
     pub id: Id,
     /// The pack's salt (recorded in the index so blobs can be read without another request).
     pub salt: [u8; SALT_LEN],
-    /// The whole pack.
-    pub bytes: Vec<u8>,
     /// Its blobs.
     pub entries: Vec<BlobEntry>,
+    /// The buffer holding the pack at `buf[start..]`.
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl FinishedPack {
+    /// The whole pack.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Take the buffer, and where in it the pack starts, to hand the bytes on without a copy
+    /// (the pack is then empty).
+    pub fn take_buffer(&mut self) -> (Vec<u8>, usize) {
+        (
+            std::mem::take(&mut self.buf),
+            std::mem::replace(&mut self.start, 0),
+        )
+    }
 }
 
 impl PackWriter {
@@ -142,20 +164,29 @@ impl PackWriter {
         let mut salt = [0u8; SALT_LEN];
         random_bytes(&mut salt)?;
         buf.clear();
-        buf.reserve(capacity + (1 << 20));
+        // A pack closes once it reaches `capacity`, so its last blob (at most a chunk, and chunks
+        // are never larger than a pack) can take it to twice that: reserved up front, the buffer
+        // never moves and the pack stays aligned.
+        buf.reserve(2 * capacity + PACK_ALIGN + (64 << 10));
+        let start = match buf.as_ptr().align_offset(PACK_ALIGN) {
+            n if n < PACK_ALIGN => n,
+            _ => 0,
+        };
+        buf.resize(start, 0);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&salt);
         Ok(Self {
             salt,
             cipher: keys.object_cipher(&salt),
             buf,
+            start,
             entries: Vec::new(),
         })
     }
 
     /// Bytes so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// Whether no blob was added.
@@ -172,7 +203,7 @@ impl PackWriter {
         compressed: bool,
         stored: &[u8],
     ) {
-        let offset = self.buf.len() as u32;
+        let offset = self.len() as u32;
         let mut e = BlobEntry {
             id,
             blob_type,
@@ -187,9 +218,9 @@ impl PackWriter {
             u64::from(offset),
             &e.aad(),
             &mut self.buf,
-            offset as usize,
+            self.start + offset as usize,
         );
-        e.length = self.buf.len() as u32 - offset;
+        e.length = self.len() as u32 - offset;
         self.entries.push(e);
     }
 
@@ -207,10 +238,11 @@ impl PackWriter {
         let header_len = (self.buf.len() - start) as u32;
         self.buf.extend_from_slice(&header_len.to_le_bytes());
         FinishedPack {
-            id: Id::of_object(&self.buf),
+            id: Id::of_object(&self.buf[self.start..]),
             salt: self.salt,
-            bytes: self.buf,
             entries: self.entries,
+            buf: self.buf,
+            start: self.start,
         }
     }
 }
@@ -333,16 +365,17 @@ mod tests {
             w.add(keys.blob_id(b), BlobType::Data, b.len() as u32, false, b);
         }
         let p = w.finish();
-        assert_eq!(p.id, Id::of_object(&p.bytes));
-        let (salt, entries) = read_header(&keys, &p.bytes).unwrap();
+        assert_eq!(p.bytes().as_ptr().align_offset(PACK_ALIGN), 0);
+        assert_eq!(p.id, Id::of_object(p.bytes()));
+        let (salt, entries) = read_header(&keys, p.bytes()).unwrap();
         assert_eq!(entries, p.entries);
         for (e, b) in entries.iter().zip(&blobs) {
-            let ct = p.bytes[e.offset as usize..(e.offset + e.length) as usize].to_vec();
+            let ct = p.bytes()[e.offset as usize..(e.offset + e.length) as usize].to_vec();
             assert_eq!(&open_blob(&keys, &salt, e, ct).unwrap(), b);
         }
         // Every single flipped byte is caught by the header or by the blob it lands in.
-        for i in 0..p.bytes.len() {
-            let mut bad = p.bytes.clone();
+        for i in 0..p.bytes().len() {
+            let mut bad = p.bytes().to_vec();
             bad[i] ^= 1;
             let ok = read_header(&keys, &bad).and_then(|(salt, es)| {
                 es.iter()
