@@ -3,6 +3,9 @@
 //! Threads joined by bounded channels (so memory stays flat and the slowest stage sets the pace):
 //!
 //! ```text
+//! scanners ×N (list, stat, decode parent trees of directories ahead of the walker)
+//!    │ scanned directories (one-shot; at most SCAN_AHEAD_DIRS, SCAN_AHEAD_ENTRIES)
+//!    ▼
 //! walker ──jobs──▶ workers ×N (read, chunk, hash, dedup, compress, seal into their own pack) ─┐
 //!    │                 │ per-file result (one-shot)                                           │ packs
 //!    └──events (walk order)──▶ tree builder (trees → tree blobs → tree pack) ─────────────────┤
@@ -12,10 +15,10 @@
 //! Commit order is packs → index → snapshot: a crash at any point leaves earlier snapshots intact
 //! and at worst some packs no index names yet (they wait for prune).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -218,6 +221,83 @@ const SEGMENT: u64 = 32 << 20;
 /// Walk events per batch sent to the tree builder.
 const EVENT_BATCH: usize = 256;
 
+/// Directories scanned ahead of the walker at most (each holds an open directory; fewer when the
+/// open-file limit is low), and entries in them at most (each costs about 200 bytes until the
+/// walker visits it). Scanners take directories in the order the walker found them, so it may
+/// wait on a deep one while they scan its parent's later siblings; the room keeps them busy
+/// meanwhile.
+const SCAN_AHEAD_DIRS: usize = 256;
+const SCAN_AHEAD_ENTRIES: usize = 128 << 10;
+
+/// A directory listed, its entries stat'ed and its tree in the parent snapshot decoded: the
+/// system calls and decoding of a walk, done by scanner threads ahead of the walker, so the walk
+/// of a large tree (all of an unchanged re-backup) is not one thread's work.
+struct Scanned {
+    fd: OwnedFd,
+    /// Sorted by name; an entry that could not be stat'ed keeps its error.
+    entries: std::io::Result<Vec<ScanEntry>>,
+    ptree: Option<Tree>,
+}
+
+struct ScanEntry {
+    name: Vec<u8>,
+    /// Taken by the walker when it visits the entry.
+    stat: Option<std::io::Result<rustix::fs::Stat>>,
+}
+
+struct ScanJob {
+    fd: OwnedFd,
+    /// The directory's tree in the parent snapshot.
+    subtree: Option<Vec<Id>>,
+    reply: Sender<Scanned>,
+}
+
+/// Scans sent to the scanners and not yet received by the walker, and their entries.
+struct ScansAhead {
+    max_dirs: usize,
+    dirs: AtomicUsize,
+    entries: AtomicUsize,
+}
+
+impl ScansAhead {
+    /// Room for `SCAN_AHEAD_DIRS` directories, or a quarter of the open-file limit: the rest is
+    /// left for the walk's own path, the files being read and the repository.
+    fn new() -> Self {
+        Self {
+            max_dirs: (fsmeta::open_file_limit() / 4).min(SCAN_AHEAD_DIRS),
+            dirs: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
+        }
+    }
+
+    fn room(&self) -> bool {
+        self.dirs.load(Ordering::Relaxed) < self.max_dirs
+            && self.entries.load(Ordering::Relaxed) < SCAN_AHEAD_ENTRIES
+    }
+
+    /// The walker received (or gave up on) one scan.
+    fn taken(&self, s: Option<&Scanned>) {
+        self.dirs.fetch_sub(1, Ordering::Relaxed);
+        if let Some(Ok(e)) = s.map(|s| &s.entries) {
+            self.entries.fetch_sub(e.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+fn scan(repo: &Repository, fd: OwnedFd, subtree: Option<&[Id]>) -> Scanned {
+    let entries = fsmeta::list_dir(fd.as_fd()).map(|names| {
+        names
+            .into_iter()
+            .map(|name| {
+                let stat = Some(fsmeta::stat_at(fd.as_fd(), &name));
+                ScanEntry { name, stat }
+            })
+            .collect()
+    });
+    let ptree = subtree.and_then(|ids| repo.read_tree(ids).ok());
+    Scanned { fd, entries, ptree }
+}
+
 /// One segment of a file's data: where it nominally starts, and the end of its data region.
 struct Seg {
     at: u64,
@@ -378,6 +458,7 @@ pub fn backup(
     let mut counts = WalkCounts::default();
     let mut root_tree = None;
     let pending = Mutex::new(Vec::new());
+    let ahead = ScansAhead::new();
     std::thread::scope(|s| {
         let sh = &sh;
         // One uploader keeps a local disk busy; a remote store needs several requests in flight
@@ -412,6 +493,22 @@ pub fn backup(
             let f = tree_packer.finish();
             r.and_then(|t| f.map(|()| t))
         });
+        let (scan_tx, scan_rx) = bounded::<ScanJob>(SCAN_AHEAD_DIRS);
+        let ahead = &ahead;
+        for _ in 0..threads {
+            let scan_rx = scan_rx.clone();
+            s.spawn(move || {
+                for j in scan_rx {
+                    let s = scan(sh.repo, j.fd, j.subtree.as_deref());
+                    if let Ok(e) = &s.entries {
+                        ahead.entries.fetch_add(e.len(), Ordering::Relaxed);
+                    }
+                    // Not received only after the walk failed.
+                    let _ = j.reply.send(s);
+                }
+            });
+        }
+        drop(scan_rx);
         let walker = std::thread::Builder::new()
             .name("lifeboat-walk".into())
             .stack_size(256 << 20)
@@ -419,6 +516,8 @@ pub fn backup(
                 let mut w = Walker {
                     sh,
                     jobs: job_tx,
+                    scans: scan_tx,
+                    ahead,
                     events: ev_tx,
                     batch: Vec::with_capacity(EVENT_BATCH),
                     links: HashSet::new(),
@@ -604,6 +703,8 @@ struct WalkCounts {
 struct Walker<'s, 'a> {
     sh: &'s Shared<'a>,
     jobs: Sender<Job>,
+    scans: Sender<ScanJob>,
+    ahead: &'s ScansAhead,
     events: Sender<Vec<Event>>,
     batch: Vec<Event>,
     links: HashSet<(u64, u64)>,
@@ -652,8 +753,9 @@ impl Walker<'_, '_> {
             if comps.is_empty() {
                 // Backing up "/" itself: its entries become the snapshot's root.
                 let fd = fsmeta::open_dir_path(Path::new("/")).map_err(|e| Error::io("/", e))?;
-                let pt = ptrees[0].take();
-                self.walk_dir(fd.as_fd(), pt.as_ref())?;
+                let mut root = scan(self.sh.repo, fd, None);
+                root.ptree = ptrees[0].take();
+                self.walk_dir(root)?;
                 continue;
             }
             let common = open
@@ -692,7 +794,7 @@ impl Walker<'_, '_> {
             match fsmeta::stat_at(dirfd.as_fd(), name) {
                 Ok(_) => {
                     self.top_path = Some(top.display().to_string());
-                    self.entry(dirfd.as_fd(), name, pt.as_ref(), true)?;
+                    self.entry(dirfd.as_fd(), name, None, pt.as_ref(), true, None)?;
                     self.top_path = None;
                 }
                 Err(e) => return Err(Error::io(top.display(), e)),
@@ -704,29 +806,84 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
-    fn walk_dir(&mut self, dir: BorrowedFd<'_>, ptree: Option<&Tree>) -> Result<()> {
-        let names = match fsmeta::list_dir(dir) {
-            Ok(n) => n,
+    fn walk_dir(&mut self, scanned: Scanned) -> Result<()> {
+        let Scanned { fd, entries, ptree } = scanned;
+        let dir = fd.as_fd();
+        let mut entries = match entries {
+            Ok(e) => e,
             Err(e) => {
                 self.sh.status.warn(format!("cannot list a directory: {e}"));
                 return Ok(());
             }
         };
-        for name in names {
+        let subdirs: Vec<usize> = (0..entries.len())
+            .filter(|&i| {
+                matches!(&entries[i].stat, Some(Ok(st)) if fsmeta::kind_of(st) == NodeKind::Dir)
+            })
+            .collect();
+        let mut next_sub = 0;
+        let mut ahead: VecDeque<(usize, Receiver<Scanned>)> = VecDeque::new();
+        for i in 0..entries.len() {
             if self.sh.status.failed() {
                 return Ok(());
             }
-            self.entry(dir, &name, ptree, false)?;
+            // Keep the sub-directories after this entry scanning, in order, while there is room.
+            while self.ahead.room()
+                && let Some(&j) = subdirs.get(next_sub)
+            {
+                next_sub += 1;
+                if j < i {
+                    continue;
+                }
+                if let Some(rx) = self.scan_ahead(dir, &entries[j].name, ptree.as_ref()) {
+                    ahead.push_back((j, rx));
+                }
+            }
+            let pre_scan = match ahead.front() {
+                Some((j, _)) if *j == i => ahead.pop_front().map(|(_, rx)| rx),
+                _ => None,
+            };
+            let stat = entries[i].stat.take();
+            self.entry(dir, &entries[i].name, stat, ptree.as_ref(), false, pre_scan)?;
+        }
+        // Left only after a failure.
+        for _ in &ahead {
+            self.ahead.taken(None);
         }
         Ok(())
     }
 
-    fn entry(
+    /// Hand sub-directory `name` of `dir` to a scanner; `None` (the walker then scans it itself
+    /// and reports any error) when it cannot be opened or the scanners stopped.
+    fn scan_ahead(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
         ptree: Option<&Tree>,
+    ) -> Option<Receiver<Scanned>> {
+        let fd = fsmeta::open_dir_at(dir, name).ok()?;
+        let subtree = child_node(ptree, name)
+            .filter(|p| p.kind() == NodeKind::Dir)
+            .map(|p| p.subtree.clone());
+        let (reply, rx) = bounded(1);
+        self.ahead.dirs.fetch_add(1, Ordering::Relaxed);
+        if self.scans.send(ScanJob { fd, subtree, reply }).is_err() {
+            self.ahead.taken(None);
+            return None;
+        }
+        Some(rx)
+    }
+
+    /// Visit one entry of `dir`: `stat` is its stat when a scanner already took it, and
+    /// `pre_scan` the scan of its contents when it is a directory a scanner took.
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        stat: Option<std::io::Result<rustix::fs::Stat>>,
+        ptree: Option<&Tree>,
         top: bool,
+        pre_scan: Option<Receiver<Scanned>>,
     ) -> Result<()> {
         // A path the user named is shown as given; entries below it by name.
         let shown = match (top, &self.top_path) {
@@ -741,7 +898,7 @@ impl Walker<'_, '_> {
                 Ok(())
             }
         };
-        let mut st = match fsmeta::stat_at(dir, name) {
+        let mut st = match stat.unwrap_or_else(|| fsmeta::stat_at(dir, name)) {
             Ok(s) => s,
             Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
         };
@@ -754,12 +911,7 @@ impl Walker<'_, '_> {
             st = t;
         }
         let mut node = fsmeta::node_from_stat(name, &st);
-        let pnode = ptree.and_then(|t| {
-            t.nodes
-                .binary_search_by(|n| n.name.as_slice().cmp(name))
-                .ok()
-                .map(|i| &t.nodes[i])
-        });
+        let pnode = child_node(ptree, name);
         // Setting or removing an extended attribute changes ctime: with the same inode and ctime,
         // the parent's attributes are still current and need no syscalls.
         if let Some(p) = pnode.filter(|p| {
@@ -780,17 +932,30 @@ impl Walker<'_, '_> {
         }
         match node.kind() {
             NodeKind::Dir => {
-                let fd = match fsmeta::open_dir_at(dir, name) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        return warn_or_fail(self.sh, format!("{shown}: {e} (directory skipped)"));
-                    }
+                let scanned = pre_scan.and_then(|rx| {
+                    let s = rx.recv().ok();
+                    self.ahead.taken(s.as_ref());
+                    s
+                });
+                let scanned = match scanned {
+                    Some(s) => s,
+                    None => match fsmeta::open_dir_at(dir, name) {
+                        Ok(fd) => {
+                            let subtree = pnode
+                                .filter(|p| p.kind() == NodeKind::Dir)
+                                .map(|p| p.subtree.as_slice());
+                            scan(self.sh.repo, fd, subtree)
+                        }
+                        Err(e) => {
+                            return warn_or_fail(
+                                self.sh,
+                                format!("{shown}: {e} (directory skipped)"),
+                            );
+                        }
+                    },
                 };
-                let sub = pnode
-                    .filter(|p| p.kind() == NodeKind::Dir)
-                    .and_then(|p| self.sh.repo.read_tree(&p.subtree).ok());
                 self.emit(Event::Enter(node))?;
-                self.walk_dir(fd.as_fd(), sub.as_ref())?;
+                self.walk_dir(scanned)?;
                 self.emit(Event::Exit)?;
             }
             NodeKind::Symlink => match fsmeta::read_link_at(dir, name) {
@@ -1089,16 +1254,20 @@ fn unchanged(p: &Node, n: &Node) -> bool {
         && p.mode == n.mode
 }
 
-fn child_tree(repo: &Repository, t: Option<&Tree>, name: &[u8]) -> Option<Tree> {
+/// The entry `name` of a (parent snapshot's) tree.
+fn child_node<'t>(t: Option<&'t Tree>, name: &[u8]) -> Option<&'t Node> {
     let t = t?;
     let i = t
         .nodes
         .binary_search_by(|n| n.name.as_slice().cmp(name))
         .ok()?;
-    let n = &t.nodes[i];
-    (n.kind() == NodeKind::Dir)
-        .then(|| repo.read_tree(&n.subtree).ok())
-        .flatten()
+    Some(&t.nodes[i])
+}
+
+fn child_tree(repo: &Repository, t: Option<&Tree>, name: &[u8]) -> Option<Tree> {
+    child_node(t, name)
+        .filter(|n| n.kind() == NodeKind::Dir)
+        .and_then(|n| repo.read_tree(&n.subtree).ok())
 }
 
 fn work(sh: &Shared<'_>, jobs: &Receiver<Job>, packer: &Packer) -> Result<()> {

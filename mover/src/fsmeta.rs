@@ -87,6 +87,21 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Stat> {
     )?)
 }
 
+/// How many files this process may have open, after raising the soft limit to the hard one, as
+/// Go programs such as restic do: the common default soft limit of 1024 would otherwise cap a
+/// walk or a restore, not protect anything.
+pub fn open_file_limit() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    getrlimit(Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 /// Open a directory by absolute or relative path (the top of a walk or restore).
 ///
 /// # Errors

@@ -120,20 +120,9 @@ const BATCH_BYTES: u64 = 8 << 20;
 const BATCH_FILES: usize = 256;
 
 /// Files per batch such that every file open at once (one batch per writer and two queued per
-/// writer, plus the walker's) stays within half the open-file limit. The soft limit is raised to
-/// the hard one first, as Go programs such as restic do: the common default soft limit of 1024
-/// would otherwise cap a restore, not protect anything.
+/// writer, plus the walker's) stays within half the open-file limit.
 fn batch_files(writers: usize) -> usize {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current < lim.maximum {
-        lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim);
-    }
-    let open = getrlimit(Resource::Nofile)
-        .current
-        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    (open / 2 / (writers * 3 + 1)).clamp(1, BATCH_FILES)
+    (fsmeta::open_file_limit() / 2 / (writers * 3 + 1)).clamp(1, BATCH_FILES)
 }
 
 /// How writers read packs: neighbouring blobs of one pack are fetched with one read of at most

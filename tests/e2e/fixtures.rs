@@ -88,6 +88,31 @@ impl Env {
         self.cmd(args).stdin(Stdio::null()).output().unwrap()
     }
 
+    /// Run `lifeboat ARGS` with at most `nofile` open files (soft and hard limit, so it cannot
+    /// raise it) and require success; returns stdout.
+    pub fn ok_with_open_files(&self, nofile: u32, args: &[&str]) -> String {
+        let inner = self.cmd(args);
+        let mut c = Command::new("prlimit");
+        c.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .stdin(Stdio::null());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "lifeboat {args:?} under {nofile} open files: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
     /// Run and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);

@@ -123,3 +123,48 @@ fn large_file_segments_tile_and_dedup_across_an_insertion() {
     }
     env.ok(&["check", "--read-data"]);
 }
+
+/// Scanner threads list and stat directories ahead of the walker, within a budget of open
+/// directories. A tree with more directories than that budget, walked under a low open-file
+/// limit, must be backed up whole, twice (the second time finding everything unmodified), and
+/// restore exactly.
+#[test]
+fn many_directories_under_a_low_open_file_limit() {
+    use crate::fixtures::{assert_same_tree, scan};
+    let env = Env::new();
+    let src = env.path("src");
+    let mut files = 0u64;
+    for a in 0..30 {
+        for b in 0..12 {
+            let d = src.join(format!("a{a:02}/b{b:02}/c"));
+            std::fs::create_dir_all(&d).unwrap();
+            for f in 0..3u64 {
+                let seed = (a * 100 + b) * 10 + f;
+                std::fs::write(
+                    d.join(format!("f{f}")),
+                    noise(50 + seed as usize % 700, seed),
+                )
+                .unwrap();
+                files += 1;
+            }
+        }
+    }
+    let backup = |env: &Env| -> serde_json::Value {
+        let out = env.ok_with_open_files(48, &["backup", "--json", src.to_str().unwrap()]);
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let first = backup(&env);
+    assert_eq!(first["files_new"], files, "{first}");
+    assert_eq!(first["warnings"], 0, "{first}");
+    std::fs::write(src.join("a17/b05/c/f1"), b"changed").unwrap();
+    let second = backup(&env);
+    assert_eq!(second["files_unmodified"], files - 1, "{second}");
+    assert_eq!(second["files_changed"], 1, "{second}");
+    assert_eq!(second["warnings"], 0, "{second}");
+    let target = env.path("t");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(
+        &scan(&src),
+        &scan(&target.join(src.strip_prefix("/").unwrap())),
+    );
+}

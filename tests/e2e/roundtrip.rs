@@ -144,21 +144,9 @@ fn many_small_files_restore_under_a_low_open_file_limit() {
     let before = scan(&src);
     env.backup(&[&src]);
     let target = env.path("restore");
-    let inner = env.cmd(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    let mut c = std::process::Command::new("prlimit");
-    c.arg("--nofile=64:64")
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    for (k, v) in inner.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    let o = c.output().unwrap();
-    assert!(
-        o.status.success(),
-        "restore under 64 open files: {}",
-        String::from_utf8_lossy(&o.stderr)
+    env.ok_with_open_files(
+        64,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
     );
     assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
 }
