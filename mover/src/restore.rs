@@ -296,6 +296,7 @@ pub fn restore(
                         &root,
                         &mut path,
                         &target.display().to_string(),
+                        false,
                     )
                     .and_then(|()| w.flush());
                 (r, w.out)
@@ -540,12 +541,15 @@ impl RWalker<'_, '_> {
                 .any(|i| path.starts_with(i) || i.starts_with(path))
     }
 
+    /// Restore the entries of `tree` into `dir`; `fresh` when this restore just created `dir`, so
+    /// nothing is in the way of its entries.
     fn dir(
         &mut self,
         dir: BorrowedFd<'_>,
         tree: &Tree,
         path: &mut Vec<Vec<u8>>,
         shown: &str,
+        fresh: bool,
     ) -> Result<()> {
         for node in &tree.nodes {
             if self.ctx.status.failed() {
@@ -553,7 +557,7 @@ impl RWalker<'_, '_> {
             }
             path.push(node.name.clone());
             let r = if self.selected(path) {
-                self.entry(dir, node, path, shown)
+                self.entry(dir, node, path, shown, fresh)
             } else {
                 Ok(())
             };
@@ -569,6 +573,7 @@ impl RWalker<'_, '_> {
         node: &Node,
         path: &mut Vec<Vec<u8>>,
         parent_shown: &str,
+        fresh: bool,
     ) -> Result<()> {
         let name = OsStr::from_bytes(&node.name);
         let shown = format!("{parent_shown}/{}", node.display_name());
@@ -576,9 +581,11 @@ impl RWalker<'_, '_> {
         let mut warn = |w: String| self.ctx.status.warn(w);
         match node.kind() {
             NodeKind::Dir => {
+                let mut created = true;
                 match rustix::fs::mkdirat(dir, name, Mode::from_bits_retain(0o700)) {
                     Ok(()) => {}
                     Err(rustix::io::Errno::EXIST) => {
+                        created = false;
                         if fsmeta::kind_of(&fsmeta::stat_at(dir, &node.name).map_err(io)?)
                             != NodeKind::Dir
                         {
@@ -595,14 +602,16 @@ impl RWalker<'_, '_> {
                     .repo
                     .read_tree(&node.subtree)
                     .map_err(|e| e.context(&shown))?;
-                self.dir(fd.as_fd(), &sub, path, &shown)?;
+                self.dir(fd.as_fd(), &sub, path, &shown, created)?;
                 // Post-order: the directory's own times are set after its entries are created.
                 fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.dirs += 1;
             }
             // A regular file, or a backed-up device restored into a directory as an image file.
             _ if node.has_data() => {
-                remove(dir, &node.name).map_err(io)?;
+                if !fresh {
+                    remove(dir, &node.name).map_err(io)?;
+                }
                 let key = (node.dev, node.ino);
                 if node.nlink > 1
                     && let Some(first) = self.links.get(&key)
@@ -660,14 +669,18 @@ impl RWalker<'_, '_> {
                 }
             }
             NodeKind::Symlink => {
-                remove(dir, &node.name).map_err(io)?;
+                if !fresh {
+                    remove(dir, &node.name).map_err(io)?;
+                }
                 rustix::fs::symlinkat(OsStr::from_bytes(&node.target), dir, name)
                     .map_err(|e| io(e.into()))?;
                 fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.others += 1;
             }
             _ => {
-                remove(dir, &node.name).map_err(io)?;
+                if !fresh {
+                    remove(dir, &node.name).map_err(io)?;
+                }
                 fsmeta::make_node(dir, node).map_err(io)?;
                 fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.others += 1;
@@ -820,7 +833,11 @@ fn write_run(ctx: &Ctx<'_>, job: &[FilePart], run: &[Want<'_>], name: &str) -> R
 fn finish_part(ctx: &Ctx<'_>, f: &RFile) -> Result<()> {
     if f.parts_left.fetch_sub(1, Ordering::AcqRel) == 1 && !f.device {
         let fd = f.fd.as_fd();
-        rustix::fs::ftruncate(fd, f.node.size).map_err(|e| Error::io("truncating", e))?;
+        // The file was created empty: only a hole at its end is left to extend it by.
+        let written = f.node.data_regions().last().map_or(0, |&(o, l)| o + l);
+        if written != f.node.size {
+            rustix::fs::ftruncate(fd, f.node.size).map_err(|e| Error::io("truncating", e))?;
+        }
         let mut warn = |w: String| ctx.status.warn(w);
         fsmeta::apply_meta(fsmeta::MetaTarget::Fd(fd), &f.node, &mut warn)
             .map_err(|e| Error::io("setting metadata", e))?;

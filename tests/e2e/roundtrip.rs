@@ -150,3 +150,33 @@ fn many_small_files_restore_under_a_low_open_file_limit() {
     );
     assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
 }
+
+/// Restoring into a target that already holds entries replaces what is in the way, exactly: a
+/// longer old file is not left with its tail, a file where a directory goes is replaced, and a
+/// symlink where a file goes is replaced without writing through it.
+#[test]
+fn restore_over_an_existing_tree_replaces_what_is_in_the_way() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    std::fs::write(src.join("a.txt"), b"new a").unwrap();
+    std::fs::write(src.join("sub/b.txt"), b"b").unwrap();
+    std::fs::write(src.join("sub/deeper/c.txt"), b"c").unwrap();
+    std::fs::write(src.join("d.txt"), crate::fixtures::noise(3 << 20, 5)).unwrap();
+    let before = scan(&src);
+    env.backup(&[&src]);
+
+    let target = env.path("t");
+    let inner = target.join(src.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(inner.join("sub")).unwrap();
+    std::fs::write(inner.join("a.txt"), vec![b'x'; 100_000]).unwrap();
+    std::fs::write(inner.join("sub/deeper"), b"a file where a directory goes").unwrap();
+    let outside = env.path("outside");
+    std::fs::write(&outside, b"must stay").unwrap();
+    std::os::unix::fs::symlink(&outside, inner.join("d.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, inner.join("sub/b.txt")).unwrap();
+
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&before, &scan(&inner));
+    assert_eq!(std::fs::read(&outside).unwrap(), b"must stay");
+}
