@@ -1438,13 +1438,24 @@ fn seam_at(
     if sh.data_chunker.is_fixed() {
         return Ok(at);
     }
-    let want = sh.data_chunker.max_size().min(buf.len());
-    let n = fill(sh, fd, &mut buf[..want], at, region_end)?;
-    let eof = at + n as u64 >= region_end || n < want;
-    Ok(sh
-        .data_chunker
-        .first_cut(&buf[..n], eof)
-        .map_or(at + n as u64, |c| at + c as u64))
+    // Most cuts fall within twice the average size: read that much first, and the rest up to the
+    // largest chunk only when the cut is not in it.
+    let max = sh.data_chunker.max_size().min(buf.len());
+    let mut n = 0;
+    for want in [(2 * sh.data_chunker.avg_size()).min(max), max] {
+        if want <= n {
+            continue;
+        }
+        n += fill(sh, fd, &mut buf[n..want], at + n as u64, region_end)?;
+        let eof = at + n as u64 >= region_end || n < want;
+        if let Some(c) = sh.data_chunker.first_cut(&buf[..n], eof) {
+            return Ok(at + c as u64);
+        }
+        if eof {
+            break;
+        }
+    }
+    Ok(at + n as u64)
 }
 
 fn read_segment(

@@ -144,6 +144,11 @@ impl Chunker {
         self.params.max as usize
     }
 
+    /// The average chunk size it aims at.
+    pub fn avg_size(&self) -> usize {
+        self.params.avg as usize
+    }
+
     /// Append to `ends` the end offsets (exclusive, relative to `data`) of every chunk of `data` that
     /// is final; `eof` says no more bytes follow. Returns how many bytes were consumed: the caller
     /// keeps `data[consumed..]` and appends more before calling again.
@@ -174,16 +179,23 @@ impl Chunker {
         pos
     }
 
-    /// The end of the first chunk of `data`, or `None` when fewer than `max` bytes are given and
-    /// more follow. Used to place the seams between parallel segments of a large file.
+    /// The end of the first chunk of `data`, or `None` when more bytes follow (`!eof`) and could
+    /// still move it: with fewer than `max` bytes, a content-defined cut found before the end of
+    /// `data` is final (more bytes change neither the masks up to `avg` nor any earlier position's
+    /// hash), so a caller can look at a little more than `avg` bytes first. Used to place the seams
+    /// between parallel segments of a large file.
     pub fn first_cut(&self, data: &[u8], eof: bool) -> Option<usize> {
-        if data.is_empty() || (!eof && data.len() < self.max_size()) {
+        let p = self.params;
+        if data.is_empty() || (!eof && data.len() < p.avg as usize) {
             return None;
         }
         if self.mode == Chunking::Fixed {
-            return Some(data.len().min(self.params.avg as usize));
+            return (eof || data.len() >= p.avg as usize).then(|| data.len().min(p.avg as usize));
         }
-        Some(self.chunk_len(data))
+        let cut = self.chunk_len(data);
+        // Short of `max` and of the end, a chunk ends before the last even position only where
+        // its cut was found; otherwise it ran into the end of `data`.
+        (eof || data.len() >= p.max as usize || cut < data.len() & !1).then_some(cut)
     }
 
     /// The length of the chunk at the start of `data`: exactly what `fastcdc::v2020::cut_gear`
@@ -468,6 +480,37 @@ mod tests {
                     checked += 1;
                 }
             }
+        }
+    }
+
+    /// A cut found in a prefix of at least `avg` bytes is the cut of the whole input; a prefix
+    /// that does not show it says so.
+    #[test]
+    fn first_cut_of_a_prefix_is_final_or_absent() {
+        for (k, data) in [
+            seeded(8 << 20, 21),
+            seeded(8 << 20, 22).iter().map(|b| b & 1).collect(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let c = Chunker::new(ChunkerParams::default(), 9 + k as u64);
+            let (avg, max) = (c.params.avg as usize, c.max_size());
+            let mut found = 0;
+            for at in (0..(4 << 20)).step_by(97_003) {
+                let whole = c.first_cut(&data[at..], false).expect("max bytes given");
+                for len in [avg - 1, avg, avg + 1, (avg * 3) / 2, 2 * avg + 1, max - 1] {
+                    match c.first_cut(&data[at..at + len], false) {
+                        Some(cut) => {
+                            assert_eq!(cut, whole, "input {k}, at {at}, len {len}");
+                            found += 1;
+                        }
+                        None => assert!(len < avg || whole >= (len & !1) - 1, "{at} {len}"),
+                    }
+                }
+                assert_eq!(c.first_cut(&data[at..at + max], false), Some(whole));
+            }
+            assert!(found > 20, "prefixes never showed a cut: {found}");
         }
     }
 
