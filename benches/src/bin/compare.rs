@@ -138,6 +138,9 @@ fn main() -> Result<()> {
             human(bytes),
             path.display()
         );
+        // Earlier corpora and their repositories would otherwise crowd this one's out of memory,
+        // each tool's differently (the kernel evicts by age and use).
+        drop_page_cache();
         warm(&path)?;
         let mut r = CorpusResult {
             name: name.clone(),
@@ -383,6 +386,14 @@ fn edited_copy(dir: &Path) -> Result<()> {
 
 /// Regular-file bytes and count below `p` (symlinks not followed).
 /// Read every file once so every tool starts from a warm page cache.
+/// Write back and drop the page cache (best effort: needs root).
+fn drop_page_cache() {
+    let _ = Command::new("sync").status();
+    if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "1") {
+        eprintln!("   page cache not dropped: {e}");
+    }
+}
+
 fn warm(p: &Path) -> Result<()> {
     let t = Instant::now();
     let mut stack = vec![p.to_path_buf()];
