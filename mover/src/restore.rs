@@ -3,7 +3,7 @@
 //! writers that fetch, authenticate, decompress and `pwrite` its blobs. Holes are never written.
 //! Every blob's id is checked against its plaintext, so restore never writes wrong data silently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -182,8 +182,81 @@ struct FilePart {
     blobs: Vec<(Id, u64)>,
 }
 
-/// What one writer takes at a time: one part of a large file, or a batch of small files.
+/// What one writer takes at a time: one part of a large file (with the parts of other files that
+/// want mostly the same blobs), or a batch of small files.
 type Job = Vec<FilePart>;
+
+/// Most parts of large files joined into one job.
+const MERGE_MAX: usize = 4;
+
+/// Parts of large files held back for a moment, so that a part wanting at least half the same
+/// blobs as a held one (a copy of a file, a cloned image) joins that job: each blob is then fetched,
+/// opened and checked once and written everywhere it goes, as restic and rustic do.
+struct PartWindow {
+    /// Held jobs, each with its sequence number (consecutive, oldest first).
+    jobs: VecDeque<(u64, Job)>,
+    next_seq: u64,
+    /// Blob → the held job that first wanted it.
+    owner: HashMap<Id, u64>,
+    max_jobs: usize,
+}
+
+impl PartWindow {
+    /// A window of up to 64 jobs: a few seconds of writing, and at most a quarter of the open-file
+    /// limit in held files.
+    fn new() -> Self {
+        Self {
+            jobs: VecDeque::new(),
+            next_seq: 0,
+            owner: HashMap::new(),
+            max_jobs: (fsmeta::open_file_limit() / (4 * MERGE_MAX)).clamp(1, 64),
+        }
+    }
+
+    /// Hold `part`, in a held job that wants most of its blobs or in a new one; returns the job
+    /// that leaves the window to make room, if any.
+    fn add(&mut self, part: FilePart) -> Option<Job> {
+        let mut hits: HashMap<u64, usize> = HashMap::new();
+        for (id, _) in &part.blobs {
+            if let Some(&s) = self.owner.get(id) {
+                *hits.entry(s).or_default() += 1;
+            }
+        }
+        let front = self.jobs.front().map_or(0, |(s, _)| *s);
+        if let Some((s, n)) = hits.into_iter().max_by_key(|&(s, n)| (n, s))
+            && 2 * n >= part.blobs.len()
+        {
+            let job = &mut self.jobs[(s - front) as usize].1;
+            if job.len() < MERGE_MAX {
+                job.push(part);
+                return None;
+            }
+        }
+        let s = self.next_seq;
+        self.next_seq += 1;
+        for (id, _) in &part.blobs {
+            self.owner.entry(*id).or_insert(s);
+        }
+        self.jobs.push_back((s, vec![part]));
+        if self.jobs.len() > self.max_jobs {
+            return self.pop();
+        }
+        None
+    }
+
+    /// The oldest held job.
+    fn pop(&mut self) -> Option<Job> {
+        let (s, job) = self.jobs.pop_front()?;
+        for p in &job {
+            for (id, _) in &p.blobs {
+                if self.owner.get(id) == Some(&s) {
+                    self.owner.remove(id);
+                }
+            }
+        }
+        Some(job)
+    }
+}
 
 /// Where each blob of a file goes, checked against the index's lengths before anything is read.
 pub(crate) fn plan(repo: &Repository, node: &Node) -> Result<Vec<(Id, u64, u64)>> {
@@ -288,6 +361,7 @@ pub fn restore(
                     batch: Vec::new(),
                     batch_bytes: 0,
                     batch_files: batch_files(threads),
+                    window: PartWindow::new(),
                 };
                 let mut path = Vec::new();
                 let r = w
@@ -298,7 +372,7 @@ pub fn restore(
                         &target.display().to_string(),
                         false,
                     )
-                    .and_then(|()| w.flush());
+                    .and_then(|()| w.finish());
                 (r, w.out)
             })
             .expect("spawning the restore walker");
@@ -513,6 +587,8 @@ struct RWalker<'c, 'a> {
     batch_bytes: u64,
     /// Most files in one batch (each holds an open file descriptor until written).
     batch_files: usize,
+    /// Parts of large files not yet handed to the writers.
+    window: PartWindow,
 }
 
 impl RWalker<'_, '_> {
@@ -530,6 +606,15 @@ impl RWalker<'_, '_> {
         }
         let job = std::mem::take(&mut self.batch);
         self.send(job)
+    }
+
+    /// Hand everything still held to the writers.
+    fn finish(&mut self) -> Result<()> {
+        self.flush()?;
+        while let Some(job) = self.window.pop() {
+            self.send(job)?;
+        }
+        Ok(())
     }
 
     /// Whether `path` is restored: it is inside an included path, or an ancestor of one.
@@ -664,7 +749,9 @@ impl RWalker<'_, '_> {
                 } else {
                     for blobs in parts {
                         let file = Arc::clone(&file);
-                        self.send(vec![FilePart { file, blobs }])?;
+                        if let Some(job) = self.window.add(FilePart { file, blobs }) {
+                            self.send(job)?;
+                        }
                     }
                 }
             }

@@ -10,13 +10,7 @@ use crate::fixtures::{Env, fails_cleanly, make_fixture, noise};
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     let o = Command::new(cmd).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?}: {}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    crate::fixtures::stdout_of_success(o, &format!("{cmd} {args:?}"))
 }
 
 /// A loop device over a file, detached when dropped.

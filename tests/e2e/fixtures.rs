@@ -103,26 +103,15 @@ impl Env {
                 None => c.env_remove(k),
             };
         }
-        let o = c.output().unwrap();
-        assert!(
-            o.status.success(),
-            "lifeboat {args:?} under {nofile} open files: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        stdout_of_success(
+            c.output().unwrap(),
+            &format!("lifeboat {args:?} under {nofile} open files"),
+        )
     }
 
     /// Run and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "lifeboat {args:?} failed: {}\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        stdout_of_success(self.run(args), &format!("lifeboat {args:?}"))
     }
 
     /// Run and require failure with exactly one line on stderr and no panic; returns that line.
@@ -153,6 +142,17 @@ impl Env {
         v.sort();
         v
     }
+}
+
+/// The stdout of a command `what` that must have succeeded (else its status and stderr).
+pub fn stdout_of_success(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
 }
 
 pub fn fails_cleanly(o: Output, args: &[&str]) -> String {

@@ -180,3 +180,33 @@ fn restore_over_an_existing_tree_replaces_what_is_in_the_way() {
     assert_same_tree(&before, &scan(&inner));
     assert_eq!(std::fs::read(&outside).unwrap(), b"must stay");
 }
+
+/// Parts of large files that want the same blobs (copies, edited copies) are restored together,
+/// each blob read once and written to every file: the result is exact, also under an open-file
+/// limit low enough to shrink the window of held parts.
+#[test]
+fn copies_of_large_files_restore_exactly() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("b")).unwrap();
+    let base = crate::fixtures::noise(40 << 20, 77);
+    std::fs::write(src.join("a-base.img"), &base).unwrap();
+    std::fs::write(src.join("b/copy.img"), &base).unwrap();
+    let mut edited = base.clone();
+    edited.splice(10 << 20..10 << 20, b"an insertion".iter().copied());
+    edited[30 << 20..(30 << 20) + 4096].fill(7);
+    std::fs::write(src.join("b/edited.img"), &edited).unwrap();
+    std::fs::write(src.join("c-tail.img"), &base[20 << 20..]).unwrap();
+    let before = scan(&src);
+    let out = env.backup(&[&src]);
+    assert_eq!(out["warnings"], 0);
+    for (t, limit) in [("t1", None), ("t2", Some(40))] {
+        let target = env.path(t);
+        let args = ["restore", "latest", "--target", target.to_str().unwrap()];
+        match limit {
+            None => env.ok(&args),
+            Some(n) => env.ok_with_open_files(n, &args),
+        };
+        assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
+    }
+}
