@@ -2,6 +2,9 @@
 //! (so depth is unlimited) and hands each regular file, already created and open, to a pool of
 //! writers that fetch, authenticate, decompress and `pwrite` its blobs. Holes are never written.
 //! Every blob's id is checked against its plaintext, so restore never writes wrong data silently.
+//! A blob several files want (copies, cloned images) is fetched and checked once per job and
+//! written to each: small files travel in batches, and parts of large files that share most of
+//! their blobs are joined into one job (see [`PartWindow`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;

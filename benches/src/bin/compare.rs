@@ -174,7 +174,11 @@ fn main() -> Result<()> {
                             // A restore's source is the repository: warm it, as every backup's
                             // source is warm. Tools that write packs around the page cache
                             // (Lifeboat) would otherwise restore from disk against peers that
-                            // restore from memory.
+                            // restore from memory. Read twice: pages read once stay on the
+                            // kernel's inactive list and are the first reclaimed when the
+                            // restore fills the tmpfs, while a peer's packs, written and then
+                            // read, are already on the active list.
+                            warm(repo)?;
                             warm(repo)?;
                             restore_cmd(&bins, t, repo, &target)
                         }
