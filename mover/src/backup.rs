@@ -864,10 +864,8 @@ impl Walker<'_, '_> {
             let stat = entries[i].stat.take();
             self.entry(dir, &entries[i].name, stat, ptree.as_ref(), false, pre_scan)?;
         }
-        // Left only after a failure.
-        for _ in &ahead {
-            self.ahead.taken(None);
-        }
+        // Every scan sent ahead was for a later entry, and each entry takes its own.
+        debug_assert!(ahead.is_empty(), "a scan ahead was never received");
         Ok(())
     }
 

@@ -190,7 +190,7 @@ impl Chunker {
             return None;
         }
         if self.mode == Chunking::Fixed {
-            return (eof || data.len() >= p.avg as usize).then(|| data.len().min(p.avg as usize));
+            return Some(data.len().min(p.avg as usize));
         }
         let cut = self.chunk_len(data);
         // Short of `max` and of the end, a chunk ends before the last even position only where
