@@ -2,7 +2,7 @@
 //! image file, in one run.
 //!
 //! ```text
-//! cargo run --release -p lifeboat-benches --bin block -- [--work DIR] [--out DIR]
+//! cargo run --release -p lifeboat-benches --bin block -- [--work DIR] [--out DIR] [--runs N]
 //! ```
 //!
 //! Builds its images once in `--work` (never committed): a 4 GiB volume of mixed data, a 1 GiB
@@ -33,6 +33,25 @@ struct Args {
     /// Where block.md goes.
     #[arg(long, default_value = "benches/results")]
     out: PathBuf,
+    /// Rounds of the ext4 full backup and restore (each tool, alternating); cells keep the best.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+}
+
+/// The fastest of several runs.
+#[derive(Default)]
+struct Best(Option<Measure>);
+
+impl Best {
+    fn add(&mut self, m: Measure) {
+        if self.0.is_none_or(|b| m.seconds < b.seconds) {
+            self.0 = Some(m);
+        }
+    }
+
+    fn get(&self) -> Measure {
+        self.0.expect("at least one run")
+    }
 }
 
 const GIB: u64 = 1 << 30;
@@ -165,52 +184,85 @@ fn main() -> Result<()> {
     warm(&ext)?;
     let dev = Loop::new(&ext)?;
     warm(dev.path())?;
-    let mut peers = Vec::new();
-    for t in [Tool::Rustic, Tool::Restic] {
-        let repo = work.join(format!("repo-{t:?}").to_lowercase());
-        let _ = std::fs::remove_dir_all(&repo);
-        measure(&work, &init_cmd(&b.bins, t, &repo))?;
-        let m = measure(&work, &backup_cmd(&b.bins, t, &repo, &ext))?;
-        let target = work.join("peer-restore");
-        let _ = std::fs::remove_dir_all(&target);
-        let r = measure(&work, &restore_cmd(&b.bins, t, &repo, &target))?;
-        std::fs::remove_dir_all(&target)?;
-        std::fs::remove_dir_all(&repo)?;
-        peers.push((t, m, r));
-    }
     let target_img = work.join("target-1g.img");
-    std::fs::File::create(&target_img)?.set_len(GIB)?;
+    // The target is a provisioned disk: written once in full, so neither mode's restore pays for
+    // the backing file's first block allocation (whichever restore ran first used to: 2.0 s for
+    // the first mode against 0.8 s for the second, either way round).
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&target_img)?;
+        let zeros = vec![0u8; 8 << 20];
+        for _ in 0..GIB / zeros.len() as u64 {
+            f.write_all(&zeros)?;
+        }
+        f.sync_all()?;
+    }
     let target = Loop::new(&target_img)?;
-    for mode in ["cdc", "fixed"] {
-        let repo = b.fresh_repo("repo-ext4")?;
-        let (m, j) = b.timed(
-            b.lifeboat(&repo)
-                .args(["backup", "--chunking", mode])
-                .arg(dev.path()),
-        )?;
-        let vs: Vec<String> = peers
+    // Rounds alternate the tools and each cell keeps its best: a single run of a peer moved by 30%
+    // from one bench run to the next.
+    let mut peers: Vec<(Tool, Best, Best)> = [Tool::Rustic, Tool::Restic]
+        .into_iter()
+        .map(|t| (t, Best::default(), Best::default()))
+        .collect();
+    let mut ours: Vec<(&str, Best, Best, u64)> = ["cdc", "fixed"]
+        .into_iter()
+        .map(|m| (m, Best::default(), Best::default(), 0))
+        .collect();
+    for round in 1..=args.runs {
+        eprintln!("   round {round} of {}", args.runs);
+        for (t, backup, restore) in &mut peers {
+            let repo = work.join(format!("repo-{t:?}").to_lowercase());
+            let _ = std::fs::remove_dir_all(&repo);
+            measure(&work, &init_cmd(&b.bins, *t, &repo))?;
+            backup.add(measure(&work, &backup_cmd(&b.bins, *t, &repo, &ext))?);
+            let dir = work.join("peer-restore");
+            let _ = std::fs::remove_dir_all(&dir);
+            restore.add(measure(&work, &restore_cmd(&b.bins, *t, &repo, &dir))?);
+            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(&repo)?;
+        }
+        for (mode, backup, restore, added) in &mut ours {
+            let repo = b.fresh_repo("repo-ext4")?;
+            let (m, j) = b.timed(
+                b.lifeboat(&repo)
+                    .args(["backup", "--chunking", mode])
+                    .arg(dev.path()),
+            )?;
+            backup.add(m);
+            *added = bytes(&j, "bytes_added");
+            restore.add(measure(
+                &work,
+                b.lifeboat(&repo)
+                    .args(["restore", "latest", "--target"])
+                    .arg(target.path()),
+            )?);
+            std::fs::remove_dir_all(&repo)?;
+        }
+    }
+    let vs = |ours: f64, peer: fn(&(Tool, Best, Best)) -> f64| {
+        peers
             .iter()
-            .map(|(t, pm, _)| format!("{:.1}× {t:?} ({:.2} s)", pm.seconds / m.seconds, pm.seconds))
-            .collect();
+            .map(|p| format!("{:.1}× {:?} ({:.2} s)", peer(p) / ours, p.0, peer(p)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (mode, backup, restore, added) in &ours {
+        let (m, r) = (backup.get(), restore.get());
         b.row(
             &format!("1 GiB ext4 device, full backup ({mode})"),
-            format!("{:.2} s, {}", m.seconds, human(bytes(&j, "bytes_added"))),
-            format!("{}; peers read the image file", vs.join(", ")),
+            format!("{:.2} s, {}", m.seconds, human(*added)),
+            format!(
+                "{}; peers read the image file",
+                vs(m.seconds, |p| p.1.get().seconds)
+            ),
         );
-        let r = measure(
-            &work,
-            b.lifeboat(&repo)
-                .args(["restore", "latest", "--target"])
-                .arg(target.path()),
-        )?;
-        let vs: Vec<String> = peers
-            .iter()
-            .map(|(t, _, pr)| format!("{:.1}× {t:?} ({:.2} s)", pr.seconds / r.seconds, pr.seconds))
-            .collect();
         b.row(
             &format!("1 GiB ext4, restore onto a device ({mode})"),
             format!("{:.2} s, {:.0} MiB RSS", r.seconds, r.peak_rss_mib),
-            format!("{}; peers restore the image file", vs.join(", ")),
+            format!(
+                "{}; peers restore the image file",
+                vs(r.seconds, |p| p.2.get().seconds)
+            ),
         );
     }
     drop((dev, target));
