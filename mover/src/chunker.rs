@@ -223,22 +223,35 @@ impl Chunker {
         let strict_end = center & !1;
         let end = remaining & !1;
         let g = &self.gear;
-        first_hit(data, min, min, strict_end, g.mask_s, &g.table)
-            .or_else(|| first_hit(data, min, strict_end, end, g.mask_l, &g.table))
+        first_hit(data, min, min, strict_end, g.mask_s, g)
+            .or_else(|| first_hit(data, min, strict_end, end, g.mask_l, g))
             .unwrap_or(remaining)
     }
 }
 
+/// Whether every byte of `block` is zero (compared a page at a time: memcmp is vectorized, and
+/// returns at the first differing byte of ordinary data).
+fn is_zero(block: &[u8]) -> bool {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    block.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
 /// The first position `p` in `from..to` whose gear hash, over the bytes `origin..=p`, has none of
 /// `mask`'s bits set.
+///
+/// All-zero blocks (the free space of a volume, the zeroed tail of a preallocated file) are
+/// skipped after hashing their first `WINDOW` positions: every later position of such a block
+/// hashes `WINDOW` zeros, to the same value as its position `WINDOW - 1`, so it hits only if that
+/// one did. The cuts are the same as with hashing every byte.
 fn first_hit(
     data: &[u8],
     origin: usize,
     from: usize,
     to: usize,
     mask: u64,
-    [gear, gear_ls]: &[[u64; 256]; 2],
+    g: &Gear,
 ) -> Option<usize> {
+    let [gear, gear_ls] = &*g.table;
     let warm = |start: usize| {
         data[start.saturating_sub(WINDOW).max(origin)..start]
             .iter()
@@ -253,6 +266,14 @@ fn first_hit(
     let mask_ls = mask << 1;
     let mut at = from;
     while to - at >= 4 * LANE {
+        if is_zero(&data[at..at + 4 * LANE]) {
+            // Positions from `at + WINDOW - 1` on hash only zeros (`origin <= at`).
+            if let Some(p) = scan(data, at, at + WINDOW, mask, gear, warm(at)) {
+                return Some(p);
+            }
+            at += 4 * LANE;
+            continue;
+        }
         let (mut h0, mut h1, mut h2, mut h3) = (
             warm(at),
             warm(at + LANE),
@@ -417,11 +438,80 @@ mod tests {
         }
     }
 
-    /// The interleaved scan cuts exactly where fastcdc's own scan does, on random, repetitive and
-    /// zero data, at every kind of length (shorter than `min`, odd, between `avg` and `max`, longer).
+    /// Random data with zero runs of 20 KB to 900 KB at uneven offsets (a volume's free space).
+    fn with_zero_runs(len: usize, seed: u64) -> Vec<u8> {
+        let mut v = seeded(len, seed);
+        let mut s = seeded(4096, seed + 1).into_iter().cycle();
+        let mut r = || usize::from(s.next().unwrap()) * 3571 + usize::from(s.next().unwrap());
+        let mut at = r() % 20_000;
+        while at < v.len() {
+            let run = (20_000 + r() % 880_000).min(v.len() - at);
+            v[at..at + run].fill(0);
+            at += run + 1 + r() % 300_000;
+        }
+        v
+    }
+
+    /// `c.chunk_len` against fastcdc's own scan on `data`, at every kind of length (shorter than
+    /// `min`, odd, between `avg` and `max`, longer) from uneven offsets.
+    fn assert_matches_fastcdc(c: &Chunker, seed: u64, data: &[u8], what: &str) {
+        use fastcdc::v2020::cut_gear;
+        let p = c.params;
+        let (gear, gear_ls) = get_gear_with_seed(seed);
+        let (ms, ml) = select_masks(p.avg as usize, Normalization::Level2);
+        let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
+        let oracle =
+            |d: &[u8]| cut_gear(d, min, avg, max, ms, ml, ms << 1, ml << 1, &gear, &gear_ls).1;
+        let mut s = seeded(64, 100 + data.len() as u64).into_iter().cycle();
+        let mut at = 0;
+        let mut checked = 0;
+        while at < data.len() && checked < 400 {
+            let pick = usize::from(s.next().unwrap());
+            let len = match pick % 6 {
+                0 => min + pick % 3,
+                1 => avg - 1 + pick % 3,
+                2 => max + 1,
+                3 => usize::midpoint(avg, max) + 1,
+                4 => min / 2 + 1,
+                _ => data.len(),
+            }
+            .min(data.len() - at);
+            let d = &data[at..at + len];
+            assert_eq!(
+                c.chunk_len(d),
+                oracle(d),
+                "params {p:?}, {what}, at {at}, len {len}"
+            );
+            at += oracle(&data[at..]).max(1) + pick % 7;
+            checked += 1;
+        }
+    }
+
+    /// fastcdc's cut of `data`'s first chunk.
+    fn assert_matches_fastcdc_once(c: &Chunker, seed: u64, data: &[u8]) -> usize {
+        let p = c.params;
+        let (gear, gear_ls) = get_gear_with_seed(seed);
+        let (ms, ml) = select_masks(p.avg as usize, Normalization::Level2);
+        let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
+        fastcdc::v2020::cut_gear(
+            data,
+            min,
+            avg,
+            max,
+            ms,
+            ml,
+            ms << 1,
+            ml << 1,
+            &gear,
+            &gear_ls,
+        )
+        .1
+    }
+
+    /// The interleaved scan (and its zero-block shortcut) cuts exactly where fastcdc's own scan
+    /// does, on random, zero, random-with-zero-runs and repetitive data.
     #[test]
     fn cuts_match_fastcdc() {
-        use fastcdc::v2020::cut_gear;
         let mut text = Vec::new();
         while text.len() < 6 << 20 {
             text.extend_from_slice(b"INSERT INTO t VALUES (42, 'lifeboat'); -- ");
@@ -430,6 +520,7 @@ mod tests {
         let inputs = [
             seeded(6 << 20, 11),
             vec![0u8; 6 << 20],
+            with_zero_runs(12 << 20, 14),
             text,
             seeded(6 << 20, 12).iter().map(|b| b & 3).collect(),
         ];
@@ -449,38 +540,53 @@ mod tests {
         for (k, p) in params.into_iter().enumerate() {
             let seed = 0x5eed + k as u64;
             let c = Chunker::new(p, seed);
-            let (gear, gear_ls) = get_gear_with_seed(seed);
-            let (ms, ml) = select_masks(p.avg as usize, Normalization::Level2);
-            let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
-            let oracle =
-                |d: &[u8]| cut_gear(d, min, avg, max, ms, ml, ms << 1, ml << 1, &gear, &gear_ls).1;
             for (i, data) in inputs.iter().enumerate() {
-                let mut s = seeded(64, 100 + i as u64).into_iter().cycle();
-                let mut at = 0;
-                let mut checked = 0;
-                while at < data.len() && checked < 400 {
-                    // Lengths around every threshold, plus the whole rest.
-                    let pick = usize::from(s.next().unwrap());
-                    let len = match pick % 6 {
-                        0 => min + pick % 3,
-                        1 => avg - 1 + pick % 3,
-                        2 => max + 1,
-                        3 => usize::midpoint(avg, max) + 1,
-                        4 => min / 2 + 1,
-                        _ => data.len(),
-                    }
-                    .min(data.len() - at);
-                    let d = &data[at..at + len];
-                    assert_eq!(
-                        c.chunk_len(d),
-                        oracle(d),
-                        "params {p:?}, input {i}, at {at}, len {len}"
-                    );
-                    at += oracle(&data[at..]).max(1) + pick % 7;
-                    checked += 1;
-                }
+                assert_matches_fastcdc(&c, seed, data, &format!("input {i}"));
             }
         }
+    }
+
+    /// With a key whose zero hash passes the relaxed mask, zero runs are cut where fastcdc cuts
+    /// them: the zero-block shortcut finds the hit in the first positions it hashes.
+    #[test]
+    fn zero_runs_cut_as_fastcdc_when_zeros_hit_the_mask() {
+        let p = ChunkerParams {
+            min: 8 << 10,
+            avg: 64 << 10,
+            max: 256 << 10,
+        };
+        // The keyed table is fastcdc's xor the seed, and 64 zeros hash to minus the zero byte's
+        // entry: choose the seed that makes the zero hash miss the strict mask but pass the relaxed.
+        let (_, mask_l) = select_masks(p.avg as usize, Normalization::Level2);
+        let zero_hash = !mask_l;
+        let seed = get_gear_with_seed(0).0[0] ^ zero_hash.wrapping_neg();
+        let c = Chunker::new(p, seed);
+        let gear = &c.gear.table[0];
+        assert_eq!(
+            (0..WINDOW).fold(0u64, |h, _| (h << 1).wrapping_add(gear[0])),
+            zero_hash
+        );
+        assert_ne!(zero_hash & c.gear.mask_s, 0);
+        let data = with_zero_runs(8 << 20, 15);
+        assert_matches_fastcdc(&c, seed, &data, "zero runs");
+        // Zeros with 100 random bytes ending where the relaxed mask's scan starts: that block is
+        // all zero, its first positions' hashes still mix in the random bytes, and one of them
+        // hits (the later ones hash only zeros).
+        let mut edge_hits = 0;
+        for s in 0..64 {
+            let avg = p.avg as usize;
+            let mut d = vec![0u8; avg + (200 << 10)];
+            d[avg - 100..avg].copy_from_slice(&seeded(100, 1000 + s));
+            let cut = c.chunk_len(&d);
+            assert_eq!(cut, assert_matches_fastcdc_once(&c, seed, &d), "prefix {s}");
+            edge_hits += usize::from((avg + 1..=avg + WINDOW).contains(&cut));
+        }
+        assert!(
+            edge_hits > 32,
+            "too few cuts in the first positions: {edge_hits}"
+        );
+        // Zeros do cut here: a zero run of `max` bytes is more than one chunk.
+        assert!(c.chunk_len(&vec![0u8; p.max as usize]) < p.max as usize);
     }
 
     /// A cut found in a prefix of at least `avg` bytes is the cut of the whole input; a prefix
