@@ -112,6 +112,8 @@ pub struct StoreOptions {
     pub retries: usize,
     /// Time limit of one request attempt; also the limit for any single read or write step.
     pub timeout: std::time::Duration,
+    /// Where to keep a local cache of a remote repository's metadata (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for StoreOptions {
@@ -122,6 +124,7 @@ impl Default for StoreOptions {
             limit_download: None,
             retries: 6,
             timeout: std::time::Duration::from_mins(2),
+            cache_dir: None,
         }
     }
 }
@@ -325,7 +328,12 @@ pub struct Store {
     locked: std::sync::Mutex<Vec<(String, jiff::Timestamp)>>,
     /// Requests allowed in flight (`--max-requests`).
     max_requests: usize,
+    /// The local cache of a remote repository's index objects, snapshots and tree packs.
+    cache: Option<crate::cache::Cache>,
 }
+
+/// Objects cached whole (and checked against their names) when a cache is attached.
+const CACHED: [&str; 2] = [names::INDEX, names::SNAPSHOTS];
 
 /// Prefixes never locked: a prune's lease and deletion plans must stay deletable, and the
 /// retention ledger is only a record (losing it costs extra extensions, nothing else).
@@ -439,6 +447,7 @@ impl Store {
             lock: None,
             locked: std::sync::Mutex::default(),
             max_requests: opts.max_requests.max(1),
+            cache: None,
         };
         if matches!(location, Location::S3(_)) && !create && !store.exists(names::CONFIG)? {
             return Err(Error::new(
@@ -604,11 +613,40 @@ impl Store {
         self.is_remote().then_some(self.max_requests)
     }
 
-    /// Read a whole object.
+    /// Keep a local cache of this repository under `root` (remote stores only; `repo` is the
+    /// repository's id).
+    pub fn attach_cache(&mut self, root: Option<&Path>, repo: &Id) {
+        if let (Some(root), true) = (root, self.is_remote()) {
+            self.cache = crate::cache::Cache::open(root, repo);
+        }
+    }
+
+    /// The attached cache, if any.
+    pub fn cache(&self) -> Option<&crate::cache::Cache> {
+        self.cache.as_ref()
+    }
+
+    /// Read a whole object. Index objects and snapshots come from the cache when it holds them
+    /// (checked against their name) and enter it when fetched.
     ///
     /// # Errors
     /// `Missing` when absent, else a storage error.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|_| CACHED.iter().any(|p| name.starts_with(p)));
+        if let Some(data) = cache.and_then(|c| c.get_object(name)) {
+            return Ok(data);
+        }
+        let b = self.read_remote(name)?;
+        if let Some(c) = cache {
+            c.put(name, &b);
+        }
+        Ok(b)
+    }
+
+    fn read_remote(&self, name: &str) -> Result<Vec<u8>> {
         let b = self
             .rt
             .block_on(self.op.read(name))
@@ -650,6 +688,46 @@ impl Store {
         }
     }
 
+    /// [`Store::read_range`] of a tree pack: with a cache, the whole pack is fetched once (and
+    /// checked against its name) and ranges are read from the local copy, as restic does.
+    ///
+    /// # Errors
+    /// As [`Store::read_range`].
+    pub fn read_tree_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let Some(c) = &self.cache else {
+            return self.read_range(name, offset, len);
+        };
+        if !c.has(name) {
+            let _fetching = c.fetch_guard(name);
+            if !c.has(name) {
+                c.put(name, &self.read_remote(name)?);
+            }
+        }
+        match c.get_range(name, offset, len) {
+            Some(b) => Ok(b),
+            // Not cacheable (unwritable cache, a pack that does not match its name): read the
+            // range, which reports what is wrong with the pack.
+            None => self.read_range(name, offset, len),
+        }
+    }
+
+    /// Drop `name` from the cache (a cached copy failed to open): the next read fetches it.
+    /// Returns whether there was one.
+    pub fn evict(&self, name: &str) -> bool {
+        self.cache.as_ref().is_some_and(|c| {
+            let had = c.has(name);
+            c.remove(name);
+            had
+        })
+    }
+
+    /// Put a tree pack just stored into the cache.
+    pub fn cache_pack(&self, name: &str, data: &[u8]) {
+        if let Some(c) = &self.cache {
+            c.put(name, data);
+        }
+    }
+
     /// Tell a local store that these ranges will be read soon, so the kernel starts reading them
     /// (`POSIX_FADV_WILLNEED`) while earlier ones are processed: a restore from a repository that
     /// is not in the page cache keeps the disk busy with one reader per core. A hint only: a
@@ -676,7 +754,13 @@ impl Store {
     /// # Errors
     /// A storage error.
     pub fn write(&self, name: &str, data: &[u8]) -> Result<()> {
-        self.create(name, data).map(|_| ())
+        self.create(name, data)?;
+        if let Some(c) = &self.cache
+            && CACHED.iter().any(|p| name.starts_with(p))
+        {
+            c.put(name, data);
+        }
+        Ok(())
     }
 
     /// Create an object only if no object has that name (S3 `If-None-Match: *`; a hard link
@@ -814,6 +898,9 @@ impl Store {
     /// # Errors
     /// A storage error, including a refusal by the store (an object under retention).
     pub fn delete(&self, name: &str) -> Result<()> {
+        if let Some(c) = &self.cache {
+            c.remove(name);
+        }
         self.rt
             .block_on(self.op.delete(name))
             .map_err(|e| storage_err(&format!("deleting {name}"), e))

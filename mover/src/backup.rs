@@ -1965,29 +1965,37 @@ fn upload(
             .first()
             .is_some_and(|e| e.blob_type == BlobType::Data)
             .then(|| pool.clone());
+        let tree = p
+            .entries
+            .first()
+            .is_some_and(|e| e.blob_type == BlobType::Tree);
         let (buf, start) = p.take_buffer();
         let bytes = bytes::Bytes::from_owner(Recycled { buf, pool: recycle }).slice(start..);
-        result = sh
-            .repo
-            .store()
-            .write_bytes(&names::pack(&p.id), bytes)
-            .and_then(|()| {
-                sh.progress.bytes_added.fetch_add(size, Ordering::Relaxed);
-                let mut pending = pending.lock().expect("pending lock");
-                pending.push(PackRecord {
-                    id: p.id,
-                    size,
-                    salt: p.salt,
-                    blobs: p.entries,
-                });
-                if pending.len() >= PACKS_PER_INDEX {
-                    // The index is written by whoever fills it; others wait on the lock, which
-                    // keeps index objects in step with stored packs.
-                    write_index(sh, &mut pending)
-                } else {
-                    Ok(())
-                }
+        let name = names::pack(&p.id);
+        // Only a tree pack is kept past its upload (data pack buffers go back to the packer as
+        // soon as they are sent).
+        let tree = tree.then(|| bytes.clone());
+        result = sh.repo.store().write_bytes(&name, bytes).and_then(|()| {
+            if let Some(tree) = tree {
+                // The next backup reads these trees as its parent's.
+                sh.repo.store().cache_pack(&name, &tree);
+            }
+            sh.progress.bytes_added.fetch_add(size, Ordering::Relaxed);
+            let mut pending = pending.lock().expect("pending lock");
+            pending.push(PackRecord {
+                id: p.id,
+                size,
+                salt: p.salt,
+                blobs: p.entries,
             });
+            if pending.len() >= PACKS_PER_INDEX {
+                // The index is written by whoever fills it; others wait on the lock, which
+                // keeps index objects in step with stored packs.
+                write_index(sh, &mut pending)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = &result {
             sh.status.fail(Error::new(e.kind(), e.to_string()));
         }

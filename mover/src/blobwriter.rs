@@ -110,9 +110,14 @@ impl<'r> BlobWriter<'r> {
 
     fn store_pack(&mut self, w: PackWriter) -> Result<()> {
         let p = w.finish();
-        self.repo
-            .store()
-            .write(&crate::backend::names::pack(&p.id), p.bytes())?;
+        let name = crate::backend::names::pack(&p.id);
+        self.repo.store().write(&name, p.bytes())?;
+        if p.entries
+            .first()
+            .is_some_and(|e| e.blob_type == BlobType::Tree)
+        {
+            self.repo.store().cache_pack(&name, p.bytes());
+        }
         self.bytes_written += p.bytes().len() as u64;
         self.pending.push(PackRecord {
             id: p.id,

@@ -24,6 +24,7 @@
 pub mod backend;
 mod backup;
 pub mod blobwriter;
+pub mod cache;
 mod check;
 pub mod chunker;
 pub mod compress;

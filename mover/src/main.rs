@@ -68,6 +68,14 @@ struct Global {
     /// Retries of a storage request that failed transiently, with exponential backoff.
     #[arg(long, global = true, default_value_t = 6)]
     retries: u32,
+    /// Local cache of a remote repository's index, snapshots and trees, so that a re-backup or a
+    /// restore does not fetch them again (default: $XDG_CACHE_HOME/lifeboat, else
+    /// ~/.cache/lifeboat). Safe to delete; shared safely by concurrent runs.
+    #[arg(long, global = true, env = "LIFEBOAT_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Use no local cache (overrides --cache-dir and LIFEBOAT_CACHE_DIR).
+    #[arg(long, global = true)]
+    no_cache: bool,
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -357,8 +365,26 @@ fn store_options(g: &Global) -> StoreOptions {
         limit_upload: g.limit_upload,
         limit_download: g.limit_download,
         retries: g.retries as usize,
+        cache_dir: cache_dir(g),
         ..StoreOptions::default()
     }
+}
+
+/// `--cache-dir`, else the user's cache directory; none with `--no-cache`.
+fn cache_dir(g: &Global) -> Option<PathBuf> {
+    if g.no_cache {
+        return None;
+    }
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    g.cache_dir.clone().or_else(|| {
+        env("XDG_CACHE_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".cache")))
+            .map(|d| d.join("lifeboat"))
+    })
 }
 
 fn read_secret_file(p: &PathBuf) -> Result<Vec<u8>> {
@@ -675,7 +701,12 @@ fn run(cli: Cli) -> Result<u8> {
             lifeboat::dump(&repo, &node, &mut out)?;
         }
         Command::Check { read_data } => {
-            let mut repo = open(g)?;
+            // Check verifies what the store holds: never a cached copy.
+            let opts = StoreOptions {
+                cache_dir: None,
+                ..store_options(g)
+            };
+            let mut repo = Repository::open_with(&location(g)?, &secret(g)?, &opts)?;
             let progress = std::sync::Arc::new(CheckProgress::default());
             let p = progress.clone();
             let ticker = Ticker::start(move || {

@@ -269,6 +269,7 @@ impl Repository {
             .validate()
             .map_err(|_| Error::corrupt("the repository config has invalid chunker parameters"))?;
         store.set_lock(file.config.lock, store_opts)?;
+        store.attach_cache(store_opts.cache_dir.as_deref(), &file.config.id);
         Ok(Self {
             store,
             keys,
@@ -347,12 +348,13 @@ impl Repository {
         // A prune replaces index objects (new one first, then the old one deleted), so an object
         // listed a moment ago may be gone: list again, which finds its replacement.
         let mut attempt = 0;
-        let records = loop {
+        let (records, listed) = loop {
             let mut records = Vec::new();
             let mut vanished = false;
-            for id in self.store.list_ids(names::INDEX)? {
+            let listed = self.store.list_ids(names::INDEX)?;
+            for &id in &listed {
                 match self.read_index_object(&id) {
-                    Ok(r) => records.extend(r.into_iter().filter(|p| !skip.contains(&p.id))),
+                    Ok(r) => records.extend(r),
                     Err(e) if e.kind() == ErrorKind::Missing && attempt < 3 => {
                         vanished = true;
                         break;
@@ -361,11 +363,18 @@ impl Repository {
                 }
             }
             if !vanished {
-                break records;
+                break (records, listed);
             }
             attempt += 1;
         };
-        self.index = Index::from_records(records);
+        if let Some(c) = self.store.cache() {
+            // What the repository no longer lists (a prune replaced it) leaves the cache.
+            let listed: std::collections::HashSet<Id> = listed.into_iter().collect();
+            c.retain(names::INDEX, |id| listed.contains(id));
+            let packs: std::collections::HashSet<Id> = records.iter().map(|p| p.id).collect();
+            c.retain(names::DATA, |id| packs.contains(id));
+        }
+        self.index = Index::from_records(records.into_iter().filter(|p| !skip.contains(&p.id)));
         Ok(())
     }
 
@@ -399,13 +408,22 @@ impl Repository {
             )
         })?;
         let name = names::pack(&loc.pack.id);
-        let ct = self.store.read_range(
-            &name,
-            u64::from(loc.entry.offset),
-            u64::from(loc.entry.length),
-        )?;
-        pack::open_blob(&self.keys, &loc.pack.salt, &loc.entry, ct)
-            .map_err(|e| e.context(format!("pack {name}")))
+        let (offset, len) = (u64::from(loc.entry.offset), u64::from(loc.entry.length));
+        let open = |ct| {
+            pack::open_blob(&self.keys, &loc.pack.salt, &loc.entry, ct)
+                .map_err(|e| e.context(format!("pack {name}")))
+        };
+        if loc.entry.blob_type != pack::BlobType::Tree {
+            return open(self.store.read_range(&name, offset, len)?);
+        }
+        match open(self.store.read_tree_range(&name, offset, len)?) {
+            // A damaged cached copy: dropped, and the blob read from the store.
+            Err(e) if e.kind() == ErrorKind::Corrupt && self.store.evict(&name) => {
+                tracing::warn!("cached pack {name} is damaged: reading the repository's copy");
+                open(self.store.read_range(&name, offset, len)?)
+            }
+            r => r,
+        }
     }
 
     /// Read a tree from its blobs.
@@ -443,9 +461,11 @@ impl Repository {
     /// # Errors
     /// The first damaged snapshot.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
-        let mut v = self
-            .store
-            .list_ids(names::SNAPSHOTS)?
+        let ids = self.store.list_ids(names::SNAPSHOTS)?;
+        if let Some(c) = self.store.cache() {
+            c.retain(names::SNAPSHOTS, |id| ids.binary_search(id).is_ok());
+        }
+        let mut v = ids
             .into_iter()
             .map(|id| self.load_snapshot(&id).map(|s| (id, s)))
             .collect::<Result<Vec<_>>>()?;

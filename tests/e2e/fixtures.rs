@@ -60,6 +60,7 @@ impl Env {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
         c.args(args)
             .env("LIFEBOAT_PASSWORD", PASSWORD)
+            .env("LIFEBOAT_CACHE_DIR", self.dir.path().join("cache"))
             .env_remove("LIFEBOAT_LOG");
         match &self.url {
             Some(u) => c.env("LIFEBOAT_REPO", u),

@@ -89,6 +89,8 @@ struct Relay {
     /// Requests in flight now (sent, no response byte yet), and the most ever at once.
     open: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    /// Requests sent.
+    requests: Arc<AtomicUsize>,
 }
 
 impl Relay {
@@ -100,8 +102,9 @@ impl Relay {
         let conns = Arc::new(Mutex::new(Vec::new()));
         let open = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
         let (u, b, cs) = (up.clone(), bytes_up.clone(), conns.clone());
-        let (o, pk) = (open.clone(), peak.clone());
+        let (o, pk, rq) = (open.clone(), peak.clone(), requests.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -120,10 +123,10 @@ impl Relay {
                 // HTTP/1.1 carries one request at a time: a connection is busy from the client's
                 // first byte until the server's first byte back.
                 let busy = Arc::new(AtomicBool::new(false));
-                let (o, pk) = (o.clone(), pk.clone());
+                let (o, pk, rq) = (o.clone(), pk.clone(), rq.clone());
                 let pump =
                     |mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>| {
-                        let (o, pk, busy) = (o.clone(), pk.clone(), busy.clone());
+                        let (o, pk, busy, rq) = (o.clone(), pk.clone(), busy.clone(), rq.clone());
                         let done = {
                             let (o, busy) = (o.clone(), busy.clone());
                             move || {
@@ -141,6 +144,7 @@ impl Relay {
                                         if let Some(c) = &count {
                                             c.fetch_add(n as u64, Ordering::SeqCst);
                                             if !busy.swap(true, Ordering::SeqCst) {
+                                                rq.fetch_add(1, Ordering::SeqCst);
                                                 let now = o.fetch_add(1, Ordering::SeqCst) + 1;
                                                 pk.fetch_max(now, Ordering::SeqCst);
                                             }
@@ -172,7 +176,13 @@ impl Relay {
             conns,
             open,
             peak,
+            requests,
         }
+    }
+
+    /// Requests sent since the last call.
+    fn take_requests(&self) -> usize {
+        self.requests.swap(0, Ordering::SeqCst)
     }
 
     fn cut(&self) {
@@ -695,4 +705,117 @@ fn object_lock_survives_deletion() {
         noise(3 << 20, 11)
     );
     assert!(!got.join("etc/conf").exists());
+}
+
+/// Every file under `dir`, with the name relative to it.
+fn cached_files(dir: &Path) -> Vec<(String, std::path::PathBuf)> {
+    crate::fixtures::walk_files(dir)
+        .into_iter()
+        .map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), p))
+        .filter(|(n, _)| n != "CACHEDIR.TAG")
+        .collect()
+}
+
+/// Whether a cached object's bytes hash to its name.
+fn intact(p: &Path) -> bool {
+    let name = p.file_name().unwrap().to_str().unwrap();
+    blake3::hash(&std::fs::read(p).unwrap()).to_hex().as_str() == name
+}
+
+/// The local cache of an S3 repository: a re-backup reads its parent's trees from it (far fewer
+/// requests), damaged entries are replaced rather than trusted, and a cache that missed a prune
+/// serves nothing the repository no longer lists.
+#[test]
+fn cache_spares_requests_heals_and_follows_prunes() {
+    let s3 = S3Server::start();
+    s3.bucket("lifeboat-cache");
+    let relay = Relay::start(s3.port);
+    let env = Env::at("s3://lifeboat-cache/r", s3_vars(relay.port));
+    let cache = env.path("cache");
+    let src = env.path("src");
+    let dirs = 60;
+    for d in 0..dirs {
+        write(&src.join(format!("d{d}/f")), &noise(5000, d));
+    }
+    write(&src.join("big"), &noise(3 << 20, 1));
+    env.backup(&[&src]);
+    let files = cached_files(&cache);
+    for kind in ["index/", "snapshots/", "data/"] {
+        assert!(
+            files.iter().any(|(n, _)| n.contains(kind)),
+            "nothing under {kind} in the cache after a backup: {files:?}"
+        );
+    }
+    assert!(files.iter().all(|(_, p)| intact(p)), "{files:?}");
+
+    // The unchanged re-backup: every tree of the parent is a request without the cache.
+    relay.take_requests();
+    env.backup(&[&src]);
+    let cached = relay.take_requests();
+    env.ok(&["--no-cache", "backup", src.to_str().unwrap()]);
+    let uncached = relay.take_requests();
+    assert!(
+        cached + dirs as usize <= uncached,
+        "re-backup: {cached} requests with the cache, {uncached} without"
+    );
+
+    // Damage every cached entry: the next commands fetch them again and still work.
+    for (_, p) in cached_files(&cache) {
+        crate::fixtures::flip_byte(&p, 0.5);
+    }
+    write(&src.join("d0/f"), &noise(5000, 1000));
+    env.backup(&[&src]);
+    restore_matches(&env, "latest", &src);
+    // Index objects and snapshots are all read, so all replaced (a tree pack is replaced when
+    // a tree in it is read).
+    let files = cached_files(&cache);
+    assert!(
+        files.iter().all(|(n, p)| n.contains("data/") || intact(p)),
+        "damaged entries left in the cache: {files:?}"
+    );
+
+    // Another host's cache missed a prune: keep a copy from before it and put it back after.
+    let stale = env.path("stale-cache");
+    copy_dir(&cache, &stale);
+    std::fs::remove_file(src.join("big")).unwrap();
+    env.backup(&[&src]);
+    env.ok(&["forget", "--keep-last", "1"]);
+    env.ok(&["prune", "--grace", "0s"]);
+    std::fs::remove_dir_all(&cache).unwrap();
+    copy_dir(&stale, &cache);
+    // The pruned data comes back as new data, not as a reference to a deleted pack.
+    write(&src.join("big"), &noise(3 << 20, 1));
+    env.backup(&[&src]);
+    env.ok(&["check", "--read-data"]);
+    restore_matches(&env, "latest", &src);
+    let listed = |prefix: &str| -> Vec<String> {
+        let out = boto3(
+            s3.port,
+            &format!(
+                "for o in s3.list_objects_v2(Bucket='lifeboat-cache', Prefix='r/{prefix}')\
+                 .get('Contents', []): print(o['Key'].rsplit('/', 1)[1])"
+            ),
+        );
+        out.lines().map(str::to_owned).collect()
+    };
+    for prefix in ["index/", "snapshots/", "data/"] {
+        let live = listed(prefix);
+        for (n, _) in cached_files(&cache) {
+            let id = n.rsplit('/').next().unwrap();
+            assert!(
+                !n.contains(prefix) || live.iter().any(|l| l == id),
+                "{n} is cached but no longer in the repository"
+            );
+        }
+    }
+    // Without a cache nothing is written.
+    std::fs::remove_dir_all(&cache).unwrap();
+    env.ok(&["--no-cache", "snapshots"]);
+    assert!(!cache.exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for (n, p) in cached_files(from) {
+        write(&to.join(n), &std::fs::read(p).unwrap());
+    }
 }
