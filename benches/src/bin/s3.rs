@@ -90,6 +90,7 @@ fn tool(bins: &lifeboat_benches::peers::Bins, t: Tool, port: u16, work: &Path) -
         Tool::Lifeboat => {
             let mut c = Command::new(&bins.lifeboat);
             c.env("LIFEBOAT_PASSWORD", PASSWORD)
+                .env("LIFEBOAT_CACHE_DIR", work.join("lifeboat-cache"))
                 .env("AWS_ENDPOINT_URL", &endpoint)
                 .args(["--repo", "s3://bench-lifeboat/repo"]);
             c
@@ -147,6 +148,9 @@ fn main() -> Result<()> {
     };
     let bins = find_tools()?;
     std::fs::create_dir_all(&args.work)?;
+    for c in ["lifeboat-cache", "restic-cache", "rustic-cache"] {
+        let _ = std::fs::remove_dir_all(args.work.join(c));
+    }
     let bytes = tree_size(&corpus)?.0;
     let moto = start_moto()?;
     let tools = [Tool::Lifeboat, Tool::Restic, Tool::Rustic];
