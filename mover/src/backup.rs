@@ -1341,16 +1341,10 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<Job>, packer: &Packer) -> Result<()> {
     Ok(())
 }
 
-/// Whether every byte is zero (compared a page at a time: memcmp is vectorized).
-fn is_zero(data: &[u8]) -> bool {
-    static ZEROS: [u8; 4096] = [0; 4096];
-    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
-}
-
 /// One chunk as a piece: all-zero chunks become zero ranges and are never stored.
 fn chunk_piece(sh: &Shared<'_>, sink: &mut BlobSink, data: &[u8], off: u64) -> Result<Piece> {
     let len = data.len() as u64;
-    if is_zero(data) {
+    if crate::chunker::is_zero(data) {
         return Ok(Piece {
             off,
             len,
@@ -1960,21 +1954,14 @@ fn upload(
         }
         let size = p.bytes().len() as u64;
         // Data pack buffers go back to the packer once stored (however the store holds them).
-        let recycle = p
-            .entries
-            .first()
-            .is_some_and(|e| e.blob_type == BlobType::Data)
-            .then(|| pool.clone());
-        let tree = p
-            .entries
-            .first()
-            .is_some_and(|e| e.blob_type == BlobType::Tree);
+        let kind = p.blob_type();
+        let recycle = (kind == Some(BlobType::Data)).then(|| pool.clone());
         let (buf, start) = p.take_buffer();
         let bytes = bytes::Bytes::from_owner(Recycled { buf, pool: recycle }).slice(start..);
         let name = names::pack(&p.id);
         // Only a tree pack is kept past its upload (data pack buffers go back to the packer as
         // soon as they are sent).
-        let tree = tree.then(|| bytes.clone());
+        let tree = (kind == Some(BlobType::Tree)).then(|| bytes.clone());
         result = sh.repo.store().write_bytes(&name, bytes).and_then(|()| {
             if let Some(tree) = tree {
                 // The next backup reads these trees as its parent's.

@@ -112,10 +112,7 @@ impl<'r> BlobWriter<'r> {
         let p = w.finish();
         let name = crate::backend::names::pack(&p.id);
         self.repo.store().write(&name, p.bytes())?;
-        if p.entries
-            .first()
-            .is_some_and(|e| e.blob_type == BlobType::Tree)
-        {
+        if p.blob_type() == Some(BlobType::Tree) {
             self.repo.store().cache_pack(&name, p.bytes());
         }
         self.bytes_written += p.bytes().len() as u64;

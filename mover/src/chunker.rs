@@ -231,7 +231,7 @@ impl Chunker {
 
 /// Whether every byte of `block` is zero (compared a page at a time: memcmp is vectorized, and
 /// returns at the first differing byte of ordinary data).
-fn is_zero(block: &[u8]) -> bool {
+pub(crate) fn is_zero(block: &[u8]) -> bool {
     static ZEROS: [u8; 4096] = [0; 4096];
     block.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }

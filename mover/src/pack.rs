@@ -132,6 +132,11 @@ pub struct FinishedPack {
 }
 
 impl FinishedPack {
+    /// The type of the blobs it holds (a pack holds one type), `None` when empty.
+    pub fn blob_type(&self) -> Option<BlobType> {
+        self.entries.first().map(|e| e.blob_type)
+    }
+
     /// The whole pack.
     pub fn bytes(&self) -> &[u8] {
         &self.buf[self.start..]
