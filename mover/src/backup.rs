@@ -37,7 +37,7 @@ use crate::pack::{BlobType, FinishedPack, PackWriter};
 use crate::repo::Repository;
 use crate::snapshot::{Snapshot, Summary, hostname};
 use crate::status::RunStatus;
-use crate::tree::{Node, NodeKind, Tree};
+use crate::tree::{Node, NodeKind, Tree, Xattr};
 
 /// Options of one backup (CLI, config file or library).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -928,8 +928,10 @@ impl Walker<'_, '_> {
         }
         let mut node = fsmeta::node_from_stat(name, &st);
         let pnode = child_node(ptree, name);
+        let has_data = node.kind() == NodeKind::File || (top && node.kind() == NodeKind::Blockdev);
         // Setting or removing an extended attribute changes ctime: with the same inode and ctime,
         // the parent's attributes are still current and need no syscalls.
+        let mut xattrs_read = false;
         if let Some(p) = pnode.filter(|p| {
             p.kind() == node.kind()
                 && p.ino == node.ino
@@ -937,14 +939,10 @@ impl Walker<'_, '_> {
                 && p.ctime_ns == node.ctime_ns
         }) {
             node.xattrs.clone_from(&p.xattrs);
-        } else {
-            match fsmeta::read_xattrs(dir, name) {
-                Ok(x) => node.xattrs = x,
-                Err(e) => self
-                    .sh
-                    .status
-                    .warn(format!("{shown}: cannot read extended attributes: {e}")),
-            }
+            xattrs_read = true;
+        } else if !has_data {
+            self.set_xattrs(&mut node, fsmeta::read_xattrs(dir, name), &shown);
+            xattrs_read = true;
         }
         match node.kind() {
             NodeKind::Dir => {
@@ -985,9 +983,8 @@ impl Walker<'_, '_> {
                 }
                 Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
             },
-            NodeKind::File => self.file(dir, node, pnode, &shown, top)?,
             // A device given by path is a volume: its contents are backed up.
-            NodeKind::Blockdev if top => self.file(dir, node, pnode, &shown, top)?,
+            _ if has_data => self.file(dir, node, pnode, &shown, top, xattrs_read)?,
             _ => self.emit(Event::Entry {
                 node,
                 source: Source::Ready,
@@ -997,6 +994,19 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
+    /// Fill `node.xattrs` with what was `read`; a failure is a warning.
+    fn set_xattrs(&self, node: &mut Node, read: std::io::Result<Vec<Xattr>>, shown: &str) {
+        match read {
+            Ok(x) => node.xattrs = x,
+            Err(e) => self
+                .sh
+                .status
+                .warn(format!("{shown}: cannot read extended attributes: {e}")),
+        }
+    }
+
+    /// A file, or the device named at the top: its extended attributes are read from the opened
+    /// file unless `xattrs_read`.
     fn file(
         &mut self,
         dir: BorrowedFd<'_>,
@@ -1004,11 +1014,16 @@ impl Walker<'_, '_> {
         pnode: Option<&Node>,
         shown: &str,
         top: bool,
+        xattrs_read: bool,
     ) -> Result<()> {
         let link = (node.nlink > 1).then_some((node.dev, node.ino));
         if let Some(k) = link
             && self.links.contains(&k)
         {
+            if !xattrs_read {
+                let read = fsmeta::read_xattrs(dir, &node.name);
+                self.set_xattrs(&mut node, read, shown);
+            }
             return self.emit(Event::Entry {
                 node,
                 source: Source::SameAs(k),
@@ -1018,6 +1033,7 @@ impl Walker<'_, '_> {
         if let Some(p) = pnode.filter(|p| unchanged(p, &node))
             && p.content.iter().all(|id| self.sh.repo.index().contains(id))
         {
+            debug_assert!(xattrs_read, "an unchanged file has its parent's attributes");
             node.content.clone_from(&p.content);
             node.holes.clone_from(&p.holes);
             self.counts.unmodified += 1;
@@ -1062,6 +1078,9 @@ impl Walker<'_, '_> {
                 .status
                 .warn(format!("{shown}: replaced during backup (skipped)"));
             return Ok(());
+        }
+        if !xattrs_read {
+            self.set_xattrs(&mut node, fsmeta::read_xattrs_fd(fd.as_fd()), shown);
         }
         if pnode.is_some() {
             self.counts.changed += 1;

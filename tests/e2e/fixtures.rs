@@ -340,6 +340,14 @@ pub fn make_fixture(root: &Path) {
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
+    // Read from the open file for its first name, by name for the second.
+    rustix::fs::setxattr(
+        root.join("dir/hardlink-a"),
+        "user.linked",
+        b"on both names",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
     // A sparse file: 64 MiB with three small data islands.
     {
         let f = std::fs::File::create(root.join("sparse.img")).unwrap();
