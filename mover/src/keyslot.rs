@@ -5,7 +5,7 @@
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use rayon::iter::{IntoParallelIterator, ParallelIterator};
+use rayon::iter::{IntoParallelIterator, ParallelExtend, ParallelIterator};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -179,10 +179,17 @@ fn kek(secret: &Secret, salt: &[u8], kdf: Option<KdfParams>) -> Result<Zeroizing
                 .map_err(|_| Error::corrupt("key slot has invalid KDF parameters"))?;
             // The crate would zero its 64 MiB with one memset on this thread, faulting every page
             // in before its parallel lanes start: a sixth of an unlock. Zeroed on every core instead.
-            let mut memory: Vec<argon2::Block> = (0..params.block_count())
-                .into_par_iter()
-                .map(|_| argon2::Block::new())
-                .collect();
+            // Reserved fallibly first: a slot may ask for up to 4 GiB, which is an error, not an
+            // abort, where memory is short.
+            let mut memory: Vec<argon2::Block> = Vec::new();
+            memory
+                .try_reserve_exact(params.block_count())
+                .map_err(|_| Error::invalid("not enough memory for the key slot's KDF"))?;
+            memory.par_extend(
+                (0..params.block_count())
+                    .into_par_iter()
+                    .map(|_| argon2::Block::new()),
+            );
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
                 .hash_password_into_with_memory(p, salt, &mut out[..], &mut memory[..])
                 .map_err(|_| Error::corrupt("key slot KDF failed"))?;
