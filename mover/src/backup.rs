@@ -1636,6 +1636,12 @@ fn read_delta(
             (limit, true)
         })
     };
+    // How long a chunk that starts in a run of at least `max` zeros is: the same wherever it
+    // starts, since a chunk's cut depends only on its own bytes.
+    let zero_chunk = sh
+        .data_chunker
+        .first_cut(&vec![0u8; max as usize], true)
+        .unwrap_or(max as usize) as u64;
     let mut out = Vec::new();
     let mut done = 0u64;
     for (wi, &(s, b)) in windows.iter().enumerate() {
@@ -1673,6 +1679,7 @@ fn read_delta(
             ends.clear();
             let used = sh.data_chunker.cut(&buf[..filled], last, ends);
             let mut from = 0usize;
+            let mut jump = None;
             for &e in ends.iter() {
                 let c0 = base + from as u64;
                 let mut c1 = base + e as u64;
@@ -1692,19 +1699,36 @@ fn read_delta(
                     break 'read c1;
                 }
                 past += 1;
+                // Landed inside one of the parent's zero runs, which is unchanged (the next
+                // window starts after it): a full read would go on cutting it into zero chunks
+                // from here, so those are skipped without reading, and reading resumes at the
+                // last one that could run past the zeros (or past the segment's end), where the
+                // chain may land on the parent's cuts again. Jumping straight to the run's end
+                // would leave its last chunk cut where no full read cuts it.
                 let i = parent.partition_point(|p| p.off + p.len <= c1);
                 if let Some(z) = parent.get(i)
                     && z.blob.is_none()
                     && z.off < c1
                     && z.off + z.len <= next_start.min(limit)
                 {
-                    pieces.push(Piece {
-                        off: c1,
-                        len: z.off + z.len - c1,
-                        blob: None,
-                    });
-                    break 'read z.off + z.len;
+                    let skip = ((z.off + z.len).min(stop) - c1) / zero_chunk * zero_chunk;
+                    if skip > 0 {
+                        pieces.push(Piece {
+                            off: c1,
+                            len: skip,
+                            blob: None,
+                        });
+                        jump = Some(c1 + skip);
+                        break;
+                    }
                 }
+            }
+            if let Some(p) = jump {
+                if is_boundary(p) {
+                    break 'read p;
+                }
+                (base, filled) = (p, 0);
+                continue;
             }
             buf.copy_within(used..filled, 0);
             filled -= used;
