@@ -58,6 +58,18 @@ fn read_all(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
+/// `lifeboat backup --json DEV --changed-ranges <env>/RANGES`, its summary.
+fn delta_backup(env: &Env, dev: &Loop, ranges: &str) -> serde_json::Value {
+    let out = env.ok(&[
+        "backup",
+        "--json",
+        &dev.dev,
+        "--changed-ranges",
+        env.path(ranges).to_str().unwrap(),
+    ]);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
 /// Byte ranges (64 KiB granularity) where two images differ, as the CSI metadata service would
 /// report them, written one `OFFSET LENGTH` pair per line.
 fn changed_ranges(a: &[u8], b: &[u8]) -> (String, u64, usize) {
@@ -191,14 +203,7 @@ fn changed_ranges_backup_equals_a_full_backup() {
     assert!(n > 0);
     std::fs::write(env.path("ranges"), &ranges).unwrap();
 
-    let delta = env.ok(&[
-        "backup",
-        "--json",
-        &a.dev,
-        "--changed-ranges",
-        env.path("ranges").to_str().unwrap(),
-    ]);
-    let delta: serde_json::Value = serde_json::from_str(delta.trim()).unwrap();
+    let delta = delta_backup(&env, &a, "ranges");
     assert_eq!(delta["parent"], first["snapshot"]);
     let read = delta["bytes_read"].as_u64().unwrap();
     // The changes, plus at most the chunk before and a few after each range (4 MiB chunks max).
@@ -250,14 +255,7 @@ fn changed_ranges_backup_equals_a_full_backup() {
         ),
     )
     .unwrap();
-    let d2 = env.ok(&[
-        "backup",
-        "--json",
-        &a.dev,
-        "--changed-ranges",
-        env.path("ranges2").to_str().unwrap(),
-    ]);
-    let d2: serde_json::Value = serde_json::from_str(d2.trim()).unwrap();
+    let d2 = delta_backup(&env, &a, "ranges2");
     assert_eq!(d2["blobs_added"], 0, "{d2}");
     env.ok(&[
         "restore",
@@ -304,14 +302,7 @@ fn changed_ranges_before_a_zero_run_cut_as_a_full_read() {
         dev.sync_all().unwrap();
         drop(dev);
         std::fs::write(env.path("ranges"), format!("{at} {}\n", change.len())).unwrap();
-        let delta = env.ok(&[
-            "backup",
-            "--json",
-            &a.dev,
-            "--changed-ranges",
-            env.path("ranges").to_str().unwrap(),
-        ]);
-        let delta: serde_json::Value = serde_json::from_str(delta.trim()).unwrap();
+        let delta = delta_backup(&env, &a, "ranges");
         assert!(delta["bytes_read"].as_u64().unwrap() < 16 << 20, "{delta}");
         let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
         assert!(
