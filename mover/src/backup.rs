@@ -97,6 +97,21 @@ struct Shared<'a> {
     /// Existing packs the new snapshot uses (collected only under Object Lock, whose retention
     /// they need extended).
     used_packs: Mutex<HashSet<Id>>,
+    /// How long a data chunk that starts in a run of at least `max` zeros is (the same wherever
+    /// it starts, since a chunk's cut depends only on its own bytes); found once, by the first
+    /// changed-ranges job that needs it.
+    zero_chunk: OnceLock<u64>,
+}
+
+impl Shared<'_> {
+    fn zero_chunk(&self) -> u64 {
+        *self.zero_chunk.get_or_init(|| {
+            let max = self.data_chunker.max_size();
+            self.data_chunker
+                .first_cut(&vec![0u8; max], true)
+                .unwrap_or(max) as u64
+        })
+    }
 }
 
 /// The open pack of one blob type, shared by every worker: one pack fills at a time, so memory
@@ -464,6 +479,7 @@ pub fn backup(
         blobs_added: AtomicU64::new(0),
         status: RunStatus::default(),
         used_packs: Mutex::new(HashSet::new()),
+        zero_chunk: OnceLock::new(),
     };
     let (job_tx, job_rx) = bounded::<Job>(threads * 4);
     let (ev_tx, ev_rx) = bounded::<Vec<Event>>(64);
@@ -1636,12 +1652,6 @@ fn read_delta(
             (limit, true)
         })
     };
-    // How long a chunk that starts in a run of at least `max` zeros is: the same wherever it
-    // starts, since a chunk's cut depends only on its own bytes.
-    let zero_chunk = sh
-        .data_chunker
-        .first_cut(&vec![0u8; max as usize], true)
-        .unwrap_or(max as usize) as u64;
     let mut out = Vec::new();
     let mut done = 0u64;
     for (wi, &(s, b)) in windows.iter().enumerate() {
@@ -1711,7 +1721,8 @@ fn read_delta(
                     && z.off < c1
                     && z.off + z.len <= next_start.min(limit)
                 {
-                    let skip = ((z.off + z.len).min(stop) - c1) / zero_chunk * zero_chunk;
+                    let zc = sh.zero_chunk();
+                    let skip = ((z.off + z.len).min(stop) - c1) / zc * zc;
                     if skip > 0 {
                         pieces.push(Piece {
                             off: c1,
