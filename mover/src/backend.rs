@@ -272,7 +272,7 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
 }
 
 fn read_local(path: &Path, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
+    use std::os::fd::AsFd;
     let f = std::fs::File::open(path).map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ErrorKind::Missing
@@ -281,15 +281,13 @@ fn read_local(path: &Path, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>
         };
         Error::new(kind, format!("reading {name}: {e}"))
     })?;
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset).map_err(|e| {
+    crate::fsmeta::read_exact_at(f.as_fd(), len as usize, offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             Error::corrupt(format!("{name} is truncated"))
         } else {
             Error::new(ErrorKind::Storage, format!("reading {name}: {e}"))
         }
-    })?;
-    Ok(buf)
+    })
 }
 
 /// Object names.

@@ -14,7 +14,8 @@
 //! entry, and processes sharing the directory see whole files or none.
 
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, FileExt};
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::id::Id;
@@ -77,9 +78,7 @@ impl Cache {
     /// `len` bytes at `offset` of a cached pack, or `None` (not cached, or too short).
     pub fn get_range(&self, name: &str, offset: u64, len: u64) -> Option<Vec<u8>> {
         let f = std::fs::File::open(self.path(name)).ok()?;
-        let mut buf = vec![0u8; usize::try_from(len).ok()?];
-        f.read_exact_at(&mut buf, offset).ok()?;
-        Some(buf)
+        crate::fsmeta::read_exact_at(f.as_fd(), usize::try_from(len).ok()?, offset).ok()
     }
 
     /// Whether `name` is cached.

@@ -59,6 +59,25 @@ pub fn node_from_stat(name: &[u8], st: &Stat) -> Node {
     }
 }
 
+/// Read exactly `len` bytes at `off` into a new buffer, without zero-filling it first.
+///
+/// # Errors
+/// The first failed read, or `UnexpectedEof` when the file ends before `off + len`.
+pub fn read_exact_at(fd: BorrowedFd<'_>, len: usize, mut off: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "read buffer"))?;
+    while buf.len() < len {
+        // `spare_capacity` reads into the uninitialised tail and extends `buf` by what was read.
+        let n = rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut buf), off)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        off += n as u64;
+    }
+    Ok(buf)
+}
+
 /// Write all of `data` at `off` (pwrite until done).
 ///
 /// # Errors
