@@ -210,3 +210,35 @@ fn copies_of_large_files_restore_exactly() {
         assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
     }
 }
+
+/// Many writers restoring the parts of one large file take turns at it: a writer that finds the
+/// file busy keeps the blob (decompressed, or raw in its read buffer) and writes it later. Every
+/// byte must land, with the file both compressible and not and writers far outnumbering parts.
+#[test]
+fn a_large_file_shared_by_many_writers_restores_exactly() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut data = Vec::with_capacity(150 << 20);
+    for i in 0..15u64 {
+        let block = crate::fixtures::noise(5 << 20, 1000 + i);
+        data.extend_from_slice(&block);
+        // Text compresses: these blobs are decompressed into buffers of their own.
+        let line = format!("row {i} of a table that compresses well\n");
+        data.extend(line.bytes().cycle().take(5 << 20));
+    }
+    std::fs::write(src.join("big.img"), &data).unwrap();
+    std::fs::write(src.join("small.txt"), b"next to it").unwrap();
+    let before = scan(&src);
+    env.backup(&[&src]);
+    let target = env.path("t");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--threads",
+        "12",
+    ]);
+    assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
+}
