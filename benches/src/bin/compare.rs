@@ -5,8 +5,10 @@
 //! ```
 //!
 //! Finds or installs the peers (restic from Debian, rustic with `cargo install rustic-rs`), builds the
-//! corpora once in `--work` (never committed), warms the page cache, then for each corpus runs full
-//! backup, unchanged re-backup and restore with every tool, alternating the tools' order. Each run gets
+//! corpora once in `--work` (never committed), then for each corpus runs full backup, unchanged
+//! re-backup and restore with every tool, alternating the tools' order. Every backup's source and
+//! every restore's repository is read just before it runs: this machine pages out what was not read
+//! for a minute (DAMON), so a single warm-up leaves later runs reading from disk. Each run gets
 //! a fresh local repository with encryption on and zstd level 3 (restic `--compression auto`, rustic
 //! default). Wall time and peak RSS come from GNU time; every restore is checked for its byte total.
 //! Restores write to a tmpfs, so the numbers measure the tools and not ext4's inode allocator, and
@@ -141,7 +143,8 @@ fn main() -> Result<()> {
         // Earlier corpora and their repositories would otherwise crowd this one's out of memory,
         // each tool's differently (the kernel evicts by age and use).
         drop_page_cache();
-        warm(&path)?;
+        let took = warm(&path)?;
+        eprintln!("   page cache warmed in {took:.1} s");
         let mut r = CorpusResult {
             name: name.clone(),
             path: path.clone(),
@@ -169,7 +172,13 @@ fn main() -> Result<()> {
                     let target = restore_fs.join("target");
                     let _ = std::fs::remove_dir_all(&target);
                     let cmd = match op {
-                        Op::Backup | Op::Rebackup => backup_cmd(&bins, t, repo, &path),
+                        Op::Backup | Op::Rebackup => {
+                            // This machine reclaims page cache untouched for a minute (DAMON
+                            // proactive reclaim): warm the source again for every run, so every
+                            // tool reads it from memory.
+                            warm(&path)?;
+                            backup_cmd(&bins, t, repo, &path)
+                        }
                         Op::Restore => {
                             // A restore's source is the repository: warm it, as every backup's
                             // source is warm. Tools that write packs around the page cache
@@ -398,7 +407,7 @@ fn drop_page_cache() {
     }
 }
 
-fn warm(p: &Path) -> Result<()> {
+fn warm(p: &Path) -> Result<f64> {
     let t = Instant::now();
     let mut stack = vec![p.to_path_buf()];
     let mut buf = vec![0u8; 1 << 20];
@@ -414,12 +423,7 @@ fn warm(p: &Path) -> Result<()> {
             }
         }
     }
-    eprintln!(
-        "   page cache warmed in {:.1} s: {}",
-        t.elapsed().as_secs_f64(),
-        p.display()
-    );
-    Ok(())
+    Ok(t.elapsed().as_secs_f64())
 }
 
 // ---------------------------------------------------------------------------------------------
