@@ -1614,6 +1614,18 @@ fn read_delta(
             || parent.binary_search_by_key(&x, |p| p.off).is_ok()
             || parent.last().is_some_and(|p| p.off + p.len == x)
     };
+    // Whether the seam `x` (a segment's known end) of a window whose changes end at `b` lies past
+    // them, before the next window (at `next_start`), inside one of the parent's zero runs.
+    // Chunking restarts at a seam in a full read of either state, and the bytes that place it are
+    // unchanged, so the parent's chunks go on from it: the window ends there. The zero run, one
+    // piece in the parent, hides that cut; a chain whose zero chunks were out of phase with the
+    // parent's used to read a zero chunk at every seam to the run's end.
+    let seam_in_zeros = |x: u64, b: u64, next_start: u64| {
+        let i = parent.partition_point(|p| p.off + p.len <= x);
+        x / SEGMENT * SEGMENT >= b
+            && x <= next_start
+            && parent.get(i).is_some_and(|z| z.blob.is_none() && z.off < x)
+    };
     let next_boundary = |lo: u64| -> Option<u64> {
         let j = parent.partition_point(|p| p.off < lo);
         parent
@@ -1709,24 +1721,35 @@ fn read_delta(
                 if c1 < b {
                     continue;
                 }
-                if is_boundary(c1) {
+                if is_boundary(c1) || (c1 == stop && known && seam_in_zeros(c1, b, next_start)) {
                     break 'read c1;
                 }
                 past += 1;
                 // Landed inside one of the parent's zero runs, which is unchanged (the next
                 // window starts after it): a full read would go on cutting it into zero chunks
                 // from here, so those are skipped without reading, and reading resumes at the
-                // last one that could run past the zeros (or past the segment's end), where the
-                // chain may land on the parent's cuts again. Jumping straight to the run's end
-                // would leave its last chunk cut where no full read cuts it.
+                // last one that could run past the zeros, where the chain may land on the
+                // parent's cuts again. Jumping straight to the run's end would leave its last
+                // chunk cut where no full read cuts it. A run that reaches the segment's end
+                // holds all of the segment's remaining chunks (the last one shorter, ending at
+                // the seam): none is read.
                 let i = parent.partition_point(|p| p.off + p.len <= c1);
                 if let Some(z) = parent.get(i)
                     && z.blob.is_none()
                     && z.off < c1
                     && z.off + z.len <= next_start.min(limit)
                 {
+                    if !known {
+                        stop = seam_of(stop).map_err(ReadError::Source)?;
+                        known = true;
+                    }
                     let zc = sh.zero_chunk();
-                    let skip = ((z.off + z.len).min(stop) - c1) / zc * zc;
+                    let run_end = z.off + z.len;
+                    let skip = if run_end >= stop {
+                        stop - c1
+                    } else {
+                        (run_end - c1) / zc * zc
+                    };
                     if skip > 0 {
                         pieces.push(Piece {
                             off: c1,
@@ -1739,7 +1762,7 @@ fn read_delta(
                 }
             }
             if let Some(p) = jump {
-                if is_boundary(p) {
+                if is_boundary(p) || (p == stop && known && seam_in_zeros(p, b, next_start)) {
                     break 'read p;
                 }
                 (base, filled) = (p, 0);
@@ -1826,13 +1849,20 @@ fn merge_delta(
     let mut pieces = Vec::with_capacity(parent.len() + replaced.len());
     let mut cursor = 0;
     let keep = |pieces: &mut Vec<Piece>, from: u64, to: u64| {
-        let i = parent.partition_point(|p| p.off < from);
-        pieces.extend(
-            parent[i..]
-                .iter()
-                .take_while(|p| p.off + p.len <= to)
-                .copied(),
-        );
+        let i = parent.partition_point(|p| p.off + p.len <= from);
+        for p in parent[i..].iter().take_while(|p| p.off + p.len <= to) {
+            match p {
+                // A window may end inside a zero run (at a seam): the rest of the run is kept.
+                Piece { blob: None, .. } if p.off < from => pieces.push(Piece {
+                    off: from,
+                    len: p.off + p.len - from,
+                    blob: None,
+                }),
+                // Anything else starting before `from` leaves a gap, found below.
+                _ if p.off < from => {}
+                _ => pieces.push(*p),
+            }
+        }
     };
     for r in replaced {
         keep(&mut pieces, cursor, r.start);
