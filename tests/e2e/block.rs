@@ -70,6 +70,33 @@ fn delta_backup(env: &Env, dev: &Loop, ranges: &str) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap()
 }
 
+/// Write `change` at `at` of the device and of `data` (the bytes it should hold), back it up with
+/// that one changed range, and check the snapshot dumps `data`; returns the backup's JSON line.
+fn write_and_delta(
+    env: &Env,
+    dev: &Loop,
+    data: &mut [u8],
+    at: usize,
+    change: &[u8],
+) -> serde_json::Value {
+    data[at..at + change.len()].copy_from_slice(change);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev.path())
+        .unwrap();
+    f.write_all_at(change, at as u64).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::write(env.path("ranges"), format!("{at} {}\n", change.len())).unwrap();
+    let delta = delta_backup(env, dev, "ranges");
+    let dump = env.cmd(&["dump", "latest", &dev.dev]).output().unwrap();
+    assert!(
+        dump.stdout == data,
+        "change at {at}: the delta restores wrong bytes"
+    );
+    delta
+}
+
 /// Byte ranges (64 KiB granularity) where two images differ, as the CSI metadata service would
 /// report them, written one `OFFSET LENGTH` pair per line.
 fn changed_ranges(a: &[u8], b: &[u8]) -> (String, u64, usize) {
@@ -293,23 +320,8 @@ fn changed_ranges_before_a_zero_run_cut_as_a_full_read() {
         .into_iter()
         .enumerate()
     {
-        let change = noise(200_000, 50 + i as u64);
-        data[at..at + change.len()].copy_from_slice(&change);
-        let dev = std::fs::OpenOptions::new()
-            .write(true)
-            .open(a.path())
-            .unwrap();
-        dev.write_all_at(&change, at as u64).unwrap();
-        dev.sync_all().unwrap();
-        drop(dev);
-        std::fs::write(env.path("ranges"), format!("{at} {}\n", change.len())).unwrap();
-        let delta = delta_backup(&env, &a, "ranges");
+        let delta = write_and_delta(&env, &a, &mut data, at, &noise(200_000, 50 + i as u64));
         assert!(delta["bytes_read"].as_u64().unwrap() < 16 << 20, "{delta}");
-        let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
-        assert!(
-            dump.stdout == data,
-            "change at {at}: the delta restores wrong bytes"
-        );
         let full = env.backup(&[a.path()]);
         assert_eq!(full["blobs_added"], 0, "change at {at}: {full}");
     }
@@ -327,23 +339,16 @@ fn changed_ranges_into_free_space_stop_at_the_next_seam() {
     std::fs::write(env.path("vol.img"), &data).unwrap();
     let a = Loop::new(&env.path("vol.img"));
     env.backup(&[a.path()]);
-    let at = (8 << 20) + 300_000;
-    let change = noise(5 << 20, 44);
-    data[at..at + change.len()].copy_from_slice(&change);
-    let dev = std::fs::OpenOptions::new()
-        .write(true)
-        .open(a.path())
-        .unwrap();
-    dev.write_all_at(&change, at as u64).unwrap();
-    dev.sync_all().unwrap();
-    drop(dev);
-    std::fs::write(env.path("ranges"), format!("{at} {}\n", change.len())).unwrap();
-    let delta = delta_backup(&env, &a, "ranges");
+    let delta = write_and_delta(
+        &env,
+        &a,
+        &mut data,
+        (8 << 20) + 300_000,
+        &noise(5 << 20, 44),
+    );
     // The chunk before, the 5 MiB, and the zeros up to the first seam (32 MiB plus one chunk).
     let read = delta["bytes_read"].as_u64().unwrap();
     assert!(read < 24 << 20, "read {read} bytes: {delta}");
-    let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
-    assert!(dump.stdout == data, "the delta restores wrong bytes");
     let full = env.backup(&[a.path()]);
     assert_eq!(full["blobs_added"], 0, "{full}");
 }
