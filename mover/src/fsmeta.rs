@@ -69,12 +69,16 @@ pub fn read_exact_at(fd: BorrowedFd<'_>, len: usize, mut off: u64) -> io::Result
         .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "read buffer"))?;
     while buf.len() < len {
         // `spare_capacity` reads into the uninitialised tail and extends `buf` by what was read.
-        let n = rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut buf), off)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+        let n = match rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut buf), off) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         off += n as u64;
     }
+    // The allocator may have given more room than asked for, and the read filled it.
+    buf.truncate(len);
     Ok(buf)
 }
 
@@ -84,10 +88,12 @@ pub fn read_exact_at(fd: BorrowedFd<'_>, len: usize, mut off: u64) -> io::Result
 /// The first failed write, or `WriteZero` when the file takes no more bytes.
 pub fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> io::Result<()> {
     while !data.is_empty() {
-        let n = rustix::io::pwrite(fd, data, off)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
+        let n = match rustix::io::pwrite(fd, data, off) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         data = &data[n..];
         off += n as u64;
     }
