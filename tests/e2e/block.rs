@@ -257,8 +257,8 @@ fn changed_ranges_backup_equals_a_full_backup() {
     // between runs. Rarely, a window's chunks have not landed on the parent's cuts
     // `RESYNC_CHUNKS` (8) chunks past the change, so the next parent boundary is cut, where a
     // full read does not cut: that bounds what a delta reads, and the next full backup stores
-    // those few chunks again (1.5-4.8 MB seen in about one run in ten when it was 4). Windows ending in a parent zero run used to do the
-    // same; that case is now exact and pinned by
+    // those few chunks again (1.5-4.8 MB seen in about one run in ten when it was 4). Windows
+    // ending in a parent zero run used to do the same; that case is now exact and pinned by
     // `changed_ranges_before_a_zero_run_cut_as_a_full_read`. The bytes are always right.
     let full = env.backup(&[a.path()]);
     let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
@@ -330,7 +330,7 @@ fn changed_ranges_before_a_zero_run_cut_as_a_full_read() {
 /// Data written into a long run of free space (the zeros spanning several segments): past the
 /// change, the window's zero chunks are out of phase with the parent's, so they never land on its
 /// cuts. At the next segment seam both restart, so the window ends there, instead of reading a
-/// zero chunk at every seam to the run's end (55 MiB for a 5 MiB file in the block bench).
+/// zero chunk at every seam to the run's end (60 MiB read for a 5 MiB file in the block bench).
 #[test]
 fn changed_ranges_into_free_space_stop_at_the_next_seam() {
     let env = Env::new();

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use clap::Parser;
 use lifeboat::chunker::{Chunker, ChunkerParams};
+use lifeboat_benches::{Rng, seeded};
 
 #[derive(Parser)]
 #[command(about = "Chunks past an in-place change until CDC meets the old cuts")]
@@ -23,42 +24,25 @@ struct Args {
     trials: usize,
 }
 
-/// xorshift64: the same stream on every machine.
-fn next(s: &mut u64) -> u64 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    *s
-}
-
-fn seeded(len: usize, mut s: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        v.extend_from_slice(&next(&mut s).to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 fn main() {
     let args = Args::parse();
     let chunker = Chunker::new(ChunkerParams::default(), 0xfeed);
     let len = 512usize << 20;
     // Past the change, 12 chunks of at most 4 MiB fit in what is re-chunked.
     let window = 56usize << 20;
-    let data = seeded(len, 99);
+    let data = seeded(len, 0, 99);
     let mut old = Vec::new();
     chunker.cut(&data, true, &mut old);
     let mut hist = BTreeMap::<Option<usize>, usize>::new();
-    let (mut rng, mut buf, mut new) = (12345u64, Vec::new(), Vec::new());
+    let (mut rng, mut buf, mut new) = (Rng::new(12345), Vec::new(), Vec::new());
     for _ in 0..args.trials {
-        let at = (next(&mut rng) as usize) % (len - window - (8 << 20)) + (4 << 20);
-        let size = [4 << 10, 64 << 10, 1 << 20][(next(&mut rng) % 3) as usize];
+        let at = rng.below((len - window - (8 << 20)) as u64) as usize + (4 << 20);
+        let size = [4 << 10, 64 << 10, 1 << 20][rng.below(3) as usize];
         let i = old.partition_point(|&e| e <= at);
         let start = if i == 0 { 0 } else { old[i - 1] };
         buf.clear();
         buf.extend_from_slice(&data[start..start + window]);
-        buf[at - start..at - start + size].copy_from_slice(&seeded(size, rng));
+        buf[at - start..at - start + size].copy_from_slice(&seeded(size, 0, rng.next_u64()));
         new.clear();
         chunker.cut(&buf, false, &mut new);
         let changed_end = at + size;
