@@ -949,58 +949,66 @@ fn write_run(ctx: &Ctx<'_>, job: &[FilePart], run: &[Want<'_>], name: &str) -> R
         (rest, rest_at) = (tail, u64::from(entry.offset) + u64::from(entry.length));
         let plain = crate::pack::open_blob_in(repo.keys(), &cipher, &entry, ct)
             .map_err(|e| e.context(format!("pack {name}")).context(path_of(&same[0])))?;
-        let mut to: Vec<&Want<'_>> = same.iter().collect();
-        write_to(ctx, job, &plain, &mut to, false)?;
-        if !to.is_empty() {
-            held.push((plain, to));
+        let mut busy = Vec::new();
+        for w in same {
+            if !put(ctx, job, &plain, w, false)? {
+                busy.push(w);
+            }
         }
-        // Held blobs whose file is free now; all of them once they take too much memory
-        // (blobs borrowed from the run's buffer take none).
-        let owned: usize = held
-            .iter()
-            .map(|(p, _)| if let Cow::Owned(v) = p { v.len() } else { 0 })
-            .sum();
-        for (plain, to) in &mut held {
-            write_to(ctx, job, plain, to, owned > HELD_BYTES)?;
+        if !busy.is_empty() {
+            held.push((plain, busy));
         }
-        held.retain(|(_, to)| !to.is_empty());
+        if !held.is_empty() {
+            // Held blobs whose file is free now; all of them once they take too much memory
+            // (blobs borrowed from the run's buffer take none).
+            let owned: usize = held
+                .iter()
+                .map(|(p, _)| if let Cow::Owned(v) = p { v.len() } else { 0 })
+                .sum();
+            for (plain, to) in &mut held {
+                put_held(ctx, job, plain, to, owned > HELD_BYTES)?;
+            }
+            held.retain(|(_, to)| !to.is_empty());
+        }
     }
     for (plain, to) in &mut held {
-        write_to(ctx, job, plain, to, true)?;
+        put_held(ctx, job, plain, to, true)?;
     }
     Ok(())
 }
 
-/// Write `plain` where each of `to` wants it, unless its file is busy and `wait` is false; `to`
-/// keeps the ones not written.
-fn write_to(
+/// Write `plain` where `w` wants it, unless its file is busy and `wait` is false; returns whether
+/// it wrote.
+fn put(ctx: &Ctx<'_>, job: &[FilePart], plain: &[u8], w: &Want<'_>, wait: bool) -> Result<bool> {
+    let file = &job[w.part].file;
+    let wrote = file
+        .write_at(plain, w.off, wait)
+        .map_err(|e| Error::io(&file.path, e))?;
+    if wrote {
+        ctx.progress
+            .bytes
+            .fetch_add(plain.len() as u64, Ordering::Relaxed);
+    }
+    Ok(wrote)
+}
+
+/// [`put`] a held blob everywhere it still goes; `to` keeps the places whose file was busy.
+fn put_held(
     ctx: &Ctx<'_>,
     job: &[FilePart],
     plain: &[u8],
     to: &mut Vec<&Want<'_>>,
     wait: bool,
 ) -> Result<()> {
-    let mut failed = None;
-    to.retain(|w| {
-        if failed.is_some() {
-            return true;
+    let mut i = 0;
+    while i < to.len() {
+        if put(ctx, job, plain, to[i], wait)? {
+            to.swap_remove(i);
+        } else {
+            i += 1;
         }
-        let file = &job[w.part].file;
-        match file.write_at(plain, w.off, wait) {
-            Ok(true) => {
-                ctx.progress
-                    .bytes
-                    .fetch_add(plain.len() as u64, Ordering::Relaxed);
-                false
-            }
-            Ok(false) => true,
-            Err(e) => {
-                failed = Some(Error::io(&file.path, e));
-                true
-            }
-        }
-    });
-    failed.map_or(Ok(()), Err)
+    }
+    Ok(())
 }
 
 /// Count one part of `f` done; the last one sets the file's size and metadata.
