@@ -223,8 +223,17 @@ pub fn open_object(keys: &Keys, kind: ObjectKind, mut data: Vec<u8>) -> Result<V
     let n = keys
         .object_cipher(&salt)
         .open_in_place(Domain::Object, 0, head, body)?;
-    zstd::bulk::decompress(&body[..n], MAX_OBJECT_PLAIN)
-        .map_err(|_| Error::corrupt("object does not decompress"))
+    let z = &body[..n];
+    // Sized by the frame's declared content size (every object is written with it), not by the
+    // limit: a buffer of the limit's size was a 1 GiB allocation per object read.
+    let size = match zstd::zstd_safe::get_frame_content_size(z) {
+        Ok(Some(size)) if size <= MAX_OBJECT_PLAIN as u64 => size as usize,
+        _ => return Err(Error::corrupt("object has no valid decompressed size")),
+    };
+    match zstd::bulk::decompress(z, size) {
+        Ok(plain) if plain.len() == size => Ok(plain),
+        _ => Err(Error::corrupt("object does not decompress")),
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +259,22 @@ mod tests {
         }
         let other = Keys::generate().unwrap();
         assert!(open_object(&other, ObjectKind::Snapshot, sealed).is_err());
+    }
+
+    #[test]
+    fn objects_of_any_size_open_to_their_exact_plaintext() {
+        let keys = Keys::generate().unwrap();
+        for plain in [Vec::new(), vec![7u8; 1], vec![0u8; 5 << 20]] {
+            let sealed = seal_object(&keys, ObjectKind::Index, &plain).unwrap();
+            let opened = open_object(&keys, ObjectKind::Index, sealed).unwrap();
+            assert_eq!(opened, plain);
+            // Sized from the frame, not from the 1 GiB limit.
+            assert!(
+                opened.capacity() <= plain.len().max(1) * 2,
+                "{}",
+                opened.capacity()
+            );
+        }
     }
 
     #[test]
