@@ -166,7 +166,7 @@ impl Packer {
             }
             let pack = g.as_mut().expect("pack exists");
             pack.add(id, self.blob_type, raw_len, compressed, stored);
-            if pack.len() >= self.pack_size {
+            if pack.is_full(self.pack_size) {
                 g.take()
             } else {
                 None
@@ -1784,7 +1784,9 @@ fn read_delta(
 /// Set a node's content from its pieces (sorted): the blobs in order, and everything between
 /// them (holes, zero chunks, the tail) as holes.
 fn set_content(node: &mut Node, pieces: &[Piece], size: u64) {
-    let mut content = Vec::new();
+    // Sized exactly: a node waits in its directory's tree until the directory is done, and a
+    // growing vector's first allocation holds four ids (a third of a small file's node).
+    let mut content = Vec::with_capacity(pieces.iter().filter(|p| p.blob.is_some()).count());
     let mut holes = Vec::new();
     let mut at = 0;
     for p in pieces {
@@ -2024,10 +2026,6 @@ fn build_trees(
     Ok((ids, counts))
 }
 
-/// How many packs one index object lists at most: a crash loses at most this many packs' worth of
-/// index (their data is re-uploaded by the next backup; prune removes the orphans).
-const PACKS_PER_INDEX: usize = 64;
-
 /// Seal the pack records in `pending` into one index object and store it.
 fn write_index(sh: &Shared<'_>, pending: &mut Vec<PackRecord>) -> Result<()> {
     if pending.is_empty() {
@@ -2061,7 +2059,7 @@ impl Drop for Recycled {
     }
 }
 
-/// Store packs as they come, and an index object for every `PACKS_PER_INDEX` stored packs
+/// Store packs as they come, and an index object whenever [`index::due`] says so
 /// (the caller indexes the rest once every uploader is done).
 fn upload(
     sh: &Shared<'_>,
@@ -2097,7 +2095,7 @@ fn upload(
                 salt: p.salt,
                 blobs: p.entries,
             });
-            if pending.len() >= PACKS_PER_INDEX {
+            if index::due(&pending) {
                 // The index is written by whoever fills it; others wait on the lock, which
                 // keeps index objects in step with stored packs.
                 write_index(sh, &mut pending)

@@ -2,7 +2,7 @@
 //! blobs with it and `copy` fills the target repository with it.
 //!
 //! It keeps the commit order of a backup: packs are stored first, then the index objects naming
-//! them (every [`PACKS_PER_INDEX`] packs and at [`BlobWriter::finish`]), so a crash leaves only
+//! them (whenever [`index::due`] says so, and at [`BlobWriter::finish`]), so a crash leaves only
 //! unindexed packs, which prune removes.
 
 use std::collections::HashSet;
@@ -15,8 +15,6 @@ use crate::index::{self, PackRecord};
 use crate::pack::{BlobType, PackWriter};
 use crate::repo::Repository;
 
-/// Packs per index object (as in a backup).
-pub const PACKS_PER_INDEX: usize = 64;
 /// Stored packs are also indexed once the oldest unindexed one is this old, so an interrupted
 /// copy loses at most a few seconds of transfer: the next run finds the rest in the index.
 const INDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
@@ -101,7 +99,7 @@ impl<'r> BlobWriter<'r> {
         w.add(id, blob_type, plain.len() as u32, compressed, stored);
         self.added.insert(id);
         self.blobs_written += 1;
-        if w.len() >= self.repo.config().pack_size as usize {
+        if w.is_full(self.repo.config().pack_size as usize) {
             let full = slot.take().expect("pack writer present");
             self.store_pack(full)?;
         }
@@ -125,7 +123,7 @@ impl<'r> BlobWriter<'r> {
         let since = *self
             .pending_since
             .get_or_insert_with(std::time::Instant::now);
-        if self.pending.len() >= PACKS_PER_INDEX || since.elapsed() >= INDEX_AFTER {
+        if index::due(&self.pending) || since.elapsed() >= INDEX_AFTER {
             self.write_index()?;
         }
         Ok(())

@@ -28,6 +28,19 @@ pub struct PackRecord {
     pub blobs: Vec<BlobEntry>,
 }
 
+/// Packs one index object lists at most: a crash loses at most this many packs' worth of index
+/// (their data is stored again by the next backup; prune removes the orphans).
+pub const PACKS_PER_INDEX: usize = 64;
+/// Blob entries one index object lists at most, about 3 MiB of plaintext: the records wait in
+/// memory until their object is written, and a load decodes one object at a time.
+pub const BLOBS_PER_INDEX: usize = 1 << 16;
+
+/// Whether the stored packs waiting for an index object fill one: write it now.
+pub fn due(pending: &[PackRecord]) -> bool {
+    pending.len() >= PACKS_PER_INDEX
+        || pending.iter().map(|p| p.blobs.len()).sum::<usize>() >= BLOBS_PER_INDEX
+}
+
 /// Encode an index object's plaintext.
 pub fn encode(packs: &[PackRecord]) -> Vec<u8> {
     let n: usize = packs
@@ -74,10 +87,10 @@ pub fn decode(mut b: &[u8]) -> Result<Vec<PackRecord>> {
         if b.len() < need || size > MAX_PACK_SIZE {
             return Err(bad());
         }
-        let blobs = b[..need]
-            .chunks_exact(ENTRY_LEN)
-            .map(BlobEntry::decode)
-            .collect::<Result<Vec<_>>>()?;
+        let mut blobs = Vec::with_capacity(n);
+        for e in b[..need].chunks_exact(ENTRY_LEN) {
+            blobs.push(BlobEntry::decode(e)?);
+        }
         if blobs
             .iter()
             .any(|e| u64::from(e.offset) + u64::from(e.length) > size)
@@ -153,43 +166,11 @@ pub struct Index {
 impl Index {
     /// Merge pack records (from any number of index objects). A pack or blob listed twice is kept once.
     pub fn from_records(records: impl IntoIterator<Item = PackRecord>) -> Self {
-        let mut idx = Index::default();
+        let mut b = IndexBuilder::default();
         for rec in records {
-            if idx.pack_pos.contains_key(&rec.id) {
-                continue;
-            }
-            let pos = idx.packs.len() as u32;
-            idx.pack_pos.insert(rec.id, pos);
-            idx.packs.push(PackInfo {
-                id: rec.id,
-                size: rec.size,
-                salt: rec.salt,
-            });
-            idx.slots.extend(rec.blobs.iter().map(|b| Slot {
-                id: b.id.0,
-                pack: pos,
-                offset: b.offset,
-                length: b.length
-                    | if b.blob_type == BlobType::Tree {
-                        HIGH
-                    } else {
-                        0
-                    },
-                raw_len: b.raw_len | if b.compressed { HIGH } else { 0 },
-            }));
+            b.add(&rec);
         }
-        idx.slots.sort_unstable_by_key(|s| s.id);
-        idx.slots.dedup_by(|a, b| a.id == b.id);
-        idx.slots.shrink_to_fit();
-        idx.buckets = vec![0; BUCKETS + 1];
-        let mut i = 0;
-        for b in 0..=BUCKETS {
-            while i < idx.slots.len() && bucket(&idx.slots[i].id) < b {
-                i += 1;
-            }
-            idx.buckets[b] = i as u32;
-        }
-        idx
+        b.finish()
     }
 
     fn slot(&self, id: &Id) -> Option<&Slot> {
@@ -258,6 +239,65 @@ impl Index {
     }
 }
 
+/// Builds an [`Index`] one pack record at a time, so that loading holds the decoded records of
+/// one index object at a time on top of the index itself (collecting every record first doubled
+/// the memory of a load: a decoded entry costs as much as the slot made from it).
+#[derive(Default)]
+pub struct IndexBuilder {
+    idx: Index,
+}
+
+impl IndexBuilder {
+    /// Add one pack's blobs (a pack seen before is skipped).
+    pub fn add(&mut self, rec: &PackRecord) {
+        let idx = &mut self.idx;
+        if idx.pack_pos.contains_key(&rec.id) {
+            return;
+        }
+        let pos = idx.packs.len() as u32;
+        idx.pack_pos.insert(rec.id, pos);
+        idx.packs.push(PackInfo {
+            id: rec.id,
+            size: rec.size,
+            salt: rec.salt,
+        });
+        idx.slots.extend(rec.blobs.iter().map(|b| Slot {
+            id: b.id.0,
+            pack: pos,
+            offset: b.offset,
+            length: b.length
+                | if b.blob_type == BlobType::Tree {
+                    HIGH
+                } else {
+                    0
+                },
+            raw_len: b.raw_len | if b.compressed { HIGH } else { 0 },
+        }));
+    }
+
+    /// Whether a pack was added.
+    pub fn has_pack(&self, id: &Id) -> bool {
+        self.idx.pack_pos.contains_key(id)
+    }
+
+    /// Sort the blobs (a blob listed twice is kept once) and build the lookup directory.
+    pub fn finish(self) -> Index {
+        let mut idx = self.idx;
+        idx.slots.sort_unstable_by_key(|s| s.id);
+        idx.slots.dedup_by(|a, b| a.id == b.id);
+        idx.slots.shrink_to_fit();
+        idx.buckets = vec![0; BUCKETS + 1];
+        let mut i = 0;
+        for b in 0..=BUCKETS {
+            while i < idx.slots.len() && bucket(&idx.slots[i].id) < b {
+                i += 1;
+            }
+            idx.buckets[b] = i as u32;
+        }
+        idx
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +335,31 @@ mod tests {
         assert_eq!(loc.entry, e(2, BlobType::Tree));
         assert_eq!(loc.pack.id, Id([1; 32]));
         assert!(!idx.contains(&Id([7; 32])));
+    }
+
+    #[test]
+    fn an_index_object_is_due_at_64_packs_or_65536_blobs() {
+        let rec = |blobs: usize| PackRecord {
+            id: Id([0; 32]),
+            size: 0,
+            salt: [0; 32],
+            blobs: vec![
+                BlobEntry {
+                    id: Id([0; 32]),
+                    blob_type: BlobType::Data,
+                    compressed: false,
+                    offset: 0,
+                    length: 0,
+                    raw_len: 0,
+                };
+                blobs
+            ],
+        };
+        assert!(!due(&[]));
+        assert!(!due(&vec![rec(16); PACKS_PER_INDEX - 1]));
+        assert!(due(&vec![rec(16); PACKS_PER_INDEX]));
+        assert!(!due(&[rec(BLOBS_PER_INDEX - 1)]));
+        assert!(due(&[rec(BLOBS_PER_INDEX / 2), rec(BLOBS_PER_INDEX / 2)]));
     }
 
     /// Regression for the bucket directory: ids at both ends of the id space, several ids in one

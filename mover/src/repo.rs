@@ -7,7 +7,7 @@ use crate::chunker::{Chunker, ChunkerParams};
 use crate::crypto::{Keys, ObjectKind, open_object, seal_object};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
-use crate::index::{self, Index, PackRecord};
+use crate::index::{self, Index, IndexBuilder, PackRecord};
 use crate::keyslot::{KdfParams, KeySlot, Secret, wrong_key};
 use crate::pack::{self, MAX_PACK_SIZE};
 use crate::s3lock::LockMode;
@@ -348,13 +348,23 @@ impl Repository {
         // A prune replaces index objects (new one first, then the old one deleted), so an object
         // listed a moment ago may be gone: list again, which finds its replacement.
         let mut attempt = 0;
-        let (records, listed) = loop {
-            let mut records = Vec::new();
+        let (built, named, listed) = loop {
+            // Each object's records go into the index as soon as they are decoded.
+            let mut built = IndexBuilder::default();
+            // Every pack an index object names, planned for deletion or not (for the cache).
+            let mut named = std::collections::HashSet::new();
             let mut vanished = false;
             let listed = self.store.list_ids(names::INDEX)?;
             for &id in &listed {
                 match self.read_index_object(&id) {
-                    Ok(r) => records.extend(r),
+                    Ok(recs) => {
+                        for r in recs {
+                            named.insert(r.id);
+                            if !skip.contains(&r.id) {
+                                built.add(&r);
+                            }
+                        }
+                    }
                     Err(e) if e.kind() == ErrorKind::Missing && attempt < 3 => {
                         vanished = true;
                         break;
@@ -363,7 +373,7 @@ impl Repository {
                 }
             }
             if !vanished {
-                break (records, listed);
+                break (built, named, listed);
             }
             attempt += 1;
         };
@@ -371,10 +381,9 @@ impl Repository {
             // What the repository no longer lists (a prune replaced it) leaves the cache.
             let listed: std::collections::HashSet<Id> = listed.into_iter().collect();
             c.retain(names::INDEX, |id| listed.contains(id));
-            let packs: std::collections::HashSet<Id> = records.iter().map(|p| p.id).collect();
-            c.retain(names::DATA, |id| packs.contains(id));
+            c.retain(names::DATA, |id| named.contains(id));
         }
-        self.index = Index::from_records(records.into_iter().filter(|p| !skip.contains(&p.id)));
+        self.index = built.finish();
         Ok(())
     }
 

@@ -151,6 +151,37 @@ fn many_small_files_restore_under_a_low_open_file_limit() {
     assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
 }
 
+/// Regression: a 16 MiB pack of tiny files' blobs held some 300 000 of them, and their entries,
+/// the pack's header and the index object naming them all sat in memory (a backup of 400 000
+/// tiny files peaked at 140 MiB). Packs now close at 65 536 blobs and an index object is written
+/// per 65 536 entries: more than that many files make several packs and index objects, and they
+/// all load, check and restore.
+#[test]
+fn more_tiny_files_than_a_pack_holds_span_packs_and_index_objects() {
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..70 {
+        let dir = src.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..1000 {
+            std::fs::write(dir.join(format!("f{f:03}")), format!("{d} {f}\n")).unwrap();
+        }
+    }
+    let before = scan(&src);
+    env.backup(&[&src]);
+    // 70 000 data blobs and a few tree blobs.
+    assert!(env.objects("data").len() >= 3, "{:?}", env.objects("data"));
+    assert!(
+        env.objects("index").len() >= 2,
+        "{:?}",
+        env.objects("index")
+    );
+    env.ok(&["check", "--read-data"]);
+    let target = env.path("restore");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
+}
+
 /// Restoring into a target that already holds entries replaces what is in the way, exactly: a
 /// longer old file is not left with its tail, a file where a directory goes is replaced, and a
 /// symlink where a file goes is replaced without writing through it.
