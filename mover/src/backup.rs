@@ -37,7 +37,7 @@ use crate::pack::{BlobType, FinishedPack, PackWriter};
 use crate::repo::Repository;
 use crate::snapshot::{Snapshot, Summary, hostname};
 use crate::status::RunStatus;
-use crate::tree::{Node, NodeKind, Tree, Xattr};
+use crate::tree::{Node, NodeKind, Tree, TreeEncoder, Xattr};
 
 /// Options of one backup (CLI, config file or library).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -1904,17 +1904,19 @@ fn build_trees(
     packer: &Packer,
 ) -> Result<(Vec<Id>, TreeCounts)> {
     let mut sink = BlobSink::new(sh.repo, packer)?;
-    let mut stack: Vec<(Node, Vec<Node>)> = Vec::new();
-    let mut root: Vec<Node> = Vec::new();
+    // Each open directory's entries, encoded as they complete.
+    let mut stack: Vec<(Node, TreeEncoder)> = Vec::new();
+    let mut root = TreeEncoder::default();
     let mut links: HashMap<(u64, u64), FileContent> = HashMap::new();
     let mut counts = TreeCounts::default();
     let track_packs = sh.repo.store().lock().is_some();
     let mut used_packs: HashSet<Id> = HashSet::new();
     let mut ends = Vec::new();
-    let mut store = |sink: &mut BlobSink, nodes: Vec<Node>| -> Result<Vec<Id>> {
-        let bytes = Tree { nodes }.encode();
+    let mut store = |sink: &mut BlobSink, tree: TreeEncoder| -> Result<Vec<Id>> {
+        let (buf, start) = tree.finish();
+        let bytes = &buf[start..];
         ends.clear();
-        sh.chunker.cut(&bytes, true, &mut ends);
+        sh.chunker.cut(bytes, true, &mut ends);
         let mut s = 0;
         let mut ids = Vec::with_capacity(ends.len());
         for &e in &ends {
@@ -1926,7 +1928,7 @@ fn build_trees(
     for ev in events.iter().flatten() {
         let done = match ev {
             Event::Enter(n) => {
-                stack.push((n, Vec::new()));
+                stack.push((n, TreeEncoder::default()));
                 continue;
             }
             Event::Exit => {
@@ -2009,8 +2011,8 @@ fn build_trees(
             }
         }
         match stack.last_mut() {
-            Some((_, children)) => children.push(done),
-            None => root.push(done),
+            Some((_, children)) => children.push(&done),
+            None => root.push(&done),
         }
     }
     if track_packs {
