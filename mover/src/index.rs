@@ -275,11 +275,6 @@ impl IndexBuilder {
         }));
     }
 
-    /// Whether a pack was added.
-    pub fn has_pack(&self, id: &Id) -> bool {
-        self.idx.pack_pos.contains_key(id)
-    }
-
     /// Sort the blobs (a blob listed twice is kept once) and build the lookup directory.
     pub fn finish(self) -> Index {
         let mut idx = self.idx;
