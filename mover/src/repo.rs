@@ -12,7 +12,7 @@ use crate::keyslot::{KdfParams, KeySlot, Secret, wrong_key};
 use crate::pack::{self, MAX_PACK_SIZE};
 use crate::s3lock::LockMode;
 use crate::snapshot::Snapshot;
-use crate::tree::Tree;
+use crate::tree::{Tree, TreeEntries};
 
 /// Repository format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -440,11 +440,24 @@ impl Repository {
     /// # Errors
     /// `Missing` or `Corrupt`.
     pub fn read_tree(&self, ids: &[Id]) -> Result<Tree> {
+        Tree::decode(&self.read_tree_bytes(ids)?)
+    }
+
+    /// As [`Repository::read_tree`], with the entries decoded one at a time as they are used
+    /// (a large directory then holds its encoded bytes, not its decoded nodes).
+    ///
+    /// # Errors
+    /// As [`Repository::read_tree`]; a damaged entry is an error from the iterator.
+    pub fn read_tree_entries(&self, ids: &[Id]) -> Result<TreeEntries> {
+        TreeEntries::new(self.read_tree_bytes(ids)?)
+    }
+
+    fn read_tree_bytes(&self, ids: &[Id]) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         for id in ids {
             bytes.extend_from_slice(&self.read_blob(id)?);
         }
-        Tree::decode(&bytes)
+        Ok(bytes)
     }
 
     /// Load one snapshot.

@@ -27,7 +27,7 @@ use crate::id::Id;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::status::RunStatus;
-use crate::tree::{Node, NodeKind, Tree};
+use crate::tree::{Node, NodeKind, TreeEntries};
 
 /// Options of one restore.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -379,7 +379,7 @@ pub fn restore(
     }
     std::fs::create_dir_all(target).map_err(|e| Error::io(target.display(), e))?;
     let root_fd = fsmeta::open_dir_path(target).map_err(|e| Error::io(target.display(), e))?;
-    let root = repo.read_tree(&snap.tree)?;
+    let root = repo.read_tree_entries(&snap.tree)?;
     let threads = writer_threads(repo, opts);
     let ctx = Ctx::new(repo, progress);
     let (tx, rx) = bounded::<Job>(threads * 2);
@@ -410,7 +410,7 @@ pub fn restore(
                 let r = w
                     .dir(
                         root_fd.as_fd(),
-                        &root,
+                        root,
                         &mut path,
                         &target.display().to_string(),
                         false,
@@ -668,18 +668,19 @@ impl RWalker<'_, '_> {
     fn dir(
         &mut self,
         dir: BorrowedFd<'_>,
-        tree: &Tree,
+        tree: TreeEntries,
         path: &mut Vec<Vec<u8>>,
         shown: &str,
         fresh: bool,
     ) -> Result<()> {
-        for node in &tree.nodes {
+        for node in tree {
+            let node = node.map_err(|e| e.context(shown))?;
             if self.ctx.status.failed() {
                 return Ok(());
             }
             path.push(node.name.clone());
             let r = if self.selected(path) {
-                self.entry(dir, node, path, shown, fresh)
+                self.entry(dir, &node, path, shown, fresh)
             } else {
                 Ok(())
             };
@@ -722,9 +723,9 @@ impl RWalker<'_, '_> {
                 let sub = self
                     .ctx
                     .repo
-                    .read_tree(&node.subtree)
+                    .read_tree_entries(&node.subtree)
                     .map_err(|e| e.context(&shown))?;
-                self.dir(fd.as_fd(), &sub, path, &shown, created)?;
+                self.dir(fd.as_fd(), sub, path, &shown, created)?;
                 // Post-order: the directory's own times are set after its entries are created.
                 fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.dirs += 1;
