@@ -351,15 +351,18 @@ impl Repository {
         let (built, named, listed) = loop {
             // Each object's records go into the index as soon as they are decoded.
             let mut built = IndexBuilder::default();
-            // Every pack an index object names, planned for deletion or not (for the cache).
-            let mut named = std::collections::HashSet::new();
+            // Every pack an index object names, planned for deletion or not: what the cache
+            // keeps (collected only when there is a cache).
+            let mut named = self.store.cache().map(|_| std::collections::HashSet::new());
             let mut vanished = false;
             let listed = self.store.list_ids(names::INDEX)?;
             for &id in &listed {
                 match self.read_index_object(&id) {
                     Ok(recs) => {
                         for r in recs {
-                            named.insert(r.id);
+                            if let Some(n) = &mut named {
+                                n.insert(r.id);
+                            }
                             if !skip.contains(&r.id) {
                                 built.add(&r);
                             }
@@ -377,7 +380,7 @@ impl Repository {
             }
             attempt += 1;
         };
-        if let Some(c) = self.store.cache() {
+        if let (Some(c), Some(named)) = (self.store.cache(), named) {
             // What the repository no longer lists (a prune replaced it) leaves the cache.
             let listed: std::collections::HashSet<Id> = listed.into_iter().collect();
             c.retain(names::INDEX, |id| listed.contains(id));
