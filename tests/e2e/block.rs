@@ -97,6 +97,22 @@ fn write_and_delta(
     delta
 }
 
+/// A loop device over `len` bytes of noise with `zeros` zeroed, backed up once (the parent);
+/// returns the bytes it holds.
+fn volume_with_zeros(
+    env: &Env,
+    len: usize,
+    seed: u64,
+    zeros: std::ops::Range<usize>,
+) -> (Vec<u8>, Loop) {
+    let mut data = noise(len, seed);
+    data[zeros].fill(0);
+    std::fs::write(env.path("vol.img"), &data).unwrap();
+    let dev = Loop::new(&env.path("vol.img"));
+    env.backup(&[dev.path()]);
+    (data, dev)
+}
+
 /// Byte ranges (64 KiB granularity) where two images differ, as the CSI metadata service would
 /// report them, written one `OFFSET LENGTH` pair per line.
 fn changed_ranges(a: &[u8], b: &[u8]) -> (String, u64, usize) {
@@ -311,11 +327,7 @@ fn changed_ranges_backup_equals_a_full_backup() {
 #[test]
 fn changed_ranges_before_a_zero_run_cut_as_a_full_read() {
     let env = Env::new();
-    let mut data = noise(64 << 20, 41);
-    data[8 << 20..30 << 20].fill(0);
-    std::fs::write(env.path("vol.img"), &data).unwrap();
-    let a = Loop::new(&env.path("vol.img"));
-    env.backup(&[a.path()]);
+    let (mut data, a) = volume_with_zeros(&env, 64 << 20, 41, (8 << 20)..(30 << 20));
     for (i, at) in [(7 << 20) + 900_000usize, (6 << 20) + 500_000, 5 << 20]
         .into_iter()
         .enumerate()
@@ -334,11 +346,7 @@ fn changed_ranges_before_a_zero_run_cut_as_a_full_read() {
 #[test]
 fn changed_ranges_into_free_space_stop_at_the_next_seam() {
     let env = Env::new();
-    let mut data = noise(160 << 20, 43);
-    data[8 << 20..150 << 20].fill(0);
-    std::fs::write(env.path("vol.img"), &data).unwrap();
-    let a = Loop::new(&env.path("vol.img"));
-    env.backup(&[a.path()]);
+    let (mut data, a) = volume_with_zeros(&env, 160 << 20, 43, (8 << 20)..(150 << 20));
     let delta = write_and_delta(
         &env,
         &a,
