@@ -73,6 +73,16 @@ pub enum Chunking {
     Fixed,
 }
 
+/// What `Chunker::resume_cut` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstCut {
+    /// The first chunk ends here, whatever bytes follow.
+    At(usize),
+    /// Its end is not known yet: more bytes are needed, and the positions before `clean` hold no
+    /// cut (pass it back with them).
+    More { clean: usize },
+}
+
 /// A configured chunker; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Chunker {
@@ -185,17 +195,35 @@ impl Chunker {
     /// hash), so a caller can look at a little more than `avg` bytes first. Used to place the seams
     /// between parallel segments of a large file.
     pub fn first_cut(&self, data: &[u8], eof: bool) -> Option<usize> {
+        match self.resume_cut(data, eof, 0) {
+            FirstCut::At(cut) => Some(cut),
+            FirstCut::More { .. } => None,
+        }
+    }
+
+    /// `first_cut`, resumed: positions before `clean` are known to hold no cut, because an earlier
+    /// call on a prefix of `data` returned `More { clean }`, and are not hashed again. Reading a
+    /// little at a time, a caller hashes each byte about once and stops reading right after the
+    /// cut.
+    pub fn resume_cut(&self, data: &[u8], eof: bool, clean: usize) -> FirstCut {
         let p = self.params;
         if data.is_empty() || (!eof && data.len() < p.avg as usize) {
-            return None;
+            return FirstCut::More { clean };
         }
         if self.mode == Chunking::Fixed {
-            return Some(data.len().min(p.avg as usize));
+            return FirstCut::At(data.len().min(p.avg as usize));
         }
-        let cut = self.chunk_len(data);
+        let cut = self.chunk_len_from(data, clean);
         // Short of `max` and of the end, a chunk ends before the last even position only where
-        // its cut was found; otherwise it ran into the end of `data`.
-        (eof || data.len() >= p.max as usize || cut < data.len() & !1).then_some(cut)
+        // its cut was found; otherwise it ran into the end of `data`, and every position before
+        // that was tested.
+        if eof || data.len() >= p.max as usize || cut < data.len() & !1 {
+            FirstCut::At(cut)
+        } else {
+            FirstCut::More {
+                clean: data.len() & !1,
+            }
+        }
     }
 
     /// The length of the chunk at the start of `data`: exactly what `fastcdc::v2020::cut_gear`
@@ -206,6 +234,12 @@ impl Chunker {
     /// lanes of the range are hashed at once, each starting `WINDOW` bytes early; when any lane
     /// hits, the block is scanned again in order for its first hit.
     fn chunk_len(&self, data: &[u8]) -> usize {
+        self.chunk_len_from(data, 0)
+    }
+
+    /// `chunk_len`, testing positions from `clean` on: the earlier ones are known not to be cuts
+    /// (they were tested with at least `avg` bytes present, so under the same masks).
+    fn chunk_len_from(&self, data: &[u8], clean: usize) -> usize {
         let p = self.params;
         let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
         let mut remaining = data.len();
@@ -223,8 +257,9 @@ impl Chunker {
         let strict_end = center & !1;
         let end = remaining & !1;
         let g = &self.gear;
-        first_hit(data, min, min, strict_end, g.mask_s, g)
-            .or_else(|| first_hit(data, min, strict_end, end, g.mask_l, g))
+        let from = clean.max(min);
+        first_hit(data, min, from.min(strict_end), strict_end, g.mask_s, g)
+            .or_else(|| first_hit(data, min, from.clamp(strict_end, end), end, g.mask_l, g))
             .unwrap_or(remaining)
     }
 }
@@ -617,6 +652,40 @@ mod tests {
                 assert_eq!(c.first_cut(&data[at..at + max], false), Some(whole));
             }
             assert!(found > 20, "prefixes never showed a cut: {found}");
+        }
+    }
+
+    /// Growing a prefix a little at a time and resuming the scan finds the same cut as one scan of
+    /// the whole, as soon as the prefix holds it.
+    #[test]
+    fn resumed_cuts_are_the_whole_cuts() {
+        for (k, data) in [
+            seeded(8 << 20, 31),
+            seeded(8 << 20, 32).iter().map(|b| b & 1).collect(),
+            vec![0u8; 8 << 20],
+        ]
+        .iter()
+        .enumerate()
+        {
+            for seed in [9, 10, 11] {
+                let c = Chunker::new(ChunkerParams::default(), seed);
+                for at in (0..(4 << 20)).step_by(299_993) {
+                    let whole = c.first_cut(&data[at..], false).expect("max bytes given");
+                    for step in [4096, 65_537, 262_144] {
+                        let (mut len, mut clean) = (0, 0);
+                        let cut = loop {
+                            len += step;
+                            match c.resume_cut(&data[at..at + len], false, clean) {
+                                FirstCut::At(cut) => break cut,
+                                FirstCut::More { clean: k } => clean = k,
+                            }
+                        };
+                        assert_eq!(cut, whole, "input {k}, seed {seed}, at {at}, step {step}");
+                        let shown = whole.max(c.params.avg as usize) + 2;
+                        assert!(len < shown + step, "read {len} for a cut at {whole}");
+                    }
+                }
+            }
         }
     }
 
