@@ -26,7 +26,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::names;
-use crate::chunker::{Chunker, Chunking};
+use crate::chunker::{Chunker, Chunking, FirstCut};
 use crate::compress::Compressor;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
@@ -1485,7 +1485,9 @@ fn seam(sh: &Shared<'_>, f: &OpenFile, i: usize, buf: &mut [u8]) -> Seam {
         };
     }
     *f.seams[i].get_or_init(|| {
-        match seam_at(sh, f.fd.as_fd(), seg.at, seg.region_end, buf) {
+        match seam_at(sh, f.fd.as_fd(), seg.at, seg.region_end, buf, &|_, to| {
+            (false, to)
+        }) {
             Ok(at) => Seam {
                 at,
                 zeros: crate::chunker::is_zero(&buf[..(at - seg.at) as usize]),
@@ -1501,13 +1503,15 @@ fn seam(sh: &Shared<'_>, f: &OpenFile, i: usize, buf: &mut [u8]) -> Seam {
 
 /// Where a segment nominally starting at `at` (inside a region ending at `region_end`) really
 /// starts: at the first cut of the bytes from `at` on. `buf` holds at least one chunk, and
-/// starts with the bytes from `at` to the cut on return.
+/// starts with the bytes from `at` to the cut on return. `span` tells the bytes known to be zeros
+/// (see `zero_span`), which are not read.
 fn seam_at(
     sh: &Shared<'_>,
     fd: BorrowedFd<'_>,
     at: u64,
     region_end: u64,
     buf: &mut [u8],
+    span: &dyn Fn(u64, u64) -> (bool, u64),
 ) -> std::io::Result<u64> {
     if sh.data_chunker.is_fixed() {
         return Ok(at);
@@ -1520,7 +1524,7 @@ fn seam_at(
         if want <= n {
             continue;
         }
-        n += fill(sh, fd, &mut buf[n..want], at + n as u64, region_end)?;
+        n += fill_known(sh, fd, &mut buf[n..want], at + n as u64, region_end, span)?;
         let eof = at + n as u64 >= region_end || n < want;
         if let Some(c) = sh.data_chunker.first_cut(&buf[..n], eof) {
             return Ok(at + c as u64);
@@ -1640,12 +1644,17 @@ fn read_delta(
     let mut seam_buf = Vec::new();
     let mut seams: HashMap<u64, u64> = HashMap::new();
     let max = sh.data_chunker.max_size() as u64;
+    // The window being read, `(b, next_start)`: a seam inside zeros past its changes is found
+    // without reading them.
+    let window = std::cell::Cell::new((0u64, 0u64));
     let mut seam_of = |nominal: u64| -> std::io::Result<u64> {
         if let Some(t) = seams.get(&nominal) {
             return Ok(*t);
         }
         seam_buf.resize(max as usize, 0);
-        let t = seam_at(sh, fd, nominal, limit, &mut seam_buf)?.min(limit);
+        let (b, next_start) = window.get();
+        let span = |x, to| zero_span(parent, x, to, b, next_start);
+        let t = seam_at(sh, fd, nominal, limit, &mut seam_buf, &span)?.min(limit);
         seams.insert(nominal, t);
         Ok(t)
     };
@@ -1676,11 +1685,14 @@ fn read_delta(
         }
         // The next window's changes must not be covered by a zero shortcut.
         let next_start = windows.get(wi + 1).map_or(limit, |w| w.0);
+        window.set((b, next_start));
         let start = s.max(done);
         let mut pieces = Vec::new();
         let mut base = start;
         let mut filled = 0usize;
         let mut past = 0usize;
+        // Bytes from `base` known to hold no cut (see `Chunker::resume_cut`).
+        let mut clean = 0usize;
         let (mut stop, mut known) = chain_end(base, &mut seam_of).map_err(ReadError::Source)?;
         let end = 'read: loop {
             if filled == 0 && base == stop {
@@ -1692,8 +1704,15 @@ fn read_delta(
             let at = base + filled as u64;
             // Small reads: reading stops soon after the chain lands on the parent's again.
             let want = (buf.len() - filled).min(DELTA_STEP);
-            let n = fill(sh, fd, &mut buf[filled..filled + want], at, stop)
-                .map_err(ReadError::Source)?;
+            let n = fill_known(
+                sh,
+                fd,
+                &mut buf[filled..filled + want],
+                at,
+                stop,
+                &|x, to| zero_span(parent, x, to, b, next_start),
+            )
+            .map_err(ReadError::Source)?;
             if n < want && at + (n as u64) < stop {
                 return Err(ReadError::Source(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -1702,8 +1721,23 @@ fn read_delta(
             }
             filled += n;
             let last = known && base + filled as u64 >= stop;
+            // Each chunk is cut as soon as its cut is final (not once `max` bytes follow it), and
+            // the bytes already found to hold no cut are not hashed again.
             ends.clear();
-            let used = sh.data_chunker.cut(&buf[..filled], last, ends);
+            let mut used = 0;
+            loop {
+                match sh.data_chunker.resume_cut(&buf[used..filled], last, clean) {
+                    FirstCut::At(c) => {
+                        used += c;
+                        ends.push(used);
+                        clean = 0;
+                    }
+                    FirstCut::More { clean: k } => {
+                        clean = k;
+                        break;
+                    }
+                }
+            }
             let mut from = 0usize;
             let mut jump = None;
             for &e in ends.iter() {
@@ -1739,12 +1773,14 @@ fn read_delta(
                     && z.off < c1
                     && z.off + z.len <= next_start.min(limit)
                 {
-                    if !known {
+                    let zc = sh.zero_chunk();
+                    let run_end = z.off + z.len;
+                    // A seam lies at or past its nominal boundary: it is found (a read of up to
+                    // one chunk) only when the run reaches that far.
+                    if !known && run_end >= stop {
                         stop = seam_of(stop).map_err(ReadError::Source)?;
                         known = true;
                     }
-                    let zc = sh.zero_chunk();
-                    let run_end = z.off + z.len;
                     let skip = if run_end >= stop {
                         stop - c1
                     } else {
@@ -1765,7 +1801,7 @@ fn read_delta(
                 if is_boundary(p) || (p == stop && known && seam_in_zeros(p, b, next_start)) {
                     break 'read p;
                 }
-                (base, filled) = (p, 0);
+                (base, filled, clean) = (p, 0, 0);
                 continue;
             }
             buf.copy_within(used..filled, 0);
@@ -1779,6 +1815,61 @@ fn read_delta(
         done = end;
     }
     Ok(out)
+}
+
+/// The span of bytes from `x` (up to `to`) that is all of one kind: `(true, end)` when they are
+/// known to be zeros without reading them (inside one of the parent's zero ranges, past the
+/// window's changes at `b` and before the next window's at `next_start`), `(false, end)` when
+/// they must be read.
+fn zero_span(parent: &[Piece], x: u64, to: u64, b: u64, next_start: u64) -> (bool, u64) {
+    if x < b {
+        return (false, b.min(to));
+    }
+    if x >= next_start {
+        return (false, to);
+    }
+    let to = to.min(next_start);
+    let i = parent.partition_point(|p| p.off + p.len <= x);
+    let mut rest = parent[i.min(parent.len())..].iter();
+    match rest.next() {
+        Some(z) if z.blob.is_none() && z.off <= x => (true, (z.off + z.len).min(to)),
+        _ => {
+            let next = rest
+                .take_while(|p| p.off < to)
+                .find(|p| p.blob.is_none())
+                .map_or(to, |z| z.off);
+            (false, next)
+        }
+    }
+}
+
+/// `fill` for a changed window: the bytes the parent shows to be zeros, and that no change
+/// touches, are set to zero instead of read.
+fn fill_known(
+    sh: &Shared<'_>,
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    pos: u64,
+    end: u64,
+    span: &dyn Fn(u64, u64) -> (bool, u64),
+) -> std::io::Result<usize> {
+    let to = pos + (buf.len() as u64).min(end.saturating_sub(pos));
+    let mut at = pos;
+    while at < to {
+        let (zeros, upto) = span(at, to);
+        let range = (at - pos) as usize..(upto - pos) as usize;
+        if zeros {
+            buf[range].fill(0);
+        } else {
+            let n = fill(sh, fd, &mut buf[range.clone()], at, end)?;
+            if n < range.len() {
+                // The source ended early: the caller reports it.
+                return Ok(range.start + n);
+            }
+        }
+        at = upto;
+    }
+    Ok((to - pos) as usize)
 }
 
 /// Set a node's content from its pieces (sorted): the blobs in order, and everything between

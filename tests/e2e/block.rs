@@ -333,6 +333,9 @@ fn changed_ranges_before_a_zero_run_cut_as_a_full_read() {
         .enumerate()
     {
         let delta = write_and_delta(&env, &a, &mut data, at, &noise(200_000, 50 + i as u64));
+        // The chunk before the change, the chunk into the zeros and the one out of them (up to
+        // 4 MiB each, whatever the repository's cut points). The zeros between are the parent's
+        // and are not read: reading them made this 16-18 MiB for some repositories.
         assert!(delta["bytes_read"].as_u64().unwrap() < 16 << 20, "{delta}");
         let full = env.backup(&[a.path()]);
         assert_eq!(full["blobs_added"], 0, "change at {at}: {full}");
@@ -343,6 +346,8 @@ fn changed_ranges_before_a_zero_run_cut_as_a_full_read() {
 /// change, the window's zero chunks are out of phase with the parent's, so they never land on its
 /// cuts. At the next segment seam both restart, so the window ends there, instead of reading a
 /// zero chunk at every seam to the run's end (60 MiB read for a 5 MiB file in the block bench).
+/// The zeros past the change are the parent's, so they are not read either: not even the bytes
+/// that place the seam.
 #[test]
 fn changed_ranges_into_free_space_stop_at_the_next_seam() {
     let env = Env::new();
@@ -354,9 +359,10 @@ fn changed_ranges_into_free_space_stop_at_the_next_seam() {
         (8 << 20) + 300_000,
         &noise(5 << 20, 44),
     );
-    // The chunk before, the 5 MiB, and the zeros up to the first seam (32 MiB plus one chunk).
+    // The chunk before (at most 4 MiB) and the 5 MiB; reading the zeros up to the first seam
+    // (32 MiB plus one chunk) took 12-15 MiB.
     let read = delta["bytes_read"].as_u64().unwrap();
-    assert!(read < 24 << 20, "read {read} bytes: {delta}");
+    assert!(read < 10 << 20, "read {read} bytes: {delta}");
     let full = env.backup(&[a.path()]);
     assert_eq!(full["blobs_added"], 0, "{full}");
 }
