@@ -32,6 +32,7 @@ use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::id::Id;
+use crate::idset::IdSet;
 use crate::index::{self, PackRecord};
 use crate::pack::{BlobType, FinishedPack, PackWriter};
 use crate::repo::Repository;
@@ -90,7 +91,7 @@ struct Shared<'a> {
     data_chunker: Chunker,
     changed_ranges: Option<&'a [(u64, u64)]>,
     notices: Mutex<Vec<String>>,
-    new_blobs: Mutex<HashSet<Id>>,
+    new_blobs: Mutex<IdSet>,
     progress: &'a Progress,
     blobs_added: AtomicU64,
     status: RunStatus,
@@ -474,7 +475,7 @@ pub fn backup(
         data_chunker: repo.chunker().with_mode(opts.chunking),
         changed_ranges: opts.changed_ranges.as_deref(),
         notices: Mutex::new(Vec::new()),
-        new_blobs: Mutex::new(HashSet::new()),
+        new_blobs: Mutex::new(IdSet::new()),
         progress,
         blobs_added: AtomicU64::new(0),
         status: RunStatus::default(),

@@ -5,12 +5,11 @@
 //! them (whenever [`index::due`] says so, and at [`BlobWriter::finish`]), so a crash leaves only
 //! unindexed packs, which prune removes.
 
-use std::collections::HashSet;
-
 use crate::compress::Compressor;
 use crate::crypto::ObjectKind;
 use crate::error::Result;
 use crate::id::Id;
+use crate::idset::IdSet;
 use crate::index::{self, PackRecord};
 use crate::pack::{BlobType, PackWriter};
 use crate::repo::Repository;
@@ -25,7 +24,7 @@ pub struct BlobWriter<'r> {
     compressor: Compressor,
     data: Option<PackWriter>,
     tree: Option<PackWriter>,
-    added: HashSet<Id>,
+    added: IdSet,
     pending: Vec<PackRecord>,
     pending_since: Option<std::time::Instant>,
     /// Bytes stored (packs and index objects).
@@ -45,7 +44,7 @@ impl<'r> BlobWriter<'r> {
             compressor: Compressor::new(repo.config().compression)?,
             data: None,
             tree: None,
-            added: HashSet::new(),
+            added: IdSet::new(),
             pending: Vec::new(),
             pending_since: None,
             bytes_written: 0,

@@ -34,6 +34,7 @@ mod error;
 pub mod forget;
 pub mod fsmeta;
 mod id;
+mod idset;
 pub mod index;
 mod keyslot;
 pub mod pack;
