@@ -1831,7 +1831,7 @@ fn zero_span(parent: &[Piece], x: u64, to: u64, b: u64, next_start: u64) -> (boo
     }
     let to = to.min(next_start);
     let i = parent.partition_point(|p| p.off + p.len <= x);
-    let mut rest = parent[i.min(parent.len())..].iter();
+    let mut rest = parent[i..].iter();
     match rest.next() {
         Some(z) if z.blob.is_none() && z.off <= x => (true, (z.off + z.len).min(to)),
         _ => {
