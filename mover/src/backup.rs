@@ -1996,38 +1996,24 @@ fn build_trees(
     packer: &Packer,
 ) -> Result<(Vec<Id>, TreeCounts)> {
     let mut sink = BlobSink::new(sh.repo, packer)?;
-    // Each open directory's entries, encoded as they complete.
-    let mut stack: Vec<(Node, TreeEncoder)> = Vec::new();
-    let mut root = TreeEncoder::default();
+    // Each open directory's entries, encoded as they complete and stored as their blobs are cut.
+    let mut stack: Vec<(Node, TreeOut)> = Vec::new();
+    let mut root = TreeOut::default();
     let mut links: HashMap<(u64, u64), FileContent> = HashMap::new();
     let mut counts = TreeCounts::default();
     let track_packs = sh.repo.store().lock().is_some();
     let mut used_packs: HashSet<Id> = HashSet::new();
-    let mut ends = Vec::new();
-    let mut store = |sink: &mut BlobSink, tree: TreeEncoder| -> Result<Vec<Id>> {
-        let (buf, start) = tree.finish();
-        let bytes = &buf[start..];
-        ends.clear();
-        sh.chunker.cut(bytes, true, &mut ends);
-        let mut s = 0;
-        let mut ids = Vec::with_capacity(ends.len());
-        for &e in &ends {
-            ids.push(sink.put(sh, &bytes[s..e])?);
-            s = e;
-        }
-        Ok(ids)
-    };
     for ev in events.iter().flatten() {
         let done = match ev {
             Event::Enter(n) => {
-                stack.push((n, TreeEncoder::default()));
+                stack.push((n, TreeOut::default()));
                 continue;
             }
             Event::Exit => {
                 let (mut n, children) = stack
                     .pop()
                     .ok_or_else(|| Error::invalid("walk events out of order"))?;
-                n.subtree = store(&mut sink, children)?;
+                n.subtree = children.finish(sh, &mut sink)?;
                 counts.dirs += 1;
                 n
             }
@@ -2103,8 +2089,8 @@ fn build_trees(
             }
         }
         match stack.last_mut() {
-            Some((_, children)) => children.push(&done),
-            None => root.push(&done),
+            Some((_, children)) => children.push(sh, &mut sink, &done)?,
+            None => root.push(sh, &mut sink, &done)?,
         }
     }
     if track_packs {
@@ -2116,8 +2102,60 @@ fn build_trees(
     if !stack.is_empty() {
         return Err(Error::invalid("walk ended inside a directory"));
     }
-    let ids = store(&mut sink, root)?;
+    let ids = root.finish(sh, &mut sink)?;
     Ok((ids, counts))
+}
+
+/// A directory's tree being written: its entries are encoded as they complete, and each blob is
+/// cut and stored as soon as its end is certain, so a directory of any size holds about one
+/// blob of its encoding. The cuts are those of the whole encoding (`Chunker::resume_cut`).
+#[derive(Default)]
+struct TreeOut {
+    enc: TreeEncoder,
+    /// The encoding's first bytes known to hold no cut, and its length when last cut.
+    clean: usize,
+    tried: usize,
+    ids: Vec<Id>,
+}
+
+/// Encoded bytes gathered between attempts to cut a tree blob.
+const TREE_CUT_STEP: usize = 64 << 10;
+
+impl TreeOut {
+    fn push(&mut self, sh: &Shared<'_>, sink: &mut BlobSink<'_>, node: &Node) -> Result<()> {
+        self.enc.push(node);
+        if self.enc.bytes().len() >= self.tried + TREE_CUT_STEP {
+            self.cut(sh, sink, false)?;
+        }
+        Ok(())
+    }
+
+    /// Store every blob whose end is certain (with `eof`: all the rest).
+    fn cut(&mut self, sh: &Shared<'_>, sink: &mut BlobSink<'_>, eof: bool) -> Result<()> {
+        loop {
+            let bytes = self.enc.bytes();
+            match sh.chunker.resume_cut(bytes, eof, self.clean) {
+                FirstCut::At(end) => {
+                    self.ids.push(sink.put(sh, &bytes[..end])?);
+                    self.enc.consume(end);
+                    self.clean = 0;
+                }
+                FirstCut::More { clean } => {
+                    self.clean = clean;
+                    break;
+                }
+            }
+        }
+        self.tried = self.enc.bytes().len();
+        Ok(())
+    }
+
+    /// The tree's blob ids, once its last entry is in.
+    fn finish(mut self, sh: &Shared<'_>, sink: &mut BlobSink<'_>) -> Result<Vec<Id>> {
+        self.enc.finish();
+        self.cut(sh, sink, true)?;
+        Ok(self.ids)
+    }
 }
 
 /// Seal the pack records in `pending` into one index object and store it.

@@ -446,13 +446,15 @@ impl Repository {
         Tree::decode(&self.read_tree_bytes(ids)?)
     }
 
-    /// As [`Repository::read_tree`], with the entries decoded one at a time as they are used
-    /// (a large directory then holds its encoded bytes, not its decoded nodes).
+    /// As [`Repository::read_tree`], with the entries decoded one at a time as they are used and
+    /// the blobs read as the entries reach them (a large directory then holds one blob of its
+    /// tree, not its decoded nodes).
     ///
     /// # Errors
-    /// As [`Repository::read_tree`]; a damaged entry is an error from the iterator.
-    pub fn read_tree_entries(&self, ids: &[Id]) -> Result<TreeEntries> {
-        TreeEntries::new(self.read_tree_bytes(ids)?)
+    /// The first blob's; a damaged entry or a later blob's error is an error from the iterator.
+    pub fn read_tree_entries(&self, ids: &[Id]) -> Result<TreeEntries<'_>> {
+        let ids = ids.to_vec();
+        TreeEntries::new(Box::new(ids.into_iter().map(|id| self.read_blob(&id))))
     }
 
     fn read_tree_bytes(&self, ids: &[Id]) -> Result<Vec<u8>> {

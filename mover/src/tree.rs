@@ -137,24 +137,25 @@ pub struct Tree {
     pub nodes: Vec<Node>,
 }
 
-/// Encodes a tree one node at a time, to exactly the bytes [`Tree::encode`] gives for all of
-/// them: a directory being backed up holds its entries' encoded bytes (about 130 bytes a small
-/// file) instead of their nodes (about 330 bytes, and then the encoding on top).
-pub struct TreeEncoder {
-    /// `HEAD_ROOM` bytes kept for the header, then the nodes.
-    buf: Vec<u8>,
-    count: u64,
-}
+/// The bytes every tree begins with: a map of one entry, the key `"nodes"`, and an array of
+/// indefinite length (its entries follow, then [`TREE_END`]). Its length is not known until the
+/// last entry is in, so a definite length at the front would hold the whole directory back; with
+/// this header a tree's blobs are cut and stored while it is still being encoded.
+const TREE_HEAD: &[u8] = &[0xa1, 0x65, b'n', b'o', b'd', b'e', b's', 0x9f];
+/// CBOR's "break": the end of the array.
+const TREE_END: u8 = 0xff;
 
-/// Room for the header: a map of one entry (1 byte), the key `"nodes"` (6), and the array's
-/// length (at most 9).
-const HEAD_ROOM: usize = 16;
+/// Encodes a tree one node at a time, to exactly the bytes [`Tree::encode`] gives for all of
+/// them. The bytes already cut into blobs can be dropped from the front ([`TreeEncoder::consume`]),
+/// so a directory being backed up holds only the encoding of its entries since its last blob.
+pub struct TreeEncoder {
+    buf: Vec<u8>,
+}
 
 impl Default for TreeEncoder {
     fn default() -> Self {
         Self {
-            buf: vec![0; HEAD_ROOM],
-            count: 0,
+            buf: TREE_HEAD.to_vec(),
         }
     }
 }
@@ -163,34 +164,21 @@ impl TreeEncoder {
     /// Append the next entry (entries come sorted by name).
     pub fn push(&mut self, node: &Node) {
         ciborium::into_writer(node, &mut self.buf).expect("CBOR encoding into a Vec cannot fail");
-        self.count += 1;
     }
 
-    /// The encoded tree: `buf[start..]` of the returned `(buf, start)`.
-    pub fn finish(mut self) -> (Vec<u8>, usize) {
-        // CBOR's shortest form of the array's length, as ciborium writes it.
-        let n = self.count;
-        let mut len = Vec::with_capacity(9);
-        match n {
-            0..=23 => len.push(0x80 | n as u8),
-            24..=0xff => len.extend_from_slice(&[0x98, n as u8]),
-            0x100..=0xffff => {
-                len.push(0x99);
-                len.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            0x1_0000..=0xffff_ffff => {
-                len.push(0x9a);
-                len.extend_from_slice(&(n as u32).to_be_bytes());
-            }
-            _ => {
-                len.push(0x9b);
-                len.extend_from_slice(&n.to_be_bytes());
-            }
-        }
-        let head: Vec<u8> = [&[0xa1, 0x65][..], b"nodes", &len].concat();
-        let start = HEAD_ROOM - head.len();
-        self.buf[start..HEAD_ROOM].copy_from_slice(&head);
-        (self.buf, start)
+    /// The encoded bytes not consumed yet.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Drop the first `n` bytes (they were stored).
+    pub fn consume(&mut self, n: usize) {
+        self.buf.drain(..n);
+    }
+
+    /// End the tree: no entry follows.
+    pub fn finish(&mut self) {
+        self.buf.push(TREE_END);
     }
 }
 
@@ -200,22 +188,29 @@ pub fn valid_name(name: &[u8]) -> bool {
 }
 
 impl Tree {
-    /// Serialize.
+    /// Serialize, as [`TreeEncoder`] does.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        ciborium::into_writer(self, &mut out).expect("CBOR encoding into a Vec cannot fail");
-        out
+        let mut enc = TreeEncoder::default();
+        for n in &self.nodes {
+            enc.push(n);
+        }
+        enc.finish();
+        enc.buf
     }
 
     /// Deserialize and validate: names must be safe and strictly sorted, every node must have a kind
     /// and consistent holes, so a damaged or hostile tree can never make restore write outside its
-    /// target.
+    /// target. Trees written with a definite-length array (before streamed trees) decode too.
     ///
     /// # Errors
-    /// `Corrupt` when malformed.
+    /// `Corrupt` when malformed, or followed by more bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let t: Tree = ciborium::from_reader(bytes)
+        let mut rest = bytes;
+        let t: Tree = ciborium::from_reader(&mut rest)
             .map_err(|e| Error::corrupt(format!("tree does not decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(Error::corrupt("tree has bytes past its end"));
+        }
         let mut prev = None;
         for n in &t.nodes {
             check_entry(n, prev)?;
@@ -250,64 +245,155 @@ fn check_entry(n: &Node, prev: Option<&[u8]>) -> Result<()> {
     Ok(())
 }
 
-/// A tree's entries decoded one at a time as they are used, each checked as [`Tree::decode`]
-/// checks it: a restore holds a directory's encoded bytes (about 130 bytes a small file) instead
-/// of its decoded nodes (about 330). An entry that fails its check ends the iteration with the
-/// error.
-pub struct TreeEntries {
-    bytes: Vec<u8>,
+/// A tree's blobs in order, fetched as they are needed.
+pub type TreeBlobs<'r> = Box<dyn Iterator<Item = Result<Vec<u8>>> + Send + 'r>;
+
+/// A tree's bytes, read one blob at a time.
+struct BlobReader<'r> {
+    blob: Vec<u8>,
     pos: usize,
-    left: u64,
+    blobs: TreeBlobs<'r>,
+    /// Why the last read failed, when fetching a blob did.
+    failed: Option<Error>,
+}
+
+impl BlobReader<'_> {
+    /// Make the current blob hold unread bytes; `false` at the end of the tree.
+    fn fill(&mut self) -> Result<bool> {
+        while self.pos == self.blob.len() {
+            match self.blobs.next() {
+                None => return Ok(false),
+                Some(b) => {
+                    self.blob = b?;
+                    self.pos = 0;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn peek(&mut self) -> Result<Option<u8>> {
+        Ok(self.fill()?.then(|| self.blob[self.pos]))
+    }
+
+    /// Every byte left.
+    fn rest(&mut self) -> Result<Vec<u8>> {
+        let mut out = self.blob.split_off(self.pos);
+        self.pos = 0;
+        self.blob.clear();
+        for b in &mut self.blobs {
+            out.extend_from_slice(&b?);
+        }
+        Ok(out)
+    }
+
+    /// The error of a failed decode: the blob that could not be fetched, or the bytes.
+    fn decode_error(&mut self, e: impl std::fmt::Display) -> Error {
+        self.failed
+            .take()
+            .unwrap_or_else(|| Error::corrupt(format!("tree does not decode: {e}")))
+    }
+}
+
+impl std::io::Read for BlobReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        match self.fill() {
+            Ok(true) => {
+                let n = out.len().min(self.blob.len() - self.pos);
+                out[..n].copy_from_slice(&self.blob[self.pos..self.pos + n]);
+                self.pos += n;
+                Ok(n)
+            }
+            Ok(false) => Ok(0),
+            Err(e) => {
+                self.failed = Some(e);
+                Err(std::io::Error::other("a tree blob could not be read"))
+            }
+        }
+    }
+}
+
+/// A tree's entries decoded one at a time as they are used, each checked as [`Tree::decode`]
+/// checks it, with its blobs fetched as the entries reach them: a large directory holds one blob
+/// of its tree, not all of it, and no decoded nodes but the current one. An entry that fails its
+/// check, or a blob that cannot be read, ends the iteration with the error.
+pub struct TreeEntries<'r> {
+    src: BlobReader<'r>,
+    /// Entries left of a definite-length array (trees written before streamed trees); `None`
+    /// for the indefinite-length array that ends at [`TREE_END`].
+    left: Option<u64>,
+    done: bool,
     prev: Option<Vec<u8>>,
     /// A tree not laid out as [`TreeEncoder`] writes it, decoded whole.
     whole: Option<std::vec::IntoIter<Node>>,
 }
 
-impl TreeEntries {
-    /// The entries of the encoded tree `bytes`.
+impl<'r> TreeEntries<'r> {
+    /// The entries of the tree made of `blobs`.
     ///
     /// # Errors
-    /// `Corrupt` when a tree not laid out as Lifeboat writes it does not decode.
-    pub fn new(bytes: Vec<u8>) -> Result<Self> {
-        if let Some((left, pos)) = parse_head(&bytes) {
+    /// The first blob's error; `Corrupt` when a tree not laid out as Lifeboat writes it does not
+    /// decode.
+    pub fn new(blobs: TreeBlobs<'r>) -> Result<Self> {
+        let mut src = BlobReader {
+            blob: Vec::new(),
+            pos: 0,
+            blobs,
+            failed: None,
+        };
+        src.fill()?;
+        // The header is in the first blob: no blob but the last is shorter than the chunker's
+        // minimum, far longer than a header.
+        if let Some((left, start)) = parse_head(&src.blob) {
+            src.pos = start;
             return Ok(Self {
-                bytes,
-                pos,
+                src,
                 left,
+                done: false,
                 prev: None,
                 whole: None,
             });
         }
+        let whole = Tree::decode(&src.rest()?)?.nodes.into_iter();
         Ok(Self {
-            bytes: Vec::new(),
-            pos: 0,
-            left: 0,
+            src,
+            left: Some(0),
+            done: true,
             prev: None,
-            whole: Some(Tree::decode(&bytes)?.nodes.into_iter()),
+            whole: Some(whole),
         })
+    }
+
+    /// The entries of the encoded tree `bytes`.
+    ///
+    /// # Errors
+    /// As [`TreeEntries::new`].
+    pub fn of_bytes(bytes: Vec<u8>) -> Result<TreeEntries<'static>> {
+        TreeEntries::new(Box::new(std::iter::once(Ok(bytes))))
     }
 
     /// End the iteration with `e`.
     fn fail(&mut self, e: Error) -> Result<Node> {
-        self.left = 0;
+        self.done = true;
         Err(e)
     }
 }
 
-/// The number of entries and where the first starts, when `bytes` begin as [`TreeEncoder`]
-/// writes them: a map of one entry, `"nodes"`, and a definite-length array.
-fn parse_head(bytes: &[u8]) -> Option<(u64, usize)> {
+/// The number of entries (`None`: until the break) and where the first starts, when `bytes`
+/// begin as Lifeboat writes trees: a map of one entry, `"nodes"`, and an array.
+fn parse_head(bytes: &[u8]) -> Option<(Option<u64>, usize)> {
     let rest = bytes
         .strip_prefix(&[0xa1, 0x65][..])?
         .strip_prefix(b"nodes")?;
     let at = bytes.len() - rest.len();
     let (&first, rest) = rest.split_first()?;
-    let wide = |n: usize| -> Option<u64> {
+    let wide = |n: usize| -> Option<Option<u64>> {
         let b = rest.get(..n)?;
-        Some(b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
+        Some(Some(b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x))))
     };
     match first {
-        0x80..=0x97 => Some((u64::from(first & 0x1f), at + 1)),
+        0x9f => Some((None, at + 1)),
+        0x80..=0x97 => Some((Some(u64::from(first & 0x1f)), at + 1)),
         0x98 => Some((wide(1)?, at + 2)),
         0x99 => Some((wide(2)?, at + 3)),
         0x9a => Some((wide(4)?, at + 5)),
@@ -316,23 +402,46 @@ fn parse_head(bytes: &[u8]) -> Option<(u64, usize)> {
     }
 }
 
-impl Iterator for TreeEntries {
+impl Iterator for TreeEntries<'_> {
     type Item = Result<Node>;
 
     fn next(&mut self) -> Option<Result<Node>> {
         if let Some(whole) = &mut self.whole {
             return whole.next().map(Ok);
         }
-        if self.left == 0 {
+        if self.done {
             return None;
         }
-        self.left -= 1;
-        let mut rest = &self.bytes[self.pos..];
-        let node: Node = match ciborium::from_reader(&mut rest) {
+        match &mut self.left {
+            Some(0) => {
+                self.done = true;
+                return None;
+            }
+            Some(n) => *n -= 1,
+            None => match self.src.peek() {
+                Ok(Some(TREE_END)) => {
+                    self.src.pos += 1;
+                    self.done = true;
+                    return match self.src.peek() {
+                        Ok(None) => None,
+                        Ok(Some(_)) => {
+                            Some(self.fail(Error::corrupt("tree has bytes past its end")))
+                        }
+                        Err(e) => Some(self.fail(e)),
+                    };
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Some(self.fail(Error::corrupt("tree is truncated"))),
+                Err(e) => return Some(self.fail(e)),
+            },
+        }
+        let node: Node = match ciborium::from_reader(&mut self.src) {
             Ok(n) => n,
-            Err(e) => return Some(self.fail(Error::corrupt(format!("tree does not decode: {e}")))),
+            Err(e) => {
+                let e = self.src.decode_error(e);
+                return Some(self.fail(e));
+            }
         };
-        self.pos = self.bytes.len() - rest.len();
         if let Err(e) = check_entry(&node, self.prev.as_deref()) {
             return Some(self.fail(e));
         }
@@ -370,74 +479,125 @@ mod tests {
         n
     }
 
-    /// Tree blob ids are hashes of these bytes: the streamed encoding must equal the whole-tree
-    /// one at every width of the array's length, or unchanged directories stop deduplicating.
+    fn encode(nodes: &[Node]) -> Vec<u8> {
+        let mut enc = TreeEncoder::default();
+        for n in nodes {
+            enc.push(n);
+        }
+        enc.finish();
+        enc.bytes().to_vec()
+    }
+
+    /// `bytes` as blobs of `size` bytes.
+    fn blobs(bytes: &[u8], size: usize) -> TreeBlobs<'static> {
+        let parts: Vec<Result<Vec<u8>>> = bytes.chunks(size).map(|c| Ok(c.to_vec())).collect();
+        Box::new(parts.into_iter())
+    }
+
+    /// Tree blob ids are hashes of these bytes: the streamed encoding, with its front consumed
+    /// as it goes, must equal the whole-tree one, or unchanged directories stop deduplicating.
+    /// Read back in blobs of any size, streamed entries are the decoded tree's.
     #[test]
-    fn tree_encoder_matches_the_whole_tree_encoding() {
-        for count in [0, 1, 23, 24, 255, 256, 65_535, 65_536] {
+    fn streamed_trees_are_the_whole_trees() {
+        for count in [0, 1, 23, 24, 255, 256, 5000] {
             let nodes: Vec<Node> = (0..count).map(node).collect();
-            let mut enc = TreeEncoder::default();
-            for n in &nodes {
-                enc.push(n);
+            let whole = Tree {
+                nodes: nodes.clone(),
             }
-            let (buf, start) = enc.finish();
-            let whole = Tree { nodes }.encode();
+            .encode();
+            let mut enc = TreeEncoder::default();
+            let mut out = Vec::new();
+            for (i, n) in nodes.iter().enumerate() {
+                enc.push(n);
+                if i % 7 == 3 {
+                    let k = enc.bytes().len() / 2;
+                    out.extend_from_slice(&enc.bytes()[..k]);
+                    enc.consume(k);
+                }
+            }
+            enc.finish();
+            out.extend_from_slice(enc.bytes());
+            assert!(out == whole, "{count} nodes encode differently");
             assert!(
-                buf[start..] == whole[..],
-                "{count} nodes encode differently"
+                Tree::decode(&whole).unwrap().nodes == nodes,
+                "{count} nodes"
             );
-            assert_eq!(Tree::decode(&buf[start..]).unwrap().nodes.len(), count);
-            let streamed: Vec<Node> = TreeEntries::new(buf[start..].to_vec())
+            // Blobs of 1 byte split the header: that tree is decoded whole, with the same result.
+            for size in [1, 100, 4096, whole.len().max(1)] {
+                let streamed: Vec<Node> = TreeEntries::new(blobs(&whole, size))
+                    .unwrap()
+                    .collect::<Result<_>>()
+                    .unwrap();
+                assert!(streamed == nodes, "{count} nodes in blobs of {size}");
+            }
+        }
+    }
+
+    /// Trees written before streamed trees have a definite-length array: both decoders read them.
+    #[test]
+    fn definite_length_trees_still_decode() {
+        for count in [0, 1, 24, 256, 70_000] {
+            let tree = Tree {
+                nodes: (0..count).map(node).collect(),
+            };
+            let mut old = Vec::new();
+            ciborium::into_writer(&tree, &mut old).unwrap();
+            assert!(old != tree.encode());
+            assert!(Tree::decode(&old).unwrap() == tree, "{count} nodes");
+            let streamed: Vec<Node> = TreeEntries::new(blobs(&old, 1000))
                 .unwrap()
                 .collect::<Result<_>>()
                 .unwrap();
-            assert!(
-                streamed == Tree::decode(&whole).unwrap().nodes,
-                "{count} nodes"
-            );
+            assert!(streamed == tree.nodes, "{count} nodes");
         }
     }
 
     /// Entries decoded one at a time are checked as a whole-tree decode checks them.
     #[test]
     fn tree_entries_check_each_entry() {
-        let encode = |nodes: &[Node]| {
-            let mut enc = TreeEncoder::default();
-            for n in nodes {
-                enc.push(n);
-            }
-            let (buf, start) = enc.finish();
-            buf[start..].to_vec()
-        };
-        let bad = |nodes: Vec<Node>, what: &str| {
-            let bytes = encode(&nodes);
+        let bad = |bytes: Vec<u8>, what: &str| {
             assert!(Tree::decode(&bytes).is_err(), "{what}: decode accepted it");
-            let r: Result<Vec<Node>> = TreeEntries::new(bytes).unwrap().collect();
-            assert!(r.is_err(), "{what}: entries accepted it");
+            for size in [3, 64, bytes.len()] {
+                let r: Result<Vec<Node>> =
+                    TreeEntries::new(blobs(&bytes, size)).and_then(Iterator::collect);
+                assert!(r.is_err(), "{what}: entries in blobs of {size} accepted it");
+            }
         };
-        bad(vec![node(2), node(1)], "unsorted");
-        bad(vec![node(1), node(1)], "duplicate");
+        bad(encode(&[node(2), node(1)]), "unsorted");
+        bad(encode(&[node(1), node(1)]), "duplicate");
         let mut up = node(0);
         up.name = b"..".to_vec();
-        bad(vec![up], "dot-dot");
+        bad(encode(&[up]), "dot-dot");
         let mut slash = node(0);
         slash.name = b"a/b".to_vec();
-        bad(vec![slash], "slash");
+        bad(encode(&[slash]), "slash");
         let mut hole = node(3);
         hole.holes = vec![(0, hole.size + 1)];
-        bad(vec![hole], "hole past the end");
-        // Truncated: the count says more entries than there are.
-        let mut bytes = encode(&[node(1), node(2)]);
-        bytes.truncate(bytes.len() - 3);
-        let r: Result<Vec<Node>> = TreeEntries::new(bytes).unwrap().collect();
-        assert!(r.is_err(), "truncated tree accepted");
+        bad(encode(&[hole]), "hole past the end");
+        let full = encode(&[node(1), node(2)]);
+        bad(full[..full.len() - 1].to_vec(), "no end");
+        bad(full[..full.len() - 4].to_vec(), "truncated entry");
+        let mut past = full.clone();
+        past.push(0);
+        bad(past, "bytes past the end");
+        // A blob that cannot be read ends the entries with its error.
+        let half = full.len() / 2;
+        let failing: TreeBlobs<'static> = Box::new(
+            vec![
+                Ok(full[..half].to_vec()),
+                Err(Error::new(crate::ErrorKind::Missing, "blob gone")),
+            ]
+            .into_iter(),
+        );
+        let r: Result<Vec<Node>> = TreeEntries::new(failing).unwrap().collect();
+        assert!(r.unwrap_err().to_string().contains("blob gone"));
         // Another layout (here: a second map key) is decoded whole, as before.
         let mut other = vec![0xa2, 0x65];
         other.extend_from_slice(b"nodes");
         other.push(0x81);
         ciborium::into_writer(&node(1), &mut other).unwrap();
         other.extend_from_slice(&[0x61, b'x', 0x01]);
-        let r: Vec<Node> = TreeEntries::new(other)
+        let r: Vec<Node> = TreeEntries::of_bytes(other)
             .unwrap()
             .collect::<Result<_>>()
             .unwrap();
