@@ -30,7 +30,7 @@ use crate::chunker::{Chunker, Chunking, FirstCut};
 use crate::compress::Compressor;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
-use crate::fsmeta;
+use crate::fsmeta::{self, DirNames};
 use crate::id::Id;
 use crate::idset::IdSet;
 use crate::index::{self, PackRecord};
@@ -38,7 +38,7 @@ use crate::pack::{BlobType, FinishedPack, PackWriter};
 use crate::repo::Repository;
 use crate::snapshot::{Snapshot, Summary, hostname};
 use crate::status::RunStatus;
-use crate::tree::{Node, NodeKind, Tree, TreeEncoder, Xattr};
+use crate::tree::{Node, NodeKind, Tree, TreeEncoder, TreeEntries, Xattr};
 
 /// Options of one backup (CLI, config file or library).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -253,25 +253,125 @@ const SCAN_AHEAD_ENTRIES: usize = 128 << 10;
 
 /// A directory listed, its entries stat'ed and its tree in the parent snapshot decoded: the
 /// system calls and decoding of a walk, done by scanner threads ahead of the walker, so the walk
-/// of a large tree (all of an unchanged re-backup) is not one thread's work.
-struct Scanned {
+/// of a large tree (all of an unchanged re-backup) is not one thread's work. Of a huge directory
+/// the scanner does the first `SCAN_WINDOW` entries and the walker the rest as it goes, so it
+/// holds the directory's names, not a stat and a parent node of each entry.
+struct Scanned<'r> {
     fd: OwnedFd,
-    /// Sorted by name; an entry that could not be stat'ed keeps its error.
-    entries: std::io::Result<Vec<ScanEntry>>,
-    ptree: Option<Tree>,
+    entries: std::io::Result<Listing>,
+    ptree: Option<ParentDir<'r>>,
 }
 
-struct ScanEntry {
-    name: Vec<u8>,
-    /// Taken by the walker when it visits the entry.
-    stat: Option<std::io::Result<rustix::fs::Stat>>,
+/// Entries of one directory stat'ed, and entries of its parent tree decoded, by a scanner.
+const SCAN_WINDOW: usize = 16 << 10;
+
+struct Listing {
+    /// Sorted by name.
+    names: DirNames,
+    /// Stats of the first `SCAN_WINDOW` names (an entry that could not be stat'ed keeps its
+    /// error), taken by the walker when it visits each.
+    stats: Vec<Option<std::io::Result<rustix::fs::Stat>>>,
 }
 
-struct ScanJob {
+/// A directory's entries in the parent snapshot, taken in name order as the walk reaches them.
+/// Its tree's blobs are read, and its entries decoded, as the walk goes: a scanner decodes the
+/// first `SCAN_WINDOW`, the walker the rest, never more than `SCAN_WINDOW` ahead of itself.
+struct ParentDir<'r> {
+    /// Decoded and not yet passed by the walk, sorted by name.
+    ahead: VecDeque<Node>,
+    /// The entries after those; `None` once they ran out or failed to decode.
+    rest: Option<TreeEntries<'r>>,
+}
+
+impl<'r> ParentDir<'r> {
+    /// The tree made of blobs `ids`, its first `SCAN_WINDOW` entries decoded; `None` when it
+    /// cannot be read (everything in the directory is then read in full).
+    fn open(repo: &'r Repository, ids: &[Id]) -> Option<Self> {
+        let rest = repo
+            .read_tree_entries(ids)
+            .map_err(|e| tracing::warn!("a directory of the parent snapshot is unreadable: {e}"))
+            .ok()?;
+        let mut p = Self {
+            ahead: VecDeque::new(),
+            rest: Some(rest),
+        };
+        while p.ahead.len() < SCAN_WINDOW && p.decode_next() {}
+        Some(p)
+    }
+
+    /// A tree decoded whole.
+    fn whole(tree: Tree) -> Self {
+        Self {
+            ahead: tree.nodes.into(),
+            rest: None,
+        }
+    }
+
+    /// Decode one more entry; `false` when there are no more. A damaged entry ends the entries:
+    /// the ones after it are read in full, as new.
+    fn decode_next(&mut self) -> bool {
+        let Some(rest) = &mut self.rest else {
+            return false;
+        };
+        match rest.next() {
+            Some(Ok(n)) => {
+                self.ahead.push_back(n);
+                return true;
+            }
+            Some(Err(e)) => tracing::warn!(
+                "a directory of the parent snapshot is damaged, entries after it are read in \
+                 full: {e}"
+            ),
+            None => {}
+        }
+        self.rest = None;
+        false
+    }
+
+    /// The entry `name`: names must be asked for in increasing order, each at most once.
+    fn take(&mut self, name: &[u8]) -> Option<Node> {
+        loop {
+            if self.ahead.is_empty() && !self.decode_next() {
+                return None;
+            }
+            match self.ahead[0].name.as_slice().cmp(name) {
+                std::cmp::Ordering::Less => drop(self.ahead.pop_front()),
+                std::cmp::Ordering::Equal => return self.ahead.pop_front(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+
+    /// The tree blobs of sub-directory `name`, further on than the walk.
+    fn subtree_ahead(&mut self, name: &[u8]) -> Ahead {
+        while self.ahead.back().is_none_or(|n| n.name.as_slice() < name)
+            && self.ahead.len() < SCAN_WINDOW
+            && self.decode_next()
+        {}
+        match self.ahead.binary_search_by(|n| n.name.as_slice().cmp(name)) {
+            Ok(i) => {
+                let n = &self.ahead[i];
+                Ahead::Known((n.kind() == NodeKind::Dir).then(|| n.subtree.clone()))
+            }
+            Err(i) if i < self.ahead.len() || self.rest.is_none() => Ahead::Known(None),
+            Err(_) => Ahead::NotYet,
+        }
+    }
+}
+
+/// What [`ParentDir::subtree_ahead`] found.
+enum Ahead {
+    /// The parent's tree blobs of the directory (`None`: the parent has no such directory).
+    Known(Option<Vec<Id>>),
+    /// Not known within `SCAN_WINDOW` entries of the walk.
+    NotYet,
+}
+
+struct ScanJob<'r> {
     fd: OwnedFd,
     /// The directory's tree in the parent snapshot.
     subtree: Option<Vec<Id>>,
-    reply: Sender<Scanned>,
+    reply: Sender<Scanned<'r>>,
 }
 
 /// Scans sent to the scanners and not yet received by the walker, and their entries.
@@ -298,25 +398,22 @@ impl ScansAhead {
     }
 
     /// The walker received (or gave up on) one scan.
-    fn taken(&self, s: Option<&Scanned>) {
+    fn taken(&self, s: Option<&Scanned<'_>>) {
         self.dirs.fetch_sub(1, Ordering::Relaxed);
         if let Some(Ok(e)) = s.map(|s| &s.entries) {
-            self.entries.fetch_sub(e.len(), Ordering::Relaxed);
+            self.entries.fetch_sub(e.names.len(), Ordering::Relaxed);
         }
     }
 }
 
-fn scan(repo: &Repository, fd: OwnedFd, subtree: Option<&[Id]>) -> Scanned {
-    let entries = fsmeta::list_dir(fd.as_fd()).map(|names| {
-        names
-            .into_iter()
-            .map(|name| {
-                let stat = Some(fsmeta::stat_at(fd.as_fd(), &name));
-                ScanEntry { name, stat }
-            })
-            .collect()
+fn scan<'r>(repo: &'r Repository, fd: OwnedFd, subtree: Option<&[Id]>) -> Scanned<'r> {
+    let entries = fsmeta::read_dir(fd.as_fd()).map(|names| {
+        let stats = (0..names.len().min(SCAN_WINDOW))
+            .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
+            .collect();
+        Listing { names, stats }
     });
-    let ptree = subtree.and_then(|ids| repo.read_tree(ids).ok());
+    let ptree = subtree.and_then(|ids| ParentDir::open(repo, ids));
     Scanned { fd, entries, ptree }
 }
 
@@ -535,7 +632,7 @@ pub fn backup(
                 for j in scan_rx {
                     let s = scan(sh.repo, j.fd, j.subtree.as_deref());
                     if let Ok(e) = &s.entries {
-                        ahead.entries.fetch_add(e.len(), Ordering::Relaxed);
+                        ahead.entries.fetch_add(e.names.len(), Ordering::Relaxed);
                     }
                     // Not received only after the walk failed.
                     let _ = j.reply.send(s);
@@ -739,7 +836,7 @@ struct WalkCounts {
 struct Walker<'s, 'a> {
     sh: &'s Shared<'a>,
     jobs: Sender<Job>,
-    scans: Sender<ScanJob>,
+    scans: Sender<ScanJob<'a>>,
     ahead: &'s ScansAhead,
     /// Directories walked so far, and their entries.
     dirs_walked: usize,
@@ -757,7 +854,7 @@ fn os(b: &[u8]) -> &std::ffi::OsStr {
     std::ffi::OsStr::from_bytes(b)
 }
 
-impl Walker<'_, '_> {
+impl<'a> Walker<'_, 'a> {
     /// Queue an event for the tree builder. Events travel in batches: one channel operation (and
     /// at most one wake-up) per batch instead of per entry.
     fn emit(&mut self, e: Event) -> Result<()> {
@@ -793,7 +890,7 @@ impl Walker<'_, '_> {
                 // Backing up "/" itself: its entries become the snapshot's root.
                 let fd = fsmeta::open_dir_path(Path::new("/")).map_err(|e| Error::io("/", e))?;
                 let mut root = scan(self.sh.repo, fd, None);
-                root.ptree = ptrees[0].take();
+                root.ptree = ptrees[0].take().map(ParentDir::whole);
                 self.walk_dir(root)?;
                 continue;
             }
@@ -828,12 +925,12 @@ impl Walker<'_, '_> {
             let name = comps.last().expect("non-empty");
             let dirfd =
                 fsmeta::open_dir_path(&prefix).map_err(|e| Error::io(prefix.display(), e))?;
-            let pt = ptrees.last().and_then(Option::as_ref).cloned();
+            let pnode = child_node(ptrees.last().and_then(Option::as_ref), name);
             // A top-level path that cannot be read is fatal: the user asked for it by name.
             match fsmeta::stat_at(dirfd.as_fd(), name) {
                 Ok(_) => {
                     self.top_path = Some(top.display().to_string());
-                    self.entry(dirfd.as_fd(), name, None, pt.as_ref(), true, None)?;
+                    self.entry(dirfd.as_fd(), name, None, pnode, true, None)?;
                     self.top_path = None;
                 }
                 Err(e) => return Err(Error::io(top.display(), e)),
@@ -845,10 +942,11 @@ impl Walker<'_, '_> {
         Ok(())
     }
 
-    fn walk_dir(&mut self, scanned: Scanned) -> Result<()> {
+    fn walk_dir(&mut self, scanned: Scanned<'a>) -> Result<()> {
         let Scanned { fd, entries, ptree } = scanned;
+        let mut ptree = ptree;
         let dir = fd.as_fd();
-        let mut entries = match entries {
+        let Listing { names, mut stats } = match entries {
             Ok(e) => e,
             Err(e) => {
                 self.sh.status.warn(format!("cannot list a directory: {e}"));
@@ -856,17 +954,20 @@ impl Walker<'_, '_> {
             }
         };
         self.dirs_walked += 1;
-        self.entries_walked += entries.len();
+        self.entries_walked += names.len();
         let worth_it = self.dirs_walked < SCAN_AHEAD_WARMUP
             || self.entries_walked >= SCAN_AHEAD_MIN_AVG * self.dirs_walked;
-        let subdirs: Vec<usize> = (0..entries.len())
-            .filter(|&i| {
-                matches!(&entries[i].stat, Some(Ok(st)) if fsmeta::kind_of(st) == NodeKind::Dir)
+        // Past the scanner's stats, the directory's own word (`d_type`) finds sub-directories.
+        let subdirs: Vec<usize> = (0..names.len())
+            .filter(|&i| match stats.get(i) {
+                Some(Some(Ok(st))) => fsmeta::kind_of(st) == NodeKind::Dir,
+                Some(_) => false,
+                None => names.says_dir(i),
             })
             .collect();
         let mut next_sub = 0;
-        let mut ahead: VecDeque<(usize, Receiver<Scanned>)> = VecDeque::new();
-        for i in 0..entries.len() {
+        let mut ahead: VecDeque<(usize, Receiver<Scanned<'a>>)> = VecDeque::new();
+        for i in 0..names.len() {
             if self.sh.status.failed() {
                 return Ok(());
             }
@@ -877,11 +978,18 @@ impl Walker<'_, '_> {
                 && self.ahead.room()
                 && let Some(&j) = subdirs.get(next_sub)
             {
-                next_sub += 1;
                 if j < i {
+                    next_sub += 1;
                     continue;
                 }
-                if let Some(rx) = self.scan_ahead(dir, &entries[j].name, ptree.as_ref()) {
+                let subtree = match ptree.as_mut().map(|p| p.subtree_ahead(names.name(j))) {
+                    None => None,
+                    Some(Ahead::Known(subtree)) => subtree,
+                    // Too far ahead of the walk to know: later.
+                    Some(Ahead::NotYet) => break,
+                };
+                next_sub += 1;
+                if let Some(rx) = self.scan_ahead(dir, names.name(j), subtree) {
                     ahead.push_back((j, rx));
                 }
             }
@@ -889,8 +997,10 @@ impl Walker<'_, '_> {
                 Some((j, _)) if *j == i => ahead.pop_front().map(|(_, rx)| rx),
                 _ => None,
             };
-            let stat = entries[i].stat.take();
-            self.entry(dir, &entries[i].name, stat, ptree.as_ref(), false, pre_scan)?;
+            let stat = stats.get_mut(i).and_then(Option::take);
+            let name = names.name(i);
+            let pnode = ptree.as_mut().and_then(|p| p.take(name));
+            self.entry(dir, name, stat, pnode.as_ref(), false, pre_scan)?;
         }
         // Every scan sent ahead was for a later entry, and each entry takes its own.
         debug_assert!(ahead.is_empty(), "a scan ahead was never received");
@@ -903,12 +1013,9 @@ impl Walker<'_, '_> {
         &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
-        ptree: Option<&Tree>,
-    ) -> Option<Receiver<Scanned>> {
+        subtree: Option<Vec<Id>>,
+    ) -> Option<Receiver<Scanned<'a>>> {
         let fd = fsmeta::open_dir_at(dir, name).ok()?;
-        let subtree = child_node(ptree, name)
-            .filter(|p| p.kind() == NodeKind::Dir)
-            .map(|p| p.subtree.clone());
         let (reply, rx) = bounded(1);
         self.ahead.dirs.fetch_add(1, Ordering::Relaxed);
         if self.scans.send(ScanJob { fd, subtree, reply }).is_err() {
@@ -925,10 +1032,17 @@ impl Walker<'_, '_> {
         dir: BorrowedFd<'_>,
         name: &[u8],
         stat: Option<std::io::Result<rustix::fs::Stat>>,
-        ptree: Option<&Tree>,
+        pnode: Option<&Node>,
         top: bool,
-        pre_scan: Option<Receiver<Scanned>>,
+        pre_scan: Option<Receiver<Scanned<'a>>>,
     ) -> Result<()> {
+        // Received whatever the entry turns out to be (it may have stopped being a directory),
+        // so the room its scan took is given back.
+        let scanned = pre_scan.and_then(|rx| {
+            let s = rx.recv().ok();
+            self.ahead.taken(s.as_ref());
+            s
+        });
         // A path the user named is shown as given; entries below it by name.
         let shown = match (top, &self.top_path) {
             (true, Some(p)) => p.clone(),
@@ -955,7 +1069,6 @@ impl Walker<'_, '_> {
             st = t;
         }
         let mut node = fsmeta::node_from_stat(name, &st);
-        let pnode = child_node(ptree, name);
         let has_data = node.kind() == NodeKind::File || (top && node.kind() == NodeKind::Blockdev);
         // Setting or removing an extended attribute changes ctime: with the same inode and ctime,
         // the parent's attributes are still current and need no syscalls.
@@ -974,11 +1087,6 @@ impl Walker<'_, '_> {
         }
         match node.kind() {
             NodeKind::Dir => {
-                let scanned = pre_scan.and_then(|rx| {
-                    let s = rx.recv().ok();
-                    self.ahead.taken(s.as_ref());
-                    s
-                });
                 let scanned = match scanned {
                     Some(s) => s,
                     None => match fsmeta::open_dir_at(dir, name) {

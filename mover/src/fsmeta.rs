@@ -192,16 +192,66 @@ fn open_noatime(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags) -> io::Result<O
 /// # Errors
 /// The system call's error.
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let names = read_dir(dir)?;
+    Ok((0..names.len()).map(|i| names.name(i).to_vec()).collect())
+}
+
+/// A directory's names, sorted bytewise, in one buffer: about 16 bytes an entry besides the
+/// name, where a `Vec<u8>` each costs 24 and an allocation.
+pub struct DirNames {
+    bytes: Vec<u8>,
+    /// Where each name starts in `bytes`, its length, and whether the directory said it is a
+    /// sub-directory (`d_type`; filesystems that do not say give `false`).
+    names: Vec<(usize, u16, bool)>,
+}
+
+impl DirNames {
+    /// How many names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The `i`th name.
+    pub fn name(&self, i: usize) -> &[u8] {
+        let (at, len, _) = self.names[i];
+        &self.bytes[at..at + usize::from(len)]
+    }
+
+    /// Whether the directory listed the `i`th name as a sub-directory.
+    pub fn says_dir(&self, i: usize) -> bool {
+        self.names[i].2
+    }
+}
+
+/// The names in a directory, sorted bytewise, without `.` and `..`.
+///
+/// # Errors
+/// The system call's error; a name longer than 65 535 bytes (no filesystem allows one) is
+/// `InvalidData`.
+pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<DirNames> {
+    let mut bytes = Vec::new();
     let mut names = Vec::new();
     for e in Dir::read_from(dir)? {
         let e = e?;
         let n = e.file_name().to_bytes();
         if n != b"." && n != b".." {
-            names.push(n.to_vec());
+            let len = u16::try_from(n.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "name too long"))?;
+            names.push((bytes.len(), len, e.file_type() == FileType::Directory));
+            bytes.extend_from_slice(n);
         }
     }
-    names.sort_unstable();
-    Ok(names)
+    names.sort_unstable_by(|a, b| {
+        bytes[a.0..a.0 + usize::from(a.1)].cmp(&bytes[b.0..b.0 + usize::from(b.1)])
+    });
+    bytes.shrink_to_fit();
+    names.shrink_to_fit();
+    Ok(DirNames { bytes, names })
 }
 
 /// Target of the symlink `name` in `dir`.

@@ -168,3 +168,62 @@ fn many_directories_under_a_low_open_file_limit() {
         &scan(&target.join(src.strip_prefix("/").unwrap())),
     );
 }
+
+/// A directory far larger than what a scanner stats and decodes of it (16 384 entries), whose
+/// tree spans several blobs: the walker stats the rest and decodes the parent's tree as it goes,
+/// sub-directories past the window are found by the directory's own listing, and the tree's
+/// blobs are stored while it is encoded. An unchanged re-backup must find every entry unmodified
+/// and store the same tree blobs; changes past the window must be found, and both restore exactly.
+#[test]
+fn a_directory_larger_than_the_scan_window() {
+    use crate::fixtures::{assert_same_tree, scan};
+    let env = Env::new();
+    let src = env.path("src");
+    let big = src.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let mut files = 0u64;
+    for i in 0..40_000u64 {
+        if i % 2500 == 1234 {
+            let d = big.join(format!("e{i:06}-dir"));
+            std::fs::create_dir(&d).unwrap();
+            for f in 0..2 {
+                std::fs::write(d.join(format!("f{f}")), format!("{i} {f}")).unwrap();
+                files += 1;
+            }
+        } else if i % 5000 == 77 {
+            std::os::unix::fs::symlink(format!("e{:06}", i - 1), big.join(format!("e{i:06}")))
+                .unwrap();
+        } else {
+            std::fs::write(big.join(format!("e{i:06}")), format!("file {i}")).unwrap();
+            files += 1;
+        }
+    }
+    let first = env.backup(&[&src]);
+    assert_eq!(first["files_new"], files, "{first}");
+    assert_eq!(first["warnings"], 0, "{first}");
+
+    let second = env.backup(&[&src]);
+    assert_eq!(second["files_unmodified"], files, "{second}");
+    assert_eq!(second["bytes_read"], 0, "{second}");
+    assert!(
+        second["bytes_added"].as_u64().unwrap() < 4096,
+        "an unchanged directory stored new tree blobs: {second}"
+    );
+
+    std::fs::write(big.join("e030000"), "changed past the window").unwrap();
+    std::fs::write(big.join("e036234-dir/f1"), "changed in a sub-directory").unwrap();
+    std::fs::remove_file(big.join("e020000")).unwrap();
+    std::fs::write(big.join("zz-new"), "new").unwrap();
+    let third = env.backup(&[&src]);
+    assert_eq!(third["files_changed"], 2, "{third}");
+    assert_eq!(third["files_new"], 1, "{third}");
+    assert_eq!(third["files_unmodified"], files - 3, "{third}");
+    assert_eq!(third["bytes_read"], 23 + 26 + 3, "{third}");
+
+    let target = env.path("t");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(
+        &scan(&src),
+        &scan(&target.join(src.strip_prefix("/").unwrap())),
+    );
+}

@@ -1,5 +1,6 @@
 //! Peak memory as the data grows: Lifeboat's peak RSS for full backup, unchanged re-backup and
-//! restore of trees of 100 000 to 800 000 tiny files and of 1 to 4 GiB of random data.
+//! restore of trees of 100 000 to 800 000 tiny files, of one directory of 400 000 of them, and
+//! of 1 to 4 GiB of random data.
 //!
 //! ```text
 //! cargo run --release -p lifeboat-benches --bin memory -- [--work DIR] [--out DIR]
@@ -7,7 +8,8 @@
 //!
 //! The speed issue asks for a peak RSS of at most 128 MiB, flat as the data grows, where only the
 //! index grows (48 bytes a chunk). Each tiny file is a blob of its own, so the tiny-file trees are
-//! where per-blob memory shows. The repositories are opened with a key file: a password's argon2id
+//! where per-blob memory shows; the single directory is where a directory's own memory would.
+//! The repositories are opened with a key file: a password's argon2id
 //! takes 64 MiB for a moment at the start, which would hide the working set of small runs. Writes
 //! `memory.md` into `--out`, with the growth per file between the two largest trees.
 
@@ -57,7 +59,7 @@ fn main() -> Result<()> {
     std::fs::write(&key, blake3::derive_key("lifeboat memory bench", b"key"))?;
     let mut tiny = Vec::new();
     for n in [100_000, 200_000, 400_000, 800_000] {
-        let src = tiny_files(&work, n)?;
+        let src = tiny_files(&work, n, 1000)?;
         tiny.push(measure_corpus(
             &bins.lifeboat,
             &work,
@@ -67,7 +69,10 @@ fn main() -> Result<()> {
             n,
         )?);
     }
-    let mut data = Vec::new();
+    let flat = 400_000;
+    let src = tiny_files(&work, flat, flat)?;
+    let flat = measure_corpus(&bins.lifeboat, &work, &target, &key, &src, flat)?;
+    let mut data = vec![flat];
     for gib in [1, 4] {
         let src = random_data(&work, gib)?;
         data.push(measure_corpus(
@@ -86,17 +91,18 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// `n` files of about 100 bytes, 1000 to a directory.
-fn tiny_files(work: &Path, n: u64) -> Result<PathBuf> {
-    let dir = work.join(format!("tiny-{n}"));
-    let done = work.join(format!("tiny-{n}.done"));
+/// `n` files of about 100 bytes, `per_dir` to a directory (`tiny-N`; `flat-N` when all are in one).
+fn tiny_files(work: &Path, n: u64, per_dir: u64) -> Result<PathBuf> {
+    let name = if per_dir == n { "flat" } else { "tiny" };
+    let dir = work.join(format!("{name}-{n}"));
+    let done = work.join(format!("{name}-{n}.done"));
     if !done.exists() {
         let _ = std::fs::remove_dir_all(&dir);
         eprintln!("making {n} tiny files in {}", dir.display());
-        for d in 0..n / 1000 {
+        for d in 0..n / per_dir {
             let sub = dir.join(format!("d{d:04}"));
             std::fs::create_dir_all(&sub)?;
-            for f in 0..1000 {
+            for f in 0..per_dir {
                 std::fs::write(
                     sub.join(format!("f{f:04}")),
                     format!("file {d} {f}\n").repeat(8),
@@ -234,7 +240,7 @@ fn report(tiny: &[Row], data: &[Row]) -> String {
             per(|r| r.restore.peak_rss_mib),
         );
     };
-    // Random data has a blob per MiB: 4 GiB is too few blobs for a slope above the run-to-run
+    // The single directory and random data are not in it. Random data has a blob per MiB: 4 GiB is too few blobs for a slope above the run-to-run
     // variation (a few MiB, from how many pack buffers a run happens to touch).
     growth(tiny, "file (one blob each)", &mut md);
     md
