@@ -100,7 +100,7 @@ pub fn check(
             if !seen_trees.insert(ids.clone()) {
                 continue;
             }
-            let tree = match repo.read_tree(&ids) {
+            let tree = match repo.read_tree_entries(&ids) {
                 Ok(t) => t,
                 Err(e) => {
                     rep.errors
@@ -108,7 +108,15 @@ pub fn check(
                     continue;
                 }
             };
-            for n in tree.nodes {
+            for n in tree {
+                let n = match n {
+                    Ok(n) => n,
+                    Err(e) => {
+                        rep.errors
+                            .push(format!("snapshot {} tree {path}: {e}", id.short()));
+                        break;
+                    }
+                };
                 let p = format!(
                     "{}{}",
                     if path == "/" {

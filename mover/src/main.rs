@@ -1079,10 +1079,10 @@ fn ls_tree(
     json: bool,
     out: &mut impl std::io::Write,
 ) -> Result<()> {
-    let tree = repo.read_tree(ids)?;
-    for n in &tree.nodes {
+    for n in repo.read_tree_entries(ids)? {
+        let n = n?;
         let p = format!("{prefix}/{}", n.display_name());
-        ls_print(n, &p, json, out)?;
+        ls_print(&n, &p, json, out)?;
         if n.kind() == NodeKind::Dir {
             ls_tree(repo, &n.subtree, &p, json, out)?;
         }

@@ -304,11 +304,11 @@ fn used_blobs(repo: &mut Repository, report: &mut PruneReport) -> Result<HashSet
         if ids.iter().all(|i| used.contains(i)) && !ids.is_empty() {
             continue;
         }
-        let tree = repo
-            .read_tree(&ids)
-            .map_err(|e| e.context("prune needs every tree readable"))?;
+        let unreadable = |e: Error| e.context("prune needs every tree readable");
+        let tree = repo.read_tree_entries(&ids).map_err(unreadable)?;
         used.extend(ids);
-        for n in tree.nodes {
+        for n in tree {
+            let n = n.map_err(unreadable)?;
             used.extend(n.content.iter().copied());
             if !n.subtree.is_empty() {
                 stack.push(n.subtree);
