@@ -377,6 +377,16 @@ impl<'r> TreeEntries<'r> {
         self.done = true;
         Err(e)
     }
+
+    /// After the last entry: nothing may follow it.
+    fn end(&mut self) -> Option<Result<Node>> {
+        self.done = true;
+        match self.src.peek() {
+            Ok(None) => None,
+            Ok(Some(_)) => Some(self.fail(Error::corrupt("tree has bytes past its end"))),
+            Err(e) => Some(self.fail(e)),
+        }
+    }
 }
 
 /// The number of entries (`None`: until the break) and where the first starts, when `bytes`
@@ -413,22 +423,12 @@ impl Iterator for TreeEntries<'_> {
             return None;
         }
         match &mut self.left {
-            Some(0) => {
-                self.done = true;
-                return None;
-            }
+            Some(0) => return self.end(),
             Some(n) => *n -= 1,
             None => match self.src.peek() {
                 Ok(Some(TREE_END)) => {
                     self.src.pos += 1;
-                    self.done = true;
-                    return match self.src.peek() {
-                        Ok(None) => None,
-                        Ok(Some(_)) => {
-                            Some(self.fail(Error::corrupt("tree has bytes past its end")))
-                        }
-                        Err(e) => Some(self.fail(e)),
-                    };
+                    return self.end();
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => return Some(self.fail(Error::corrupt("tree is truncated"))),
@@ -580,6 +580,16 @@ mod tests {
         let mut past = full.clone();
         past.push(0);
         bad(past, "bytes past the end");
+        let mut old = Vec::new();
+        ciborium::into_writer(
+            &Tree {
+                nodes: vec![node(1)],
+            },
+            &mut old,
+        )
+        .unwrap();
+        old.push(0);
+        bad(old, "bytes past the end of a definite-length tree");
         // A blob that cannot be read ends the entries with its error.
         let half = full.len() / 2;
         let failing: TreeBlobs<'static> = Box::new(
