@@ -1043,10 +1043,11 @@ impl<'a> Walker<'_, 'a> {
             self.ahead.taken(s.as_ref());
             s
         });
-        // A path the user named is shown as given; entries below it by name.
+        // A path the user named is shown as given; entries below it by name (borrowed: it is
+        // only needed for messages).
         let shown = match (top, &self.top_path) {
-            (true, Some(p)) => p.clone(),
-            _ => String::from_utf8_lossy(name).into_owned(),
+            (true, Some(p)) => std::borrow::Cow::Owned(p.clone()),
+            _ => String::from_utf8_lossy(name),
         };
         let warn_or_fail = |sh: &Shared<'_>, what: String| -> Result<()> {
             if top {
