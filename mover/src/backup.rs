@@ -943,8 +943,11 @@ impl<'a> Walker<'_, 'a> {
     }
 
     fn walk_dir(&mut self, scanned: Scanned<'a>) -> Result<()> {
-        let Scanned { fd, entries, ptree } = scanned;
-        let mut ptree = ptree;
+        let Scanned {
+            fd,
+            entries,
+            mut ptree,
+        } = scanned;
         let dir = fd.as_fd();
         let Listing { names, mut stats } = match entries {
             Ok(e) => e,

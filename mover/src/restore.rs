@@ -91,24 +91,29 @@ pub fn path_components(p: &Path) -> Result<Vec<Vec<u8>>> {
 /// `InvalidInput` when the path does not exist in the snapshot.
 pub fn find_node(repo: &Repository, snap: &Snapshot, path: &Path) -> Result<Option<Node>> {
     let comps = path_components(path)?;
-    let mut tree = repo.read_tree(&snap.tree)?;
+    let absent = || Error::invalid(format!("{} is not in the snapshot", path.display()));
+    let mut ids = snap.tree.clone();
     let mut found = None;
     for (i, c) in comps.iter().enumerate() {
-        let Ok(pos) = tree.nodes.binary_search_by(|n| n.name.as_slice().cmp(c)) else {
-            return Err(Error::invalid(format!(
-                "{} is not in the snapshot",
-                path.display()
-            )));
-        };
-        let node = tree.nodes.swap_remove(pos);
+        // Entries are sorted: the search stops at the first name past `c`.
+        let mut node = None;
+        for n in repo.read_tree_entries(&ids)? {
+            let n = n?;
+            match n.name.as_slice().cmp(c) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    node = Some(n);
+                    break;
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        let node = node.ok_or_else(absent)?;
         if i + 1 < comps.len() {
             if node.kind() != NodeKind::Dir {
-                return Err(Error::invalid(format!(
-                    "{} is not in the snapshot",
-                    path.display()
-                )));
+                return Err(absent());
             }
-            tree = repo.read_tree(&node.subtree)?;
+            ids.clone_from(&node.subtree);
         }
         found = Some(node);
     }
@@ -445,7 +450,8 @@ fn writer_threads(repo: &Repository, opts: &RestoreOptions) -> usize {
 /// volume: a regular file is written onto a device only when named.
 fn volume_node(repo: &Repository, snap: &Snapshot, include: &[PathBuf]) -> Result<Node> {
     fn collect(repo: &Repository, ids: &[Id], found: &mut Vec<Node>) -> Result<()> {
-        for n in repo.read_tree(ids)?.nodes {
+        for n in repo.read_tree_entries(ids)? {
+            let n = n?;
             if found.len() > 1 {
                 break;
             }

@@ -364,14 +364,6 @@ impl<'r> TreeEntries<'r> {
         })
     }
 
-    /// The entries of the encoded tree `bytes`.
-    ///
-    /// # Errors
-    /// As [`TreeEntries::new`].
-    pub fn of_bytes(bytes: Vec<u8>) -> Result<TreeEntries<'static>> {
-        TreeEntries::new(Box::new(std::iter::once(Ok(bytes))))
-    }
-
     /// End the iteration with `e`.
     fn fail(&mut self, e: Error) -> Result<Node> {
         self.done = true;
@@ -480,12 +472,10 @@ mod tests {
     }
 
     fn encode(nodes: &[Node]) -> Vec<u8> {
-        let mut enc = TreeEncoder::default();
-        for n in nodes {
-            enc.push(n);
+        Tree {
+            nodes: nodes.to_vec(),
         }
-        enc.finish();
-        enc.bytes().to_vec()
+        .encode()
     }
 
     /// `bytes` as blobs of `size` bytes.
@@ -607,7 +597,7 @@ mod tests {
         other.push(0x81);
         ciborium::into_writer(&node(1), &mut other).unwrap();
         other.extend_from_slice(&[0x61, b'x', 0x01]);
-        let r: Vec<Node> = TreeEntries::of_bytes(other)
+        let r: Vec<Node> = TreeEntries::new(blobs(&other, other.len()))
             .unwrap()
             .collect::<Result<_>>()
             .unwrap();
