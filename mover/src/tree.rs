@@ -326,7 +326,12 @@ pub struct TreeEntries<'r> {
     prev: Option<Vec<u8>>,
     /// A tree not laid out as [`TreeEncoder`] writes it, decoded whole.
     whole: Option<std::vec::IntoIter<Node>>,
+    /// The decoder's scratch space, kept from one entry to the next.
+    scratch: Box<[u8; SCRATCH]>,
 }
+
+/// ciborium's own scratch size.
+const SCRATCH: usize = 4096;
 
 impl<'r> TreeEntries<'r> {
     /// The entries of the tree made of `blobs`.
@@ -352,6 +357,7 @@ impl<'r> TreeEntries<'r> {
                 done: false,
                 prev: None,
                 whole: None,
+                scratch: Box::new([0; SCRATCH]),
             });
         }
         let whole = Tree::decode(&src.rest()?)?.nodes.into_iter();
@@ -361,6 +367,7 @@ impl<'r> TreeEntries<'r> {
             done: true,
             prev: None,
             whole: Some(whole),
+            scratch: Box::new([0; SCRATCH]),
         })
     }
 
@@ -427,17 +434,34 @@ impl Iterator for TreeEntries<'_> {
                 Err(e) => return Some(self.fail(e)),
             },
         }
-        let node: Node = match ciborium::from_reader(&mut self.src) {
-            Ok(n) => n,
-            Err(e) => {
-                let e = self.src.decode_error(e);
-                return Some(self.fail(e));
-            }
-        };
+        // Most entries lie within the current blob: decoded from it as a slice, which is about
+        // twice as fast as through the reader. One that does not (it straddles the next blob,
+        // or does not decode) is decoded again through the reader, which has the last word.
+        let here = &self.src.blob[self.src.pos..];
+        let mut slice = here;
+        let node: Node =
+            match ciborium::de::from_reader_with_buffer(&mut slice, &mut self.scratch[..]) {
+                Ok(n) => {
+                    self.src.pos += here.len() - slice.len();
+                    n
+                }
+                Err(_) => match ciborium::de::from_reader_with_buffer(
+                    &mut self.src,
+                    &mut self.scratch[..],
+                ) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let e = self.src.decode_error(e);
+                        return Some(self.fail(e));
+                    }
+                },
+            };
         if let Err(e) = check_entry(&node, self.prev.as_deref()) {
             return Some(self.fail(e));
         }
-        self.prev = Some(node.name.clone());
+        let prev = self.prev.get_or_insert_default();
+        prev.clear();
+        prev.extend_from_slice(&node.name);
         Some(Ok(node))
     }
 }
