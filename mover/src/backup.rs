@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -30,7 +30,7 @@ use crate::chunker::{Chunker, Chunking, FirstCut};
 use crate::compress::Compressor;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
-use crate::fsmeta::{self, DirNames};
+use crate::fsmeta;
 use crate::id::Id;
 use crate::idset::IdSet;
 use crate::index::{self, PackRecord};
@@ -38,7 +38,13 @@ use crate::pack::{BlobType, FinishedPack, PackWriter};
 use crate::repo::Repository;
 use crate::snapshot::{Snapshot, Summary, hostname};
 use crate::status::RunStatus;
-use crate::tree::{Node, NodeKind, Tree, TreeEncoder, TreeEntries, Xattr};
+use crate::tree::{Node, NodeKind, Tree, TreeEncoder, Xattr};
+
+mod scan;
+use scan::{
+    Ahead, Listing, ParentDir, SCAN_AHEAD_DIRS, SCAN_AHEAD_MIN_AVG, SCAN_AHEAD_PER_DIR,
+    SCAN_AHEAD_WARMUP, ScanJob, Scanned, ScansAhead, Windows, scan,
+};
 
 /// Options of one backup (CLI, config file or library).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -236,186 +242,6 @@ const SEGMENT: u64 = 32 << 20;
 
 /// Walk events per batch sent to the tree builder.
 const EVENT_BATCH: usize = 256;
-
-/// Directories scanned ahead of the walker at most (each holds an open directory; fewer when the
-/// open-file limit is low), and entries in them at most (each costs about 200 bytes until the
-/// walker visits it). Scanners take directories in the order the walker found them, so it may
-/// wait on a deep one while they scan its parent's later siblings; the room keeps them busy
-/// meanwhile.
-const SCAN_AHEAD_DIRS: usize = 256;
-const SCAN_AHEAD_PER_DIR: usize = 16;
-/// Handing a directory to a scanner costs about what listing and stat'ing a dozen entries does, so
-/// once the walk has seen `SCAN_AHEAD_WARMUP` directories it scans ahead only while they hold this
-/// many entries on average (a tree of tiny directories was a sixth slower walked in parallel).
-const SCAN_AHEAD_MIN_AVG: usize = 12;
-const SCAN_AHEAD_WARMUP: usize = 32;
-const SCAN_AHEAD_ENTRIES: usize = 128 << 10;
-
-/// A directory listed, its entries stat'ed and its tree in the parent snapshot decoded: the
-/// system calls and decoding of a walk, done by scanner threads ahead of the walker, so the walk
-/// of a large tree (all of an unchanged re-backup) is not one thread's work. Of a huge directory
-/// the scanner does the first `SCAN_WINDOW` entries and the walker the rest as it goes, so it
-/// holds the directory's names, not a stat and a parent node of each entry.
-struct Scanned<'r> {
-    fd: OwnedFd,
-    entries: std::io::Result<Listing>,
-    ptree: Option<ParentDir<'r>>,
-}
-
-/// Entries of one directory stat'ed, and entries of its parent tree decoded, by a scanner.
-const SCAN_WINDOW: usize = 16 << 10;
-
-struct Listing {
-    /// Sorted by name.
-    names: DirNames,
-    /// Stats of the first `SCAN_WINDOW` names (an entry that could not be stat'ed keeps its
-    /// error), taken by the walker when it visits each.
-    stats: Vec<Option<std::io::Result<rustix::fs::Stat>>>,
-}
-
-/// A directory's entries in the parent snapshot, taken in name order as the walk reaches them.
-/// Its tree's blobs are read, and its entries decoded, as the walk goes: a scanner decodes the
-/// first `SCAN_WINDOW`, the walker the rest, never more than `SCAN_WINDOW` ahead of itself.
-struct ParentDir<'r> {
-    /// Decoded and not yet passed by the walk, sorted by name.
-    ahead: VecDeque<Node>,
-    /// The entries after those; `None` once they ran out or failed to decode.
-    rest: Option<TreeEntries<'r>>,
-}
-
-impl<'r> ParentDir<'r> {
-    /// The tree made of blobs `ids`, its first `SCAN_WINDOW` entries decoded; `None` when it
-    /// cannot be read (everything in the directory is then read in full).
-    fn open(repo: &'r Repository, ids: &[Id]) -> Option<Self> {
-        let rest = repo
-            .read_tree_entries(ids)
-            .map_err(|e| tracing::warn!("a directory of the parent snapshot is unreadable: {e}"))
-            .ok()?;
-        let mut p = Self {
-            ahead: VecDeque::new(),
-            rest: Some(rest),
-        };
-        while p.ahead.len() < SCAN_WINDOW && p.decode_next() {}
-        Some(p)
-    }
-
-    /// A tree decoded whole.
-    fn whole(tree: Tree) -> Self {
-        Self {
-            ahead: tree.nodes.into(),
-            rest: None,
-        }
-    }
-
-    /// Decode one more entry; `false` when there are no more. A damaged entry ends the entries:
-    /// the ones after it are read in full, as new.
-    fn decode_next(&mut self) -> bool {
-        let Some(rest) = &mut self.rest else {
-            return false;
-        };
-        match rest.next() {
-            Some(Ok(n)) => {
-                self.ahead.push_back(n);
-                return true;
-            }
-            Some(Err(e)) => tracing::warn!(
-                "a directory of the parent snapshot is damaged, entries after it are read in \
-                 full: {e}"
-            ),
-            None => {}
-        }
-        self.rest = None;
-        false
-    }
-
-    /// The entry `name`: names must be asked for in increasing order, each at most once.
-    fn take(&mut self, name: &[u8]) -> Option<Node> {
-        loop {
-            if self.ahead.is_empty() && !self.decode_next() {
-                return None;
-            }
-            match self.ahead[0].name.as_slice().cmp(name) {
-                std::cmp::Ordering::Less => drop(self.ahead.pop_front()),
-                std::cmp::Ordering::Equal => return self.ahead.pop_front(),
-                std::cmp::Ordering::Greater => return None,
-            }
-        }
-    }
-
-    /// The tree blobs of sub-directory `name`, further on than the walk.
-    fn subtree_ahead(&mut self, name: &[u8]) -> Ahead {
-        while self.ahead.back().is_none_or(|n| n.name.as_slice() < name)
-            && self.ahead.len() < SCAN_WINDOW
-            && self.decode_next()
-        {}
-        match self.ahead.binary_search_by(|n| n.name.as_slice().cmp(name)) {
-            Ok(i) => {
-                let n = &self.ahead[i];
-                Ahead::Known((n.kind() == NodeKind::Dir).then(|| n.subtree.clone()))
-            }
-            Err(i) if i < self.ahead.len() || self.rest.is_none() => Ahead::Known(None),
-            Err(_) => Ahead::NotYet,
-        }
-    }
-}
-
-/// What [`ParentDir::subtree_ahead`] found.
-enum Ahead {
-    /// The parent's tree blobs of the directory (`None`: the parent has no such directory).
-    Known(Option<Vec<Id>>),
-    /// Not known within `SCAN_WINDOW` entries of the walk.
-    NotYet,
-}
-
-struct ScanJob<'r> {
-    fd: OwnedFd,
-    /// The directory's tree in the parent snapshot.
-    subtree: Option<Vec<Id>>,
-    reply: Sender<Scanned<'r>>,
-}
-
-/// Scans sent to the scanners and not yet received by the walker, and their entries.
-struct ScansAhead {
-    max_dirs: usize,
-    dirs: AtomicUsize,
-    entries: AtomicUsize,
-}
-
-impl ScansAhead {
-    /// Room for `SCAN_AHEAD_DIRS` directories, or a quarter of the open-file limit: the rest is
-    /// left for the walk's own path, the files being read and the repository.
-    fn new() -> Self {
-        Self {
-            max_dirs: (fsmeta::open_file_limit() / 4).min(SCAN_AHEAD_DIRS),
-            dirs: AtomicUsize::new(0),
-            entries: AtomicUsize::new(0),
-        }
-    }
-
-    fn room(&self) -> bool {
-        self.dirs.load(Ordering::Relaxed) < self.max_dirs
-            && self.entries.load(Ordering::Relaxed) < SCAN_AHEAD_ENTRIES
-    }
-
-    /// The walker received (or gave up on) one scan.
-    fn taken(&self, s: Option<&Scanned<'_>>) {
-        self.dirs.fetch_sub(1, Ordering::Relaxed);
-        if let Some(Ok(e)) = s.map(|s| &s.entries) {
-            self.entries.fetch_sub(e.names.len(), Ordering::Relaxed);
-        }
-    }
-}
-
-fn scan<'r>(repo: &'r Repository, fd: OwnedFd, subtree: Option<&[Id]>) -> Scanned<'r> {
-    let entries = fsmeta::read_dir(fd.as_fd()).map(|names| {
-        let stats = (0..names.len().min(SCAN_WINDOW))
-            .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
-            .collect();
-        Listing { names, stats }
-    });
-    let ptree = subtree.and_then(|ids| ParentDir::open(repo, ids));
-    Scanned { fd, entries, ptree }
-}
 
 /// One segment of a file's data: where it nominally starts, and the end of its data region.
 struct Seg {
@@ -628,16 +454,7 @@ pub fn backup(
         let ahead = &ahead;
         for _ in 0..threads {
             let scan_rx = scan_rx.clone();
-            s.spawn(move || {
-                for j in scan_rx {
-                    let s = scan(sh.repo, j.fd, j.subtree.as_deref());
-                    if let Ok(e) = &s.entries {
-                        ahead.entries.fetch_add(e.names.len(), Ordering::Relaxed);
-                    }
-                    // Not received only after the walk failed.
-                    let _ = j.reply.send(s);
-                }
-            });
+            s.spawn(move || scan::scanner(sh.repo, &scan_rx, ahead));
         }
         drop(scan_rx);
         let walker = std::thread::Builder::new()
@@ -949,7 +766,7 @@ impl<'a> Walker<'_, 'a> {
             mut ptree,
         } = scanned;
         let dir = fd.as_fd();
-        let Listing { names, mut stats } = match entries {
+        let Listing { names, stats } = match entries {
             Ok(e) => e,
             Err(e) => {
                 self.sh.status.warn(format!("cannot list a directory: {e}"));
@@ -968,12 +785,18 @@ impl<'a> Walker<'_, 'a> {
                 None => names.says_dir(i),
             })
             .collect();
+        let names = Arc::new(names);
+        let mut windows =
+            Windows::start(Arc::clone(&names), stats, dir, ptree.as_mut(), &self.scans);
         let mut next_sub = 0;
         let mut ahead: VecDeque<(usize, Receiver<Scanned<'a>>)> = VecDeque::new();
         for i in 0..names.len() {
             if self.sh.status.failed() {
                 return Ok(());
             }
+            // First: at a window's start this receives its parent entries, which the scans
+            // ahead below look into.
+            let stat = windows.stat(i, dir, ptree.as_mut(), &self.scans);
             // Keep the sub-directories after this entry scanning, in order, while there is room;
             // a few per directory, so a wide one leaves room for the levels below it.
             while worth_it
@@ -1000,7 +823,6 @@ impl<'a> Walker<'_, 'a> {
                 Some((j, _)) if *j == i => ahead.pop_front().map(|(_, rx)| rx),
                 _ => None,
             };
-            let stat = stats.get_mut(i).and_then(Option::take);
             let name = names.name(i);
             let pnode = ptree.as_mut().and_then(|p| p.take(name));
             self.entry(dir, name, stat, pnode.as_ref(), false, pre_scan)?;
@@ -1021,7 +843,11 @@ impl<'a> Walker<'_, 'a> {
         let fd = fsmeta::open_dir_at(dir, name).ok()?;
         let (reply, rx) = bounded(1);
         self.ahead.dirs.fetch_add(1, Ordering::Relaxed);
-        if self.scans.send(ScanJob { fd, subtree, reply }).is_err() {
+        if self
+            .scans
+            .send(ScanJob::Dir { fd, subtree, reply })
+            .is_err()
+        {
             self.ahead.taken(None);
             return None;
         }

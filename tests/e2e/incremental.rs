@@ -169,11 +169,12 @@ fn many_directories_under_a_low_open_file_limit() {
     );
 }
 
-/// A directory far larger than what a scanner stats and decodes of it (16 384 entries), whose
-/// tree spans several blobs: the walker stats the rest and decodes the parent's tree as it goes,
-/// sub-directories past the window are found by the directory's own listing, and the tree's
-/// blobs are stored while it is encoded. An unchanged re-backup must find every entry unmodified
-/// and store the same tree blobs; changes past the window must be found, and both restore exactly.
+/// A directory far larger than what a scanner stats and decodes of it at once (8 192 entries),
+/// whose tree spans several blobs: scanners stat the next window of entries and decode the
+/// parent's tree for it while the walker visits the current one, sub-directories past the first
+/// window are found by the directory's own listing, and the tree's blobs are stored while it is
+/// encoded. An unchanged re-backup must find every entry unmodified and store the same tree
+/// blobs; changes past the first window must be found, and both restore exactly.
 #[test]
 fn a_directory_larger_than_the_scan_window() {
     use crate::fixtures::{assert_same_tree, scan};
@@ -219,6 +220,25 @@ fn a_directory_larger_than_the_scan_window() {
     assert_eq!(third["files_new"], 1, "{third}");
     assert_eq!(third["files_unmodified"], files - 3, "{third}");
     assert_eq!(third["bytes_read"], 23 + 26 + 3, "{third}");
+
+    // Thousands of entries gone and thousands new, across several windows of the walk: the
+    // parent's entries are still matched to the right names, none read again.
+    let mut removed = 0;
+    for i in 10_000..22_000u64 {
+        let p = big.join(format!("e{i:06}"));
+        if p.is_file() && !p.is_symlink() {
+            std::fs::remove_file(&p).unwrap();
+            removed += 1;
+        }
+    }
+    for i in 12_000..21_000u64 {
+        std::fs::write(big.join(format!("e{i:06}-new")), "new!").unwrap();
+    }
+    let fourth = env.backup(&[&src]);
+    assert_eq!(fourth["files_new"], 9000, "{fourth}");
+    assert_eq!(fourth["files_changed"], 0, "{fourth}");
+    assert_eq!(fourth["files_unmodified"], files - removed, "{fourth}");
+    assert_eq!(fourth["bytes_read"], 9000 * 4, "{fourth}");
 
     let target = env.path("t");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
