@@ -38,7 +38,7 @@ use crate::pack::{BlobType, FinishedPack, PackWriter};
 use crate::repo::Repository;
 use crate::snapshot::{Snapshot, Summary, hostname};
 use crate::status::RunStatus;
-use crate::tree::{Node, NodeKind, Tree, TreeEncoder, Xattr};
+use crate::tree::{Node, NodeKind, Tree, TreeWriter, Xattr};
 
 mod scan;
 use scan::{
@@ -1935,8 +1935,8 @@ fn build_trees(
 ) -> Result<(Vec<Id>, TreeCounts)> {
     let mut sink = BlobSink::new(sh.repo, packer)?;
     // Each open directory's entries, encoded as they complete and stored as their blobs are cut.
-    let mut stack: Vec<(Node, TreeOut)> = Vec::new();
-    let mut root = TreeOut::default();
+    let mut stack: Vec<(Node, TreeWriter)> = Vec::new();
+    let mut root = TreeWriter::default();
     let mut links: HashMap<(u64, u64), FileContent> = HashMap::new();
     let mut counts = TreeCounts::default();
     let track_packs = sh.repo.store().lock().is_some();
@@ -1944,14 +1944,14 @@ fn build_trees(
     for ev in events.iter().flatten() {
         let done = match ev {
             Event::Enter(n) => {
-                stack.push((n, TreeOut::default()));
+                stack.push((n, TreeWriter::default()));
                 continue;
             }
             Event::Exit => {
                 let (mut n, children) = stack
                     .pop()
                     .ok_or_else(|| Error::invalid("walk events out of order"))?;
-                n.subtree = children.finish(sh, &mut sink)?;
+                n.subtree = children.finish(&sh.chunker, &mut |b| sink.put(sh, b))?;
                 counts.dirs += 1;
                 n
             }
@@ -2027,8 +2027,8 @@ fn build_trees(
             }
         }
         match stack.last_mut() {
-            Some((_, children)) => children.push(sh, &mut sink, &done)?,
-            None => root.push(sh, &mut sink, &done)?,
+            Some((_, children)) => children.push(&sh.chunker, &done, &mut |b| sink.put(sh, b))?,
+            None => root.push(&sh.chunker, &done, &mut |b| sink.put(sh, b))?,
         }
     }
     if track_packs {
@@ -2040,60 +2040,8 @@ fn build_trees(
     if !stack.is_empty() {
         return Err(Error::invalid("walk ended inside a directory"));
     }
-    let ids = root.finish(sh, &mut sink)?;
+    let ids = root.finish(&sh.chunker, &mut |b| sink.put(sh, b))?;
     Ok((ids, counts))
-}
-
-/// A directory's tree being written: its entries are encoded as they complete, and each blob is
-/// cut and stored as soon as its end is certain, so a directory of any size holds about one
-/// blob of its encoding. The cuts are those of the whole encoding (`Chunker::resume_cut`).
-#[derive(Default)]
-struct TreeOut {
-    enc: TreeEncoder,
-    /// The encoding's first bytes known to hold no cut, and its length when last cut.
-    clean: usize,
-    tried: usize,
-    ids: Vec<Id>,
-}
-
-/// Encoded bytes gathered between attempts to cut a tree blob.
-const TREE_CUT_STEP: usize = 64 << 10;
-
-impl TreeOut {
-    fn push(&mut self, sh: &Shared<'_>, sink: &mut BlobSink<'_>, node: &Node) -> Result<()> {
-        self.enc.push(node);
-        if self.enc.bytes().len() >= self.tried + TREE_CUT_STEP {
-            self.cut(sh, sink, false)?;
-        }
-        Ok(())
-    }
-
-    /// Store every blob whose end is certain (with `eof`: all the rest).
-    fn cut(&mut self, sh: &Shared<'_>, sink: &mut BlobSink<'_>, eof: bool) -> Result<()> {
-        loop {
-            let bytes = self.enc.bytes();
-            match sh.chunker.resume_cut(bytes, eof, self.clean) {
-                FirstCut::At(end) => {
-                    self.ids.push(sink.put(sh, &bytes[..end])?);
-                    self.enc.consume(end);
-                    self.clean = 0;
-                }
-                FirstCut::More { clean } => {
-                    self.clean = clean;
-                    break;
-                }
-            }
-        }
-        self.tried = self.enc.bytes().len();
-        Ok(())
-    }
-
-    /// The tree's blob ids, once its last entry is in.
-    fn finish(mut self, sh: &Shared<'_>, sink: &mut BlobSink<'_>) -> Result<Vec<Id>> {
-        self.enc.finish();
-        self.cut(sh, sink, true)?;
-        Ok(self.ids)
-    }
 }
 
 /// Seal the pack records in `pending` into one index object and store it.

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunker::{Chunker, FirstCut};
 use crate::error::{Error, Result};
 use crate::id::Id;
 
@@ -179,6 +180,79 @@ impl TreeEncoder {
     /// End the tree: no entry follows.
     pub fn finish(&mut self) {
         self.buf.push(TREE_END);
+    }
+}
+
+/// A tree being written: its entries are encoded as they come, and each blob is cut and stored
+/// as soon as its end is certain, so a directory of any size holds about one blob of its
+/// encoding. The cuts are those of the whole encoding (`Chunker::resume_cut`).
+#[derive(Default)]
+pub struct TreeWriter {
+    enc: TreeEncoder,
+    /// The encoding's first bytes known to hold no cut, and its length when last cut.
+    clean: usize,
+    tried: usize,
+    ids: Vec<Id>,
+}
+
+/// Encoded bytes gathered between attempts to cut a tree blob.
+const TREE_CUT_STEP: usize = 64 << 10;
+
+impl TreeWriter {
+    /// Append the next entry (entries come sorted by name); `put` stores a blob and gives its id.
+    ///
+    /// # Errors
+    /// What `put` returns.
+    pub fn push(
+        &mut self,
+        chunker: &Chunker,
+        node: &Node,
+        put: &mut impl FnMut(&[u8]) -> Result<Id>,
+    ) -> Result<()> {
+        self.enc.push(node);
+        if self.enc.bytes().len() >= self.tried + TREE_CUT_STEP {
+            self.cut(chunker, put, false)?;
+        }
+        Ok(())
+    }
+
+    /// Store every blob whose end is certain (with `eof`: all the rest).
+    fn cut(
+        &mut self,
+        chunker: &Chunker,
+        put: &mut impl FnMut(&[u8]) -> Result<Id>,
+        eof: bool,
+    ) -> Result<()> {
+        loop {
+            let bytes = self.enc.bytes();
+            match chunker.resume_cut(bytes, eof, self.clean) {
+                FirstCut::At(end) => {
+                    self.ids.push(put(&bytes[..end])?);
+                    self.enc.consume(end);
+                    self.clean = 0;
+                }
+                FirstCut::More { clean } => {
+                    self.clean = clean;
+                    break;
+                }
+            }
+        }
+        self.tried = self.enc.bytes().len();
+        Ok(())
+    }
+
+    /// The tree's blob ids, once its last entry is in.
+    ///
+    /// # Errors
+    /// What `put` returns.
+    pub fn finish(
+        mut self,
+        chunker: &Chunker,
+        put: &mut impl FnMut(&[u8]) -> Result<Id>,
+    ) -> Result<Vec<Id>> {
+        self.enc.finish();
+        self.cut(chunker, put, true)?;
+        Ok(self.ids)
     }
 }
 
