@@ -19,12 +19,14 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::blobwriter::BlobWriter;
+use crate::chunker::Chunker;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
 use crate::pack::BlobType;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
+use crate::tree::TreeWriter;
 
 /// What a copy did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -53,6 +55,8 @@ struct Copier<'a> {
     bytes_read: u64,
     /// Target packs the copies reuse (their Object Lock retention is extended).
     used_packs: HashSet<Id>,
+    /// The target's tree chunker.
+    chunker: Chunker,
 }
 
 impl Copier<'_> {
@@ -80,6 +84,9 @@ impl Copier<'_> {
         Ok(t)
     }
 
+    /// Copy the tree made of source blobs `ids`, and everything under it. Its entries are read,
+    /// and the target's tree blobs written, as they come: a directory of any size holds about
+    /// one blob of each.
     fn tree(&mut self, w: &mut BlobWriter<'_>, ids: &[Id]) -> Result<Vec<Id>> {
         if let Some(t) = self.trees.get(ids).cloned()
             && t.iter().all(|i| w.has(i))
@@ -89,35 +96,34 @@ impl Copier<'_> {
             }
             return Ok(t);
         }
-        let mut tree = self.src.read_tree(ids)?;
-        for n in &mut tree.nodes {
+        let (src, chunker) = (self.src, self.chunker.clone());
+        let mut out = TreeWriter::default();
+        for n in src.read_tree_entries(ids)? {
+            let mut n = n?;
             for c in &mut n.content {
                 *c = self.data_blob(w, *c)?;
             }
             if !n.subtree.is_empty() {
                 n.subtree = self.tree(w, &n.subtree)?;
             }
+            out.push(&chunker, &n, &mut |b| self.tree_blob(w, b))?;
         }
-        let bytes = tree.encode();
-        let mut ends = Vec::new();
-        self.dst.chunker().cut(&bytes, true, &mut ends);
-        let mut out = Vec::with_capacity(ends.len());
-        let mut s = 0;
-        for e in ends {
-            let chunk = &bytes[s..e];
-            let id = self.dst.keys().blob_id(chunk);
-            if !w.add(BlobType::Tree, id, chunk)? {
-                self.reuse(&id);
-            }
-            out.push(id);
-            s = e;
-        }
+        let out = out.finish(&chunker, &mut |b| self.tree_blob(w, b))?;
         self.trees.insert(ids.to_vec(), out.clone());
         Ok(out)
     }
 
+    fn tree_blob(&mut self, w: &mut BlobWriter<'_>, chunk: &[u8]) -> Result<Id> {
+        let id = self.dst.keys().blob_id(chunk);
+        if !w.add(BlobType::Tree, id, chunk)? {
+            self.reuse(&id);
+        }
+        Ok(id)
+    }
+
     /// Learn the chunk mapping from a snapshot already copied: its source and target trees have
-    /// the same shape, so equal positions hold the same bytes. Only trees are read.
+    /// the same shape, so equal positions hold the same bytes. Only trees are read, an entry at a
+    /// time; a pair of trees that differ anywhere in their names or length teaches nothing.
     fn learn(&mut self, src_tree: &[Id], dst_tree: &[Id]) -> Result<()> {
         let mut stack = vec![(src_tree.to_vec(), dst_tree.to_vec())];
         let mut seen = HashSet::new();
@@ -126,22 +132,26 @@ impl Copier<'_> {
                 continue;
             }
             self.trees.insert(s.clone(), d.clone());
-            let (st, dt) = (self.src.read_tree(&s)?, self.dst.read_tree(&d)?);
-            if st.nodes.len() != dt.nodes.len() {
-                continue;
-            }
-            for (a, b) in st.nodes.iter().zip(&dt.nodes) {
-                if a.name != b.name {
-                    break;
-                }
+            let mut st = self.src.read_tree_entries(&s)?;
+            let mut dt = self.dst.read_tree_entries(&d)?;
+            let mut chunks = Vec::new();
+            let mut subtrees = Vec::new();
+            let same = loop {
+                let (a, b) = match (st.next().transpose()?, dt.next().transpose()?) {
+                    (None, None) => break true,
+                    (Some(a), Some(b)) if a.name == b.name => (a, b),
+                    _ => break false,
+                };
                 if a.content.len() == b.content.len() {
-                    for (x, y) in a.content.iter().zip(&b.content) {
-                        self.data.insert(*x, *y);
-                    }
+                    chunks.extend(a.content.into_iter().zip(b.content));
                 }
                 if !a.subtree.is_empty() && !b.subtree.is_empty() {
-                    stack.push((a.subtree.clone(), b.subtree.clone()));
+                    subtrees.push((a.subtree, b.subtree));
                 }
+            };
+            if same {
+                self.data.extend(chunks);
+                stack.extend(subtrees);
             }
         }
         Ok(())
@@ -180,6 +190,7 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
         trees: HashMap::new(),
         bytes_read: 0,
         used_packs: HashSet::new(),
+        chunker: dst.chunker(),
     };
     let mut w = BlobWriter::new(dst)?;
     for (sid, snap) in snaps {

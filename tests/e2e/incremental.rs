@@ -221,6 +221,26 @@ fn a_directory_larger_than_the_scan_window() {
     assert_eq!(third["files_unmodified"], files - 3, "{third}");
     assert_eq!(third["bytes_read"], 23 + 26 + 3, "{third}");
 
+    // Offsite: the copy rewrites the directory's tree (several blobs) with the target's ids.
+    let offsite = env.path("offsite");
+    let to = |args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env("LIFEBOAT_PASSWORD", "offsite-pw")
+            .env("LIFEBOAT_TO_PASSWORD", "offsite-pw");
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    to(&["--repo", offsite.to_str().unwrap(), "init"]);
+    let copy = || {
+        let mut c = env.cmd(&["copy", "--to", offsite.to_str().unwrap(), "--json"]);
+        c.env("LIFEBOAT_TO_PASSWORD", "offsite-pw");
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    assert_eq!(copy()["snapshots_copied"], 3);
+
     // Thousands of entries gone and thousands new, across several windows of the walk: the
     // parent's entries are still matched to the right names, none read again.
     let mut removed = 0;
@@ -242,6 +262,27 @@ fn a_directory_larger_than_the_scan_window() {
 
     let target = env.path("t");
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(
+        &scan(&src),
+        &scan(&target.join(src.strip_prefix("/").unwrap())),
+    );
+
+    // The next copy learns the chunks of the copied parent from the two trees: it reads only
+    // the new files' one chunk ("new!", the same in each). The copy restores exactly.
+    let again = copy();
+    assert_eq!(again["snapshots_copied"], 1, "{again}");
+    assert_eq!(again["bytes_read"], 4, "{again}");
+    let off = offsite.to_str().unwrap();
+    assert!(to(&["--repo", off, "check", "--read-data"]).contains("no errors found"));
+    let target = env.path("from-offsite");
+    to(&[
+        "--repo",
+        off,
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_same_tree(
         &scan(&src),
         &scan(&target.join(src.strip_prefix("/").unwrap())),
