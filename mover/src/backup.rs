@@ -3,8 +3,9 @@
 //! Threads joined by bounded channels (so memory stays flat and the slowest stage sets the pace):
 //!
 //! ```text
-//! scanners ×N (list, stat, decode parent trees of directories ahead of the walker)
-//!    │ scanned directories (one-shot; at most SCAN_AHEAD_DIRS, SCAN_AHEAD_ENTRIES)
+//! scanners ×N (list, stat, decode parent trees of directories ahead of the walker; scan.rs)
+//!    │ scanned directories, windows of huge ones (one-shot; at most SCAN_AHEAD_DIRS,
+//!    │ SCAN_AHEAD_ENTRIES, and one window ahead in each directory being walked)
 //!    ▼
 //! walker ──jobs──▶ workers ×N (read, chunk, hash, dedup, compress, seal into their own pack) ─┐
 //!    │                 │ per-file result (one-shot)                                           │ packs
