@@ -508,9 +508,10 @@ impl Iterator for TreeEntries<'_> {
                 Err(e) => return Some(self.fail(e)),
             },
         }
-        // Most entries lie within the current blob: decoded from it as a slice, which is about
-        // twice as fast as through the reader. One that does not (it straddles the next blob,
-        // or does not decode) is decoded again through the reader, which has the last word.
+        // Most entries lie within the current blob: decoded from it as a slice, without the
+        // reader's call per header (`ls` of 400 000 entries: 1.2 s through the reader, 0.95 s
+        // so). One that does not (it straddles the next blob, or does not decode) is decoded
+        // again through the reader, which has the last word.
         let here = &self.src.blob[self.src.pos..];
         let mut slice = here;
         let node: Node =

@@ -177,7 +177,7 @@ fn many_directories_under_a_low_open_file_limit() {
 /// blobs; changes past the first window must be found, and both restore exactly.
 #[test]
 fn a_directory_larger_than_the_scan_window() {
-    use crate::fixtures::{assert_same_tree, scan};
+    use crate::fixtures::{assert_same_tree, scan, stdout_of_success};
     let env = Env::new();
     let src = env.path("src");
     let big = src.join("big");
@@ -223,22 +223,20 @@ fn a_directory_larger_than_the_scan_window() {
 
     // Offsite: the copy rewrites the directory's tree (several blobs) with the target's ids.
     let offsite = env.path("offsite");
-    let to = |args: &[&str]| {
+    // The offsite repository's password goes in `var`: LIFEBOAT_PASSWORD to open it,
+    // LIFEBOAT_TO_PASSWORD to copy into it.
+    let offsite_run = |var: &str, args: &[&str]| {
         let mut c = env.cmd(args);
-        c.env("LIFEBOAT_PASSWORD", "offsite-pw")
-            .env("LIFEBOAT_TO_PASSWORD", "offsite-pw");
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8(o.stdout).unwrap()
+        c.env(var, "offsite-pw").stdin(std::process::Stdio::null());
+        stdout_of_success(c.output().unwrap(), &format!("lifeboat {args:?}"))
     };
-    to(&["--repo", offsite.to_str().unwrap(), "init"]);
+    let off = offsite.to_str().unwrap();
+    let to = |args: &[&str]| offsite_run("LIFEBOAT_PASSWORD", &[&["--repo", off], args].concat());
     let copy = || {
-        let mut c = env.cmd(&["copy", "--to", offsite.to_str().unwrap(), "--json"]);
-        c.env("LIFEBOAT_TO_PASSWORD", "offsite-pw");
-        let o = c.output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+        let out = offsite_run("LIFEBOAT_TO_PASSWORD", &["copy", "--to", off, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
     };
+    to(&["init"]);
     assert_eq!(copy()["snapshots_copied"], 3);
 
     // Thousands of entries gone and thousands new, across several windows of the walk: the
@@ -272,17 +270,9 @@ fn a_directory_larger_than_the_scan_window() {
     let again = copy();
     assert_eq!(again["snapshots_copied"], 1, "{again}");
     assert_eq!(again["bytes_read"], 4, "{again}");
-    let off = offsite.to_str().unwrap();
-    assert!(to(&["--repo", off, "check", "--read-data"]).contains("no errors found"));
+    assert!(to(&["check", "--read-data"]).contains("no errors found"));
     let target = env.path("from-offsite");
-    to(&[
-        "--repo",
-        off,
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-    ]);
+    to(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_same_tree(
         &scan(&src),
         &scan(&target.join(src.strip_prefix("/").unwrap())),
