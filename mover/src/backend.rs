@@ -290,6 +290,76 @@ fn read_local(path: &Path, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>
     })
 }
 
+/// Bytes `range` of remote object `name`, copied as they arrive into one buffer made with room
+/// for `expect` bytes: a read holds its bytes once, not the pieces received and their copy.
+async fn fetch(
+    op: Operator,
+    name: String,
+    range: impl std::ops::RangeBounds<u64> + Send + 'static,
+    expect: usize,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(expect);
+    let read = async {
+        let r = op.reader(&name).await?;
+        r.read_into(&mut out, range).await
+    };
+    read.await
+        .map_err(|e| storage_err(&format!("reading {name}"), e))?;
+    Ok(out)
+}
+
+/// A range read of exactly `len` bytes, or `Corrupt`.
+fn whole(name: &str, b: Vec<u8>, len: u64) -> Result<Vec<u8>> {
+    if b.len() as u64 == len {
+        Ok(b)
+    } else {
+        Err(Error::corrupt(format!("{name} is truncated")))
+    }
+}
+
+/// A read begun by [`Store::start_read`].
+pub struct PendingRead<'s> {
+    store: &'s Store,
+    name: String,
+    offset: u64,
+    len: u64,
+    started: Started,
+}
+
+enum Started {
+    Local,
+    Remote(tokio::task::JoinHandle<Result<Vec<u8>>>),
+    Taken,
+}
+
+impl PendingRead<'_> {
+    /// The bytes, once read.
+    ///
+    /// # Errors
+    /// As [`Store::read_range`].
+    pub fn wait(mut self) -> Result<Vec<u8>> {
+        match std::mem::replace(&mut self.started, Started::Taken) {
+            Started::Remote(task) => {
+                let b = self.store.rt.block_on(task).map_err(|e| {
+                    Error::new(ErrorKind::Storage, format!("reading {}: {e}", self.name))
+                })??;
+                whole(&self.name, b, self.len)
+            }
+            Started::Local | Started::Taken => {
+                self.store.read_range(&self.name, self.offset, self.len)
+            }
+        }
+    }
+}
+
+impl Drop for PendingRead<'_> {
+    fn drop(&mut self) {
+        if let Started::Remote(task) = &self.started {
+            task.abort();
+        }
+    }
+}
+
 /// Object names.
 pub mod names {
     use super::Id;
@@ -647,9 +717,7 @@ impl Store {
     fn read_remote(&self, name: &str) -> Result<Vec<u8>> {
         let b = self
             .rt
-            .block_on(self.op.read(name))
-            .map(|b| b.to_vec())
-            .map_err(|e| storage_err(&format!("reading {name}"), e))?;
+            .block_on(fetch(self.op.clone(), name.to_owned(), .., 0))?;
         if let Some(l) = &self.download {
             l.take(&self.rt, b.len());
         }
@@ -674,15 +742,39 @@ impl Store {
                 let end = offset
                     .checked_add(len)
                     .ok_or_else(|| Error::corrupt(format!("{name}: range past 2^64")))?;
-                let b = self
-                    .rt
-                    .block_on(self.op.read_with(name).range(offset..end).into_future())
-                    .map_err(|e| storage_err(&format!("reading {name}"), e))?;
-                if b.len() as u64 != len {
-                    return Err(Error::corrupt(format!("{name} is truncated")));
-                }
-                Ok(b.to_vec())
+                let b = (self.rt).block_on(fetch(
+                    self.op.clone(),
+                    name.to_owned(),
+                    offset..end,
+                    len as usize,
+                ))?;
+                whole(name, b, len)
             }
+        }
+    }
+
+    /// [`Store::read_range`] started now and finished by [`PendingRead::wait`]: a remote read runs
+    /// on the store's runtime meanwhile, so a few threads keep many requests in flight; a local
+    /// one is read when waited for. Dropping it cancels the read.
+    pub fn start_read(&self, name: &str, offset: u64, len: u64) -> PendingRead<'_> {
+        let started = match &self.location {
+            Location::S3(_) => {
+                if let Some(l) = &self.download {
+                    l.take(&self.rt, len as usize);
+                }
+                let range = offset..offset.saturating_add(len);
+                // The buffer is made here, by the thread that will use and free it.
+                let read = fetch(self.op.clone(), name.to_owned(), range, len as usize);
+                Started::Remote(self.rt.spawn(read))
+            }
+            Location::Local(_) => Started::Local,
+        };
+        PendingRead {
+            store: self,
+            name: name.to_owned(),
+            offset,
+            len,
+            started,
         }
     }
 
