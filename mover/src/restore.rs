@@ -9,11 +9,12 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
 
 use crate::fsmeta::write_all_at;
 use crossbeam_channel::{Receiver, bounded};
@@ -345,15 +346,96 @@ struct Ctx<'a> {
     progress: &'a RestoreProgress,
     status: RunStatus,
     shape: ReadShape,
+    budget: Budget,
+    /// Reads each writer keeps started ahead ([`reads_ahead`]).
+    ahead: usize,
+}
+
+/// Bytes the writers hold at once, however many there are (one per core) and however many reads
+/// they keep in flight: their pack reads, each with room for the largest blob it opens, and opened
+/// blobs waiting for a busy file. Two writers of a local repository never wait for it.
+const BUDGET: u64 = 64 << 20;
+
+/// What is left of [`BUDGET`]. Takers are served in turn, so a large read is not starved by
+/// small ones.
+struct Budget {
+    state: Mutex<BudgetState>,
+    freed: Condvar,
+}
+
+struct BudgetState {
+    left: u64,
+    /// The next turn to hand out, and the turn being served.
+    next: u64,
+    serving: u64,
+}
+
+/// Bytes taken from a [`Budget`], given back when dropped.
+struct Taken<'b> {
+    budget: &'b Budget,
+    n: u64,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(BudgetState {
+                left: BUDGET,
+                next: 0,
+                serving: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Take `n` bytes (all of the budget at most), waiting for them in turn. A writer waits here
+    /// holding nothing taken, so the writers that hold bytes go on and give them back.
+    fn take(&self, n: u64) -> Taken<'_> {
+        let n = n.min(BUDGET);
+        let mut st = self.lock();
+        let turn = st.next;
+        st.next += 1;
+        while st.serving != turn || st.left < n {
+            st = self.freed.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.serving += 1;
+        st.left -= n;
+        drop(st);
+        // The next in turn may fit in what is left.
+        self.freed.notify_all();
+        Taken { budget: self, n }
+    }
+
+    /// Take `n` bytes if they are free now and nobody is waiting.
+    fn try_take(&self, n: u64) -> Option<Taken<'_>> {
+        let mut st = self.lock();
+        (st.serving == st.next && st.left >= n).then(|| {
+            st.left -= n;
+            Taken { budget: self, n }
+        })
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.budget.lock().left += self.n;
+        self.budget.freed.notify_all();
+    }
 }
 
 impl<'a> Ctx<'a> {
-    fn new(repo: &'a Repository, progress: &'a RestoreProgress) -> Self {
+    fn new(repo: &'a Repository, progress: &'a RestoreProgress, writers: usize) -> Self {
         Self {
             repo,
             progress,
             status: RunStatus::default(),
             shape: ReadShape::of(repo),
+            budget: Budget::new(),
+            ahead: reads_ahead(repo, writers),
         }
     }
 }
@@ -385,8 +467,8 @@ pub fn restore(
     std::fs::create_dir_all(target).map_err(|e| Error::io(target.display(), e))?;
     let root_fd = fsmeta::open_dir_path(target).map_err(|e| Error::io(target.display(), e))?;
     let root = repo.read_tree_entries(&snap.tree)?;
-    let threads = writer_threads(repo, opts);
-    let ctx = Ctx::new(repo, progress);
+    let threads = writer_threads(opts);
+    let ctx = Ctx::new(repo, progress, threads);
     let (tx, rx) = bounded::<Job>(threads * 2);
     let mut out = RestoreOutcome::default();
     std::thread::scope(|s| {
@@ -434,15 +516,22 @@ pub fn restore(
     Ok(out)
 }
 
-/// Writers: `--threads`, or one per core, or for a remote repository one per request allowed in
-/// flight (they mostly wait on the network); at least two.
-fn writer_threads(repo: &Repository, opts: &RestoreOptions) -> usize {
+/// Writers: `--threads`, or one per core; at least two. Each keeps reads of a remote repository
+/// going ahead of it (see [`reads_ahead`]), so a few writers keep every request allowed in flight.
+fn writer_threads(opts: &RestoreOptions) -> usize {
     opts.threads
-        .unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-            repo.store().parallelism().map_or(cores, |n| n.max(cores))
-        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
         .max(2)
+}
+
+/// Pack reads a writer keeps started, the one it works on included: its share of the requests
+/// allowed in flight for a remote repository (`--max-requests`); one for a local repository,
+/// which the kernel reads ahead for ([`crate::backend::Store::prefetch`]).
+fn reads_ahead(repo: &Repository, writers: usize) -> usize {
+    repo.store()
+        .parallelism()
+        .map_or(1, |n| n.div_ceil(writers))
+        .max(1)
 }
 
 /// The one volume or file of a snapshot that a device restore writes: the `--include` path (a
@@ -536,9 +625,9 @@ fn restore_device(
         ));
     }
     let parts = parts_of(plan(repo, &node)?);
-    let ctx = Ctx::new(repo, progress);
     let file = Arc::new(RFile::new(fd, node, shown.clone(), true, parts.len()));
-    let threads = writer_threads(repo, opts);
+    let threads = writer_threads(opts);
+    let ctx = Ctx::new(repo, progress, threads);
     let (tx, rx) = bounded::<Job>(threads * 2);
     std::thread::scope(|s| {
         let ctx = &ctx;
@@ -823,15 +912,14 @@ fn remove(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<()> {
     }
 }
 
+/// A writer: take jobs and write them until the walker is done, then (or after a failure, this
+/// writer's or another's) take the rest without writing them, so the walker never waits on a full
+/// queue.
 fn write_files(ctx: &Ctx<'_>, jobs: &Receiver<Job>) {
-    for job in jobs {
-        if ctx.status.failed() {
-            continue;
-        }
-        if let Err(e) = write_job(ctx, &job) {
-            ctx.status.fail(e);
-        }
+    if let Err(e) = write_jobs(ctx, jobs) {
+        ctx.status.fail(e);
     }
+    for _ in jobs {}
 }
 
 /// One blob to write: where it is stored, which part of the job wants it, and where it goes.
@@ -841,10 +929,29 @@ struct Want<'i> {
     off: u64,
 }
 
-/// Fetch, authenticate, decompress and write every blob of a job. Blobs are sorted by where they
-/// are stored; each run of neighbours in one pack is fetched with one read, and a blob several
-/// files want is opened once.
-fn write_job(ctx: &Ctx<'_>, job: &[FilePart]) -> Result<()> {
+/// A job a writer took: its blobs sorted by where they are stored, cut into runs of neighbours in
+/// one pack, each fetched with one read.
+struct Planned<'i> {
+    job: Job,
+    want: Vec<Want<'i>>,
+    /// Each run's blobs in `want`, and its pack's name.
+    runs: Vec<(Range<usize>, String)>,
+    /// Runs written.
+    written: usize,
+}
+
+impl Planned<'_> {
+    fn run(&self, i: usize) -> &[Want<'_>] {
+        &self.want[self.runs[i].0.clone()]
+    }
+
+    /// The file a run writes first, to name in an error.
+    fn path(&self, i: usize) -> &str {
+        &self.job[self.run(i)[0].part].file.path
+    }
+}
+
+fn plan_job<'i>(ctx: &Ctx<'i>, job: Job) -> Result<Planned<'i>> {
     let repo = ctx.repo;
     let mut want = Vec::with_capacity(job.iter().map(|p| p.blobs.len()).sum());
     for (part, p) in job.iter().enumerate() {
@@ -865,28 +972,106 @@ fn write_job(ctx: &Ctx<'_>, job: &[FilePart]) -> Result<()> {
     }
     want.sort_unstable_by_key(|w| (w.loc.pack.id, w.loc.entry.offset));
     let mut runs = Vec::new();
-    let mut rest = &want[..];
-    while !rest.is_empty() {
-        let (run, tail) = rest.split_at(run_len(rest, ctx.shape));
-        runs.push(run);
-        rest = tail;
+    let mut at = 0;
+    while at < want.len() {
+        let n = run_len(&want[at..], ctx.shape);
+        runs.push((at..at + n, names::pack(&want[at].loc.pack.id)));
+        at += n;
     }
-    let names: Vec<String> = runs
-        .iter()
-        .map(|r| names::pack(&r[0].loc.pack.id))
-        .collect();
     let ranges: Vec<(&str, u64, u64)> = runs
         .iter()
-        .zip(&names)
         .map(|(r, name)| {
-            let (start, end) = run_span(r);
+            let (start, end) = run_span(&want[r.clone()]);
             (name.as_str(), start, end - start)
         })
         .collect();
     repo.store().prefetch(&ranges);
-    for (run, name) in runs.into_iter().zip(&names) {
-        write_run(ctx, job, run, name)?;
+    Ok(Planned {
+        job,
+        want,
+        runs,
+        written: 0,
+    })
+}
+
+/// Fetch, authenticate, decompress and write every blob of the jobs. A writer keeps `ctx.ahead`
+/// reads started (of the job it writes and, for a remote repository, of the jobs it takes next),
+/// and works through them in order; a blob several files want is opened once.
+fn write_jobs<'i>(ctx: &Ctx<'i>, jobs: &Receiver<Job>) -> Result<()> {
+    let store = ctx.repo.store();
+    // Jobs taken and not yet written, oldest first: the first is being written.
+    let mut planned: VecDeque<Planned<'i>> = VecDeque::new();
+    // Reads started, in the order of the runs they fetch, each with the budget it takes.
+    let mut started = VecDeque::new();
+    // The next run to start: run `next_run` of job `planned[next_job]`.
+    let (mut next_job, mut next_run) = (0, 0);
+    loop {
+        while started.len() < ctx.ahead {
+            if next_job == planned.len() {
+                // Wait for a job only with nothing else to do.
+                let job = if started.is_empty() {
+                    jobs.recv().ok()
+                } else {
+                    jobs.try_recv().ok()
+                };
+                let Some(job) = job else { break };
+                if ctx.status.failed() {
+                    return Ok(());
+                }
+                let p = plan_job(ctx, job)?;
+                if p.runs.is_empty() {
+                    finish_job(ctx, &p.job)?;
+                } else {
+                    planned.push_back(p);
+                    next_run = 0;
+                }
+                continue;
+            }
+            let p = &planned[next_job];
+            if next_run == p.runs.len() {
+                (next_job, next_run) = (next_job + 1, 0);
+                continue;
+            }
+            // Wait for room only with nothing started: a writer that waits holds no budget.
+            let need = run_budget(p.run(next_run));
+            let taken = if started.is_empty() {
+                ctx.budget.take(need)
+            } else if let Some(t) = ctx.budget.try_take(need) {
+                t
+            } else {
+                break;
+            };
+            let (start, end) = run_span(p.run(next_run));
+            let read = store.start_read(&p.runs[next_run].1, start, end - start);
+            started.push_back((read, taken));
+            next_run += 1;
+        }
+        // The oldest read is for the next run of the first job.
+        let Some((read, _taken)) = started.pop_front() else {
+            return Ok(());
+        };
+        if ctx.status.failed() {
+            return Ok(());
+        }
+        let p = planned.front_mut().expect("a started read has its job");
+        let i = p.written;
+        let buf = read.wait().map_err(|e| e.context(p.path(i)))?;
+        write_run(ctx, &p.job, p.run(i), &p.runs[i].1, buf)?;
+        p.written += 1;
+        if p.written == p.runs.len() {
+            let p = planned.pop_front().expect("the first job");
+            finish_job(ctx, &p.job)?;
+            if next_job == 0 {
+                next_run = 0;
+            } else {
+                next_job -= 1;
+            }
+        }
     }
+}
+
+/// Every part of a written job is done.
+fn finish_job(ctx: &Ctx<'_>, job: &[FilePart]) -> Result<()> {
     for p in job {
         finish_part(ctx, &p.file).map_err(|e| e.context(&p.file.path))?;
     }
@@ -925,22 +1110,36 @@ fn run_span(run: &[Want<'_>]) -> (u64, u64) {
     (start, run.iter().map(|w| w.span().1).max().unwrap_or(start))
 }
 
-/// Decrypted bytes a writer holds for files other writers are busy with before it waits for them.
-const HELD_BYTES: usize = 8 << 20;
+/// The budget a run's read takes: its bytes, and room for the largest blob it opens.
+fn run_budget(run: &[Want<'_>]) -> u64 {
+    let (start, end) = run_span(run);
+    let opened = run
+        .iter()
+        .filter(|w| w.loc.entry.compressed)
+        .map(|w| u64::from(w.loc.entry.raw_len))
+        .max()
+        .unwrap_or(0);
+    end - start + opened
+}
 
-/// Fetch a run of blobs of pack `name` with one read, and write each where it goes.
-fn write_run(ctx: &Ctx<'_>, job: &[FilePart], run: &[Want<'_>], name: &str) -> Result<()> {
+/// Open each blob of a run of pack `name` from `buf` (the run's bytes), and write it where it
+/// goes.
+///
+/// A blob whose file another writer is writing to is held, while the next ones are opened, if the
+/// budget has room for it; otherwise this writer waits for the file.
+fn write_run(
+    ctx: &Ctx<'_>,
+    job: &[FilePart],
+    run: &[Want<'_>],
+    name: &str,
+    mut buf: Vec<u8>,
+) -> Result<()> {
     let repo = ctx.repo;
     let pack = run[0].loc.pack;
-    let (start, end) = run_span(run);
+    let start = run_span(run).0;
     let path_of = |w: &Want<'_>| &job[w.part].file.path;
-    let mut buf = repo
-        .store()
-        .read_range(name, start, end - start)
-        .map_err(|e| e.context(path_of(&run[0])))?;
     let cipher = repo.keys().object_cipher(&pack.salt);
-    // Blobs not yet written everywhere (their file was busy), each with where it still goes.
-    let mut held: Vec<(Cow<'_, [u8]>, Vec<&Want<'_>>)> = Vec::new();
+    let mut held: Vec<Held<'_, '_>> = Vec::new();
     // The unread rest of the run, from pack offset `rest_at`.
     let (mut rest, mut rest_at) = (&mut buf[..], start);
     // A blob several files want is opened once.
@@ -963,25 +1162,37 @@ fn write_run(ctx: &Ctx<'_>, job: &[FilePart], run: &[Want<'_>], name: &str) -> R
             }
         }
         if !busy.is_empty() {
-            held.push((plain, busy));
-        }
-        if !held.is_empty() {
-            // Held blobs whose file is free now; all of them once they take too much memory
-            // (blobs borrowed from the run's buffer take none).
-            let owned: usize = held
-                .iter()
-                .map(|(p, _)| if let Cow::Owned(v) = p { v.len() } else { 0 })
-                .sum();
-            for (plain, to) in &mut held {
-                put_held(ctx, job, plain, to, owned > HELD_BYTES)?;
+            let room = match &plain {
+                Cow::Borrowed(_) => Some(None),
+                Cow::Owned(v) => ctx.budget.try_take(v.len() as u64).map(Some),
+            };
+            match room {
+                Some(room) => held.push(Held {
+                    plain,
+                    to: busy,
+                    _room: room,
+                }),
+                None => put_held(ctx, job, &plain, &mut busy, true)?,
             }
-            held.retain(|(_, to)| !to.is_empty());
         }
+        // Held blobs whose file is free now.
+        for h in &mut held {
+            put_held(ctx, job, &h.plain, &mut h.to, false)?;
+        }
+        held.retain(|h| !h.to.is_empty());
     }
-    for (plain, to) in &mut held {
-        put_held(ctx, job, plain, to, true)?;
+    for h in &mut held {
+        put_held(ctx, job, &h.plain, &mut h.to, true)?;
     }
     Ok(())
+}
+
+/// A blob not yet written everywhere (its file was busy): where it still goes, and the budget it
+/// takes (none when it lies in the run's buffer).
+struct Held<'a, 'w> {
+    plain: Cow<'a, [u8]>,
+    to: Vec<&'w Want<'w>>,
+    _room: Option<Taken<'a>>,
 }
 
 /// Write `plain` where `w` wants it, unless its file is busy and `wait` is false; returns whether
@@ -1076,4 +1287,38 @@ pub fn dump(repo: &Repository, node: &Node, out: &mut dyn std::io::Write) -> Res
         pos += n as u64;
     }
     out.flush().map_err(|e| Error::io("writing output", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_serves_takers_in_turn() {
+        let b = Budget::new();
+        let most = b.take(BUDGET - (4 << 20));
+        assert!(b.try_take(8 << 20).is_none(), "more than is left");
+        let small = b.try_take(1 << 20).expect("room for 1 MiB");
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let t = b.take(16 << 20);
+                t.n
+            });
+            // Once a taker waits, nobody passes it, though 3 MiB are free.
+            while {
+                let st = b.lock();
+                st.next == st.serving
+            } {
+                std::thread::yield_now();
+            }
+            assert!(b.try_take(1 << 20).is_none(), "passed a waiting taker");
+            drop(most);
+            assert_eq!(waiter.join().unwrap(), 16 << 20);
+        });
+        drop(small);
+        // Everything is back, and a taker asking for more than all of it gets all of it.
+        assert_eq!(b.lock().left, BUDGET);
+        assert_eq!(b.take(BUDGET * 2).n, BUDGET);
+        assert_eq!(b.lock().left, BUDGET);
+    }
 }

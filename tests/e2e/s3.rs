@@ -554,6 +554,27 @@ fn limits_hold() {
         peaks[1] > 2,
         "--max-requests 16: {peaks:?} requests at once"
     );
+    // A restore's two writers keep --max-requests reads in flight between them, and no more.
+    let mut peaks = Vec::new();
+    for n in ["1", "16"] {
+        relay.take_peak();
+        let out = env.path(&format!("out-{n}"));
+        env.ok(&[
+            "--max-requests",
+            n,
+            "restore",
+            "latest",
+            "--threads",
+            "2",
+            "--target",
+            out.to_str().unwrap(),
+        ]);
+        peaks.push(relay.take_peak());
+        let got = std::fs::read(out.join(src.strip_prefix("/").unwrap()).join("16-7")).unwrap();
+        assert!(got == noise(8 << 20, 27), "--max-requests {n}: 16-7 differs");
+    }
+    assert!(peaks[0] <= 1, "restore, --max-requests 1: {peaks:?}");
+    assert!(peaks[1] > 2, "restore, --max-requests 16: {peaks:?}");
     env.fails(&["--limit-upload", "0", "snapshots"]);
     assert!(
         !env.run(&["--max-requests", "0", "snapshots"])
