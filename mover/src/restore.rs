@@ -144,17 +144,20 @@ struct ReadShape {
 }
 
 impl ReadShape {
-    fn of(repo: &Repository) -> Self {
+    /// The shape for `writers` writers: reads no larger than a share of [`BUDGET`] (half of it
+    /// split between them), so that many cores do not wait on the budget for each other.
+    fn of(repo: &Repository, writers: usize) -> Self {
+        let share = (BUDGET / 2 / writers as u64).max(1 << 20);
         if repo.store().is_remote() {
             // Each request costs a round trip: read over larger gaps, but keep the buffers of the
-            // many writers in flight small.
+            // many reads in flight small.
             Self {
-                max_read: 4 << 20,
+                max_read: share.min(4 << 20),
                 gap: 1 << 20,
             }
         } else {
             Self {
-                max_read: 16 << 20,
+                max_read: share.min(16 << 20),
                 gap: 32 << 10,
             }
         }
@@ -433,7 +436,7 @@ impl<'a> Ctx<'a> {
             repo,
             progress,
             status: RunStatus::default(),
-            shape: ReadShape::of(repo),
+            shape: ReadShape::of(repo, writers),
             budget: Budget::new(),
             ahead: reads_ahead(repo, writers),
         }

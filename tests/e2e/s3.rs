@@ -571,7 +571,10 @@ fn limits_hold() {
         ]);
         peaks.push(relay.take_peak());
         let got = std::fs::read(out.join(src.strip_prefix("/").unwrap()).join("16-7")).unwrap();
-        assert!(got == noise(8 << 20, 27), "--max-requests {n}: 16-7 differs");
+        assert!(
+            got == noise(8 << 20, 27),
+            "--max-requests {n}: 16-7 differs"
+        );
     }
     assert!(peaks[0] <= 1, "restore, --max-requests 1: {peaks:?}");
     assert!(peaks[1] > 2, "restore, --max-requests 16: {peaks:?}");
