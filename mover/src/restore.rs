@@ -4,7 +4,9 @@
 //! Every blob's id is checked against its plaintext, so restore never writes wrong data silently.
 //! A blob several files want (copies, cloned images) is fetched and checked once per job and
 //! written to each: small files travel in batches, and parts of large files that share most of
-//! their blobs are joined into one job (see [`PartWindow`]).
+//! their blobs are joined into one job (see [`PartWindow`]). Writers are one per core; reads of a
+//! remote repository are started ahead of them, and every byte read and not yet written takes from
+//! one budget ([`BUDGET`]), so memory does not grow with cores or requests in flight.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
