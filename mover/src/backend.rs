@@ -290,15 +290,14 @@ fn read_local(path: &Path, name: &str, offset: u64, len: u64) -> Result<Vec<u8>>
     })
 }
 
-/// Bytes `range` of remote object `name`, copied as they arrive into one buffer made with room
-/// for `expect` bytes: a read holds its bytes once, not the pieces received and their copy.
+/// Bytes `range` of remote object `name`, copied into `out` as they arrive: a read holds its
+/// bytes once, not the pieces received and their copy.
 async fn fetch(
     op: Operator,
     name: String,
     range: impl std::ops::RangeBounds<u64> + Send + 'static,
-    expect: usize,
+    mut out: Vec<u8>,
 ) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(expect);
     let read = async {
         let r = op.reader(&name).await?;
         r.read_into(&mut out, range).await
@@ -323,13 +322,8 @@ pub struct PendingRead<'s> {
     name: String,
     offset: u64,
     len: u64,
-    started: Started,
-}
-
-enum Started {
-    Local,
-    Remote(tokio::task::JoinHandle<Result<Vec<u8>>>),
-    Taken,
+    /// The remote request under way (`None` for a local store).
+    task: Option<tokio::task::JoinHandle<Result<Vec<u8>>>>,
 }
 
 impl PendingRead<'_> {
@@ -338,23 +332,21 @@ impl PendingRead<'_> {
     /// # Errors
     /// As [`Store::read_range`].
     pub fn wait(mut self) -> Result<Vec<u8>> {
-        match std::mem::replace(&mut self.started, Started::Taken) {
-            Started::Remote(task) => {
+        match self.task.take() {
+            Some(task) => {
                 let b = self.store.rt.block_on(task).map_err(|e| {
                     Error::new(ErrorKind::Storage, format!("reading {}: {e}", self.name))
                 })??;
                 whole(&self.name, b, self.len)
             }
-            Started::Local | Started::Taken => {
-                self.store.read_range(&self.name, self.offset, self.len)
-            }
+            None => self.store.read_range(&self.name, self.offset, self.len),
         }
     }
 }
 
 impl Drop for PendingRead<'_> {
     fn drop(&mut self) {
-        if let Started::Remote(task) = &self.started {
+        if let Some(task) = &self.task {
             task.abort();
         }
     }
@@ -717,7 +709,7 @@ impl Store {
     fn read_remote(&self, name: &str) -> Result<Vec<u8>> {
         let b = self
             .rt
-            .block_on(fetch(self.op.clone(), name.to_owned(), .., 0))?;
+            .block_on(fetch(self.op.clone(), name.to_owned(), .., Vec::new()))?;
         if let Some(l) = &self.download {
             l.take(&self.rt, b.len());
         }
@@ -729,27 +721,18 @@ impl Store {
     /// # Errors
     /// `Missing`, `Corrupt` (truncated) or a storage error.
     pub fn read_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        if let Some(l) = &self.download {
-            l.take(&self.rt, len as usize);
-        }
         match &self.location {
             // Local repositories read ranges straight from the file: opendal's fs service hops
             // through tokio's blocking pool for every open, seek and read, which profiling showed
             // costing more than decryption and decompression together when restoring many small
             // blobs.
-            Location::Local(root) => read_local(&root.join(name), name, offset, len),
-            Location::S3(_) => {
-                let end = offset
-                    .checked_add(len)
-                    .ok_or_else(|| Error::corrupt(format!("{name}: range past 2^64")))?;
-                let b = (self.rt).block_on(fetch(
-                    self.op.clone(),
-                    name.to_owned(),
-                    offset..end,
-                    len as usize,
-                ))?;
-                whole(name, b, len)
+            Location::Local(root) => {
+                if let Some(l) = &self.download {
+                    l.take(&self.rt, len as usize);
+                }
+                read_local(&root.join(name), name, offset, len)
             }
+            Location::S3(_) => self.start_read(name, offset, len).wait(),
         }
     }
 
@@ -757,24 +740,28 @@ impl Store {
     /// on the store's runtime meanwhile, so a few threads keep many requests in flight; a local
     /// one is read when waited for. Dropping it cancels the read.
     pub fn start_read(&self, name: &str, offset: u64, len: u64) -> PendingRead<'_> {
-        let started = match &self.location {
+        let task = match &self.location {
             Location::S3(_) => {
                 if let Some(l) = &self.download {
                     l.take(&self.rt, len as usize);
                 }
+                // A range past 2^64 comes back short, and is refused as truncated.
                 let range = offset..offset.saturating_add(len);
                 // The buffer is made here, by the thread that will use and free it.
-                let read = fetch(self.op.clone(), name.to_owned(), range, len as usize);
-                Started::Remote(self.rt.spawn(read))
+                let out = Vec::with_capacity(len as usize);
+                Some(
+                    self.rt
+                        .spawn(fetch(self.op.clone(), name.to_owned(), range, out)),
+                )
             }
-            Location::Local(_) => Started::Local,
+            Location::Local(_) => None,
         };
         PendingRead {
             store: self,
             name: name.to_owned(),
             offset,
             len,
-            started,
+            task,
         }
     }
 
