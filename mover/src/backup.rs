@@ -28,15 +28,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::names;
 use crate::chunker::{Chunker, Chunking, FirstCut};
-use crate::compress::Compressor;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
 use crate::fsmeta;
 use crate::id::Id;
-use crate::idset::IdSet;
-use crate::index::{self, PackRecord};
-use crate::pack::{BlobType, FinishedPack, PackWriter};
 use crate::repo::Repository;
+use crate::sink::{BlobSink, Sink};
 use crate::snapshot::{Snapshot, Summary, hostname};
 use crate::status::RunStatus;
 use crate::tree::{Node, NodeKind, Tree, TreeWriter, Xattr};
@@ -98,9 +95,9 @@ struct Shared<'a> {
     data_chunker: Chunker,
     changed_ranges: Option<&'a [(u64, u64)]>,
     notices: Mutex<Vec<String>>,
-    new_blobs: Mutex<IdSet>,
     progress: &'a Progress,
-    blobs_added: AtomicU64,
+    /// Where new blobs go.
+    sink: Sink<'a>,
     status: RunStatus,
     /// Existing packs the new snapshot uses (collected only under Object Lock, whose retention
     /// they need extended).
@@ -119,119 +116,6 @@ impl Shared<'_> {
                 .first_cut(&vec![0u8; max], true)
                 .unwrap_or(max) as u64
         })
-    }
-}
-
-/// The open pack of one blob type, shared by every worker: one pack fills at a time, so memory
-/// holds at most one open, one queued and one uploading pack per type, whatever the thread count.
-/// Workers compress outside the lock; only sealing and appending happen under it.
-struct Packer {
-    blob_type: BlobType,
-    pack: Mutex<Option<PackWriter>>,
-    pack_size: usize,
-    out: Mutex<Option<Sender<FinishedPack>>>,
-    /// Buffers of uploaded packs, reused so a backup allocates a handful of pack buffers in all.
-    pool: Option<Receiver<Vec<u8>>>,
-}
-
-impl Packer {
-    fn new(
-        repo: &Repository,
-        blob_type: BlobType,
-        out: Sender<FinishedPack>,
-        pool: Option<Receiver<Vec<u8>>>,
-    ) -> Self {
-        Self {
-            blob_type,
-            pack: Mutex::new(None),
-            pack_size: repo.config().pack_size as usize,
-            out: Mutex::new(Some(out)),
-            pool,
-        }
-    }
-
-    fn add(
-        &self,
-        sh: &Shared<'_>,
-        id: Id,
-        raw_len: u32,
-        compressed: bool,
-        stored: &[u8],
-    ) -> Result<()> {
-        let full = {
-            let mut g = self.pack.lock().expect("pack lock");
-            if g.is_none() {
-                let buf = self
-                    .pool
-                    .as_ref()
-                    .and_then(|p| p.try_recv().ok())
-                    .unwrap_or_default();
-                *g = Some(PackWriter::with_buffer(
-                    sh.repo.keys(),
-                    self.pack_size,
-                    buf,
-                )?);
-            }
-            let pack = g.as_mut().expect("pack exists");
-            pack.add(id, self.blob_type, raw_len, compressed, stored);
-            if pack.is_full(self.pack_size) {
-                g.take()
-            } else {
-                None
-            }
-        };
-        match full {
-            Some(p) => self.send(p),
-            None => Ok(()),
-        }
-    }
-
-    fn send(&self, p: PackWriter) -> Result<()> {
-        let finished = p.finish();
-        let out = self.out.lock().expect("sender lock").clone();
-        out.and_then(|o| o.send(finished).ok())
-            .ok_or_else(|| Error::new(crate::ErrorKind::Storage, "the uploader stopped"))
-    }
-
-    /// Send the last, partly filled pack and close this packer's side of the upload queue.
-    fn finish(&self) -> Result<()> {
-        let last = self.pack.lock().expect("pack lock").take();
-        let r = match last.filter(|p| !p.is_empty()) {
-            Some(p) => self.send(p),
-            None => Ok(()),
-        };
-        self.out.lock().expect("sender lock").take();
-        r
-    }
-}
-
-/// A worker's side of a packer: its own compressor.
-struct BlobSink<'p> {
-    packer: &'p Packer,
-    comp: Compressor,
-}
-
-impl<'p> BlobSink<'p> {
-    fn new(repo: &Repository, packer: &'p Packer) -> Result<Self> {
-        Ok(Self {
-            packer,
-            comp: Compressor::new(repo.config().compression)?,
-        })
-    }
-
-    /// Store `data` unless the repository or this backup already has it; returns its id.
-    fn put(&mut self, sh: &Shared<'_>, data: &[u8]) -> Result<Id> {
-        let id = sh.repo.keys().blob_id(data);
-        if sh.repo.index().contains(&id) || !sh.new_blobs.lock().expect("dedup lock").insert(id) {
-            return Ok(id);
-        }
-        let raw_len = data.len() as u32;
-        match self.comp.compress(data) {
-            Some(z) => self.packer.add(sh, id, raw_len, true, z)?,
-            None => self.packer.add(sh, id, raw_len, false, data)?,
-        }
-        sh.blobs_added.fetch_add(1, Ordering::Relaxed);
-        Ok(id)
     }
 }
 
@@ -399,42 +283,26 @@ pub fn backup(
         data_chunker: repo.chunker().with_mode(opts.chunking),
         changed_ranges: opts.changed_ranges.as_deref(),
         notices: Mutex::new(Vec::new()),
-        new_blobs: Mutex::new(IdSet::new()),
         progress,
-        blobs_added: AtomicU64::new(0),
+        sink: Sink::new(repo, &progress.bytes_added),
         status: RunStatus::default(),
         used_packs: Mutex::new(HashSet::new()),
         zero_chunk: OnceLock::new(),
     };
     let (job_tx, job_rx) = bounded::<Job>(threads * 4);
     let (ev_tx, ev_rx) = bounded::<Vec<Event>>(64);
-    let (pack_tx, pack_rx) = bounded::<FinishedPack>(1);
-    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(4);
-    let data_packer = Packer::new(repo, BlobType::Data, pack_tx.clone(), Some(pool_rx));
-    let tree_packer = Packer::new(repo, BlobType::Tree, pack_tx, None);
 
     let mut counts = WalkCounts::default();
     let mut root_tree = None;
-    let pending = Mutex::new(Vec::new());
     let ahead = ScansAhead::new();
     std::thread::scope(|s| {
         let sh = &sh;
-        // One uploader keeps a local disk busy; a remote store needs several requests in flight
-        // to fill the link (each pack is also sent as parallel parts).
-        let uploaders: Vec<_> = (0..if repo.store().is_remote() { 3 } else { 1 })
-            .map(|_| {
-                let (pack_rx, pool_tx) = (pack_rx.clone(), pool_tx.clone());
-                let pending = &pending;
-                s.spawn(move || upload(sh, &pack_rx, &pool_tx, pending))
-            })
-            .collect();
-        drop((pack_rx, pool_tx));
-        let data_packer = &data_packer;
+        let uploaders = sh.sink.start_uploaders(s, &sh.status);
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 let job_rx = job_rx.clone();
                 s.spawn(move || {
-                    if let Err(e) = work(sh, &job_rx, data_packer) {
+                    if let Err(e) = work(sh, &job_rx) {
                         sh.status.fail(e);
                         for _ in &job_rx {}
                     }
@@ -443,12 +311,12 @@ pub fn backup(
             .collect();
         drop(job_rx);
         let builder = s.spawn(move || {
-            let r = build_trees(sh, &ev_rx, &tree_packer);
+            let r = build_trees(sh, &ev_rx);
             if r.is_err() {
                 for _ in &ev_rx {}
             }
             // Close the tree side of the upload queue even after an error.
-            let f = tree_packer.finish();
+            let f = sh.sink.tree.finish();
             r.and_then(|t| f.map(|()| t))
         });
         let (scan_tx, scan_rx) = bounded::<ScanJob>(SCAN_AHEAD_DIRS);
@@ -489,7 +357,7 @@ pub fn backup(
         for w in workers {
             w.join().expect("worker panicked");
         }
-        if let Err(e) = data_packer.finish() {
+        if let Err(e) = sh.sink.data.finish() {
             sh.status.fail(e);
         }
         match builder.join().expect("tree builder panicked") {
@@ -502,7 +370,7 @@ pub fn backup(
             }
         }
         if !sh.status.failed()
-            && let Err(e) = write_index(sh, &mut pending.lock().expect("pending lock"))
+            && let Err(e) = sh.sink.write_index()
         {
             sh.status.fail(e);
         }
@@ -527,7 +395,7 @@ pub fn backup(
             bytes_read: progress.bytes_read.load(Ordering::Relaxed),
             bytes_total: tc.bytes,
             bytes_added: 0,
-            blobs_added: sh.blobs_added.load(Ordering::Relaxed),
+            blobs_added: sh.sink.blobs_added(),
             warnings: warnings.len() as u64,
             duration_s: 0.0,
         },
@@ -1276,8 +1144,8 @@ fn child_tree(repo: &Repository, t: Option<&Tree>, name: &[u8]) -> Option<Tree> 
         .and_then(|n| repo.read_tree(&n.subtree).ok())
 }
 
-fn work(sh: &Shared<'_>, jobs: &Receiver<Job>, packer: &Packer) -> Result<()> {
-    let mut sink = BlobSink::new(sh.repo, packer)?;
+fn work(sh: &Shared<'_>, jobs: &Receiver<Job>) -> Result<()> {
+    let mut sink = BlobSink::new(&sh.sink, &sh.sink.data)?;
     let max = sh.data_chunker.max_size();
     let mut buf = vec![0u8; 2 * max];
     let mut ends = Vec::new();
@@ -1332,7 +1200,7 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<Job>, packer: &Packer) -> Result<()> {
 }
 
 /// One chunk as a piece: all-zero chunks become zero ranges and are never stored.
-fn chunk_piece(sh: &Shared<'_>, sink: &mut BlobSink, data: &[u8], off: u64) -> Result<Piece> {
+fn chunk_piece(sink: &mut BlobSink, data: &[u8], off: u64) -> Result<Piece> {
     let len = data.len() as u64;
     if crate::chunker::is_zero(data) {
         return Ok(Piece {
@@ -1344,7 +1212,7 @@ fn chunk_piece(sh: &Shared<'_>, sink: &mut BlobSink, data: &[u8], off: u64) -> R
     Ok(Piece {
         off,
         len,
-        blob: Some(sink.put(sh, data)?),
+        blob: Some(sink.put(data)?),
     })
 }
 
@@ -1514,7 +1382,7 @@ fn read_segment(
         let used = sh.data_chunker.cut(&buf[..filled], last, ends);
         let mut s = 0;
         for &e in ends.iter() {
-            pieces.push(chunk_piece(sh, sink, &buf[s..e], base + s as u64)?);
+            pieces.push(chunk_piece(sink, &buf[s..e], base + s as u64)?);
             s = e;
         }
         buf.copy_within(used..filled, 0);
@@ -1690,7 +1558,7 @@ fn read_delta(
                     c1 = q;
                 }
                 let to = (c1 - base) as usize;
-                pieces.push(chunk_piece(sh, sink, &buf[from..to], c0)?);
+                pieces.push(chunk_piece(sink, &buf[from..to], c0)?);
                 from = to;
                 if c1 < b {
                     continue;
@@ -1929,12 +1797,8 @@ struct TreeCounts {
     bytes: u64,
 }
 
-fn build_trees(
-    sh: &Shared<'_>,
-    events: &Receiver<Vec<Event>>,
-    packer: &Packer,
-) -> Result<(Vec<Id>, TreeCounts)> {
-    let mut sink = BlobSink::new(sh.repo, packer)?;
+fn build_trees(sh: &Shared<'_>, events: &Receiver<Vec<Event>>) -> Result<(Vec<Id>, TreeCounts)> {
+    let mut sink = BlobSink::new(&sh.sink, &sh.sink.tree)?;
     // Each open directory's entries, encoded as they complete and stored as their blobs are cut.
     let mut stack: Vec<(Node, TreeWriter)> = Vec::new();
     let mut root = TreeWriter::default();
@@ -1952,7 +1816,7 @@ fn build_trees(
                 let (mut n, children) = stack
                     .pop()
                     .ok_or_else(|| Error::invalid("walk events out of order"))?;
-                n.subtree = children.finish(&sh.chunker, &mut |b| sink.put(sh, b))?;
+                n.subtree = children.finish(&sh.chunker, &mut |b| sink.put(b))?;
                 counts.dirs += 1;
                 n
             }
@@ -2028,8 +1892,8 @@ fn build_trees(
             }
         }
         match stack.last_mut() {
-            Some((_, children)) => children.push(&sh.chunker, &done, &mut |b| sink.put(sh, b))?,
-            None => root.push(&sh.chunker, &done, &mut |b| sink.put(sh, b))?,
+            Some((_, children)) => children.push(&sh.chunker, &done, &mut |b| sink.put(b))?,
+            None => root.push(&sh.chunker, &done, &mut |b| sink.put(b))?,
         }
     }
     if track_packs {
@@ -2041,90 +1905,6 @@ fn build_trees(
     if !stack.is_empty() {
         return Err(Error::invalid("walk ended inside a directory"));
     }
-    let ids = root.finish(&sh.chunker, &mut |b| sink.put(sh, b))?;
+    let ids = root.finish(&sh.chunker, &mut |b| sink.put(b))?;
     Ok((ids, counts))
-}
-
-/// Seal the pack records in `pending` into one index object and store it.
-fn write_index(sh: &Shared<'_>, pending: &mut Vec<PackRecord>) -> Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let (_, n) = sh
-        .repo
-        .save_object(ObjectKind::Index, &index::encode(pending))?;
-    sh.progress.bytes_added.fetch_add(n, Ordering::Relaxed);
-    pending.clear();
-    Ok(())
-}
-
-/// A pack buffer that returns to the packer's pool when its last reference is dropped.
-struct Recycled {
-    buf: Vec<u8>,
-    pool: Option<Sender<Vec<u8>>>,
-}
-
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Recycled {
-    fn drop(&mut self) {
-        if let Some(pool) = &self.pool {
-            let _ = pool.try_send(std::mem::take(&mut self.buf));
-        }
-    }
-}
-
-/// Store packs as they come, and an index object whenever [`index::due`] says so
-/// (the caller indexes the rest once every uploader is done).
-fn upload(
-    sh: &Shared<'_>,
-    packs: &Receiver<FinishedPack>,
-    pool: &Sender<Vec<u8>>,
-    pending: &Mutex<Vec<PackRecord>>,
-) -> Result<()> {
-    let mut result = Ok(());
-    for mut p in packs {
-        if result.is_err() || sh.status.failed() {
-            continue;
-        }
-        let size = p.bytes().len() as u64;
-        // Data pack buffers go back to the packer once stored (however the store holds them).
-        let kind = p.blob_type();
-        let recycle = (kind == Some(BlobType::Data)).then(|| pool.clone());
-        let (buf, start) = p.take_buffer();
-        let bytes = bytes::Bytes::from_owner(Recycled { buf, pool: recycle }).slice(start..);
-        let name = names::pack(&p.id);
-        // Only a tree pack is kept past its upload (data pack buffers go back to the packer as
-        // soon as they are sent).
-        let tree = (kind == Some(BlobType::Tree)).then(|| bytes.clone());
-        result = sh.repo.store().write_bytes(&name, bytes).and_then(|()| {
-            if let Some(tree) = tree {
-                // The next backup reads these trees as its parent's.
-                sh.repo.store().cache_pack(&name, &tree);
-            }
-            sh.progress.bytes_added.fetch_add(size, Ordering::Relaxed);
-            let mut pending = pending.lock().expect("pending lock");
-            pending.push(PackRecord {
-                id: p.id,
-                size,
-                salt: p.salt,
-                blobs: p.entries,
-            });
-            if index::due(&pending) {
-                // The index is written by whoever fills it; others wait on the lock, which
-                // keeps index objects in step with stored packs.
-                write_index(sh, &mut pending)
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = &result {
-            sh.status.fail(Error::new(e.kind(), e.to_string()));
-        }
-    }
-    result
 }

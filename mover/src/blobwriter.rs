@@ -1,5 +1,5 @@
 //! A simple, sequential way to add blobs to a repository outside a backup: `prune` repacks live
-//! blobs with it and `copy` fills the target repository with it.
+//! blobs with it.
 //!
 //! It keeps the commit order of a backup: packs are stored first, then the index objects naming
 //! them (whenever [`index::due`] says so, and at [`BlobWriter::finish`]), so a crash leaves only
@@ -15,7 +15,7 @@ use crate::pack::{BlobType, PackWriter};
 use crate::repo::Repository;
 
 /// Stored packs are also indexed once the oldest unindexed one is this old, so an interrupted
-/// copy loses at most a few seconds of transfer: the next run finds the rest in the index.
+/// repack loses at most a few seconds of transfer.
 const INDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Adds blobs to `repo`, skipping those already indexed or added.

@@ -14,19 +14,37 @@
 //! copy leaves the target consistent and the next run resumes, re-sending at most the unindexed
 //! packs of the snapshot it was copying.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::Serialize;
 
-use crate::blobwriter::BlobWriter;
+use crate::backend::{PendingRead, names};
 use crate::chunker::Chunker;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
-use crate::pack::BlobType;
+use crate::index::PackInfo;
+use crate::pack::BlobEntry;
 use crate::repo::Repository;
+use crate::sink::{BlobSink, Sink};
 use crate::snapshot::Snapshot;
-use crate::tree::TreeWriter;
+use crate::status::RunStatus;
+use crate::tree::{Node, TreeWriter};
+
+/// Most bytes of source blobs (as stored) in one job: a worker starts a job's reads together.
+const JOB_BYTES: u64 = 4 << 20;
+/// Most blobs in one job (a directory of tiny files).
+const JOB_BLOBS: usize = 1024;
+/// Most bytes one read of neighbouring blobs spans.
+const MAX_READ: u64 = 4 << 20;
+/// Stored packs are indexed once the oldest unindexed one is this old, so an interrupted copy
+/// loses at most a few seconds of transfer: the next run finds the rest in the index.
+const INDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+/// Walk events queued for the tree builder.
+const EVENTS: usize = 4096;
 
 /// What a copy did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -45,80 +63,346 @@ pub struct CopyReport {
     pub copied: Vec<(Id, Id)>,
 }
 
+/// What is known of a source data blob.
+#[derive(Clone, Copy)]
+enum Mapped {
+    /// Its target id.
+    To(Id),
+    /// Being copied by the job with this number (of the snapshot being copied).
+    InJob(u64),
+}
+
+/// A source blob's target id is the keyed hash of its plaintext under the target's key, so
+/// every blob the target lacks is read, opened, hashed and (when new there) compressed and
+/// sealed again: the work of a backup, spread the same way.
+///
+/// ```text
+/// walker (source trees, in order) ──jobs of chunks──▶ workers ×N (read runs of neighbouring
+///    │                                                 blobs, open, target id, dedup, compress,
+///    │                                                 seal into the shared data pack) ─┐
+///    │                                 job results (one-shot, source → target ids)      │
+///    └──events (walk order)──▶ tree builder (target trees → tree pack) ──────────────────┤
+///                                                                                        ▼
+///                                                   uploaders: packs, then index objects
+/// ```
+/// A worker starts the reads of its next job before working on the current one, so a remote
+/// source keeps requests in flight while the cores work.
 struct Copier<'a> {
     src: &'a Repository,
     dst: &'a Repository,
-    /// Source data blob id → target id.
-    data: HashMap<Id, Id>,
+    threads: usize,
+    /// Source data blob id → what is known of it.
+    data: Mutex<HashMap<Id, Mapped>>,
     /// Source tree blob ids → target tree blob ids.
-    trees: HashMap<Vec<Id>, Vec<Id>>,
-    bytes_read: u64,
+    trees: Mutex<HashMap<Vec<Id>, Vec<Id>>>,
+    bytes_read: AtomicU64,
     /// Target packs the copies reuse (their Object Lock retention is extended).
-    used_packs: HashSet<Id>,
+    used_packs: Mutex<HashSet<Id>>,
     /// The target's tree chunker.
     chunker: Chunker,
 }
 
+/// A job's answer: each chunk's source and target id.
+type Answer = Result<Vec<(Id, Id)>>;
+
+/// Chunks a worker copies; it answers with each one's target id.
+struct Job {
+    ids: Vec<Id>,
+    bytes: u64,
+    reply: Sender<Answer>,
+}
+
+/// A tree entry on its way to the builder: its content ids are target ids except at `pending`,
+/// which the jobs up to number `after` map.
+struct Entry {
+    node: Node,
+    pending: Vec<usize>,
+    after: Option<u64>,
+}
+
+enum Event {
+    /// The next job's answer.
+    Job(Receiver<Answer>),
+    /// A directory whose tree is rewritten: its entries follow, then `Exit`.
+    Enter(Entry),
+    Exit,
+    /// Anything else (a directory whose tree the target already has, too).
+    Entry(Entry),
+}
+
+fn aborted() -> Error {
+    Error::new(ErrorKind::Storage, "copy aborted")
+}
+
 impl Copier<'_> {
-    /// Remember the target pack of a reused blob.
-    fn reuse(&mut self, id: &Id) {
-        if let Some(l) = self.dst.index().get(id) {
-            self.used_packs.insert(l.pack.id);
-        }
+    /// The target tree of source tree `ids`, when the target has it all already.
+    fn known_tree(&self, sink: &Sink<'_>, ids: &[Id]) -> Option<Vec<Id>> {
+        let t = self.trees.lock().expect("trees lock").get(ids).cloned()?;
+        t.iter().all(|i| sink.has(i)).then_some(t)
     }
 
-    fn data_blob(&mut self, w: &mut BlobWriter<'_>, s: Id) -> Result<Id> {
-        if let Some(&t) = self.data.get(&s)
-            && w.has(&t)
-        {
-            self.reuse(&t);
+    /// Copy the tree made of source blobs `root`, and everything under it; returns the target's.
+    fn copy_tree(&self, sink: &Sink<'_>, root: &[Id]) -> Result<Vec<Id>> {
+        if let Some(t) = self.known_tree(sink, root) {
+            self.use_packs(&t);
             return Ok(t);
         }
-        let plain = self.src.read_blob(&s)?;
-        self.bytes_read += plain.len() as u64;
-        let t = self.dst.keys().blob_id(&plain);
-        if !w.add(BlobType::Data, t, &plain)? {
-            self.reuse(&t);
-        }
-        self.data.insert(s, t);
+        let status = RunStatus::default();
+        let (job_tx, job_rx) = bounded::<Job>(self.threads * 2);
+        let (ev_tx, ev_rx) = bounded::<Event>(EVENTS);
+        let mut out = None;
+        std::thread::scope(|s| {
+            let status = &status;
+            let uploaders = sink.start_uploaders(s, status);
+            let workers: Vec<_> = (0..self.threads)
+                .map(|_| {
+                    let job_rx = job_rx.clone();
+                    s.spawn(move || {
+                        self.work(sink, &job_rx, status);
+                        // After a failure: the walker never blocks.
+                        for _ in &job_rx {}
+                    })
+                })
+                .collect();
+            drop(job_rx);
+            let builder = s.spawn(move || {
+                let r = self.build(sink, &ev_rx, status);
+                let tree = match r {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        // Failed first, so the walker stops; then drained, so it never blocks.
+                        status.fail(e);
+                        for _ in &ev_rx {}
+                        None
+                    }
+                };
+                // Close the tree side of the upload queue even after an error.
+                if let Err(e) = sink.tree.finish() {
+                    status.fail(e);
+                }
+                tree
+            });
+            let mut w = Walker {
+                c: self,
+                sink,
+                status,
+                jobs: job_tx,
+                events: ev_tx,
+                job: None,
+                jobs_opened: 0,
+            };
+            if let Err(e) = w.dir(root).and_then(|()| w.dispatch()) {
+                status.fail(e);
+            }
+            drop(w);
+            for w in workers {
+                w.join().expect("copy worker panicked");
+            }
+            if let Err(e) = sink.data.finish() {
+                status.fail(e);
+            }
+            out = builder.join().expect("tree builder panicked");
+            for u in uploaders {
+                if let Err(e) = u.join().expect("uploader panicked") {
+                    status.fail(e);
+                }
+            }
+            if !status.failed()
+                && let Err(e) = sink.write_index()
+            {
+                status.fail(e);
+            }
+        });
+        status.finish()?;
+        let t = out.expect("tree built when nothing failed");
+        self.use_packs(&t);
         Ok(t)
     }
 
-    /// Copy the tree made of source blobs `ids`, and everything under it. Its entries are read,
-    /// and the target's tree blobs written, as they come: a directory of any size holds about
-    /// one blob of each.
-    fn tree(&mut self, w: &mut BlobWriter<'_>, ids: &[Id]) -> Result<Vec<Id>> {
-        if let Some(t) = self.trees.get(ids).cloned()
-            && t.iter().all(|i| w.has(i))
-        {
-            for i in &t {
-                self.reuse(i);
-            }
-            return Ok(t);
+    /// Remember the target packs of `ids` (Object Lock only).
+    fn use_packs(&self, ids: &[Id]) {
+        if self.dst.store().lock().is_none() {
+            return;
         }
-        let (src, chunker) = (self.src, self.chunker.clone());
-        let mut out = TreeWriter::default();
-        for n in src.read_tree_entries(ids)? {
-            let mut n = n?;
-            for c in &mut n.content {
-                *c = self.data_blob(w, *c)?;
+        let mut used = self.used_packs.lock().expect("used packs");
+        for id in ids {
+            if let Some(l) = self.dst.index().get(id) {
+                used.insert(l.pack.id);
             }
-            if !n.subtree.is_empty() {
-                n.subtree = self.tree(w, &n.subtree)?;
-            }
-            out.push(&chunker, &n, &mut |b| self.tree_blob(w, b))?;
         }
-        let out = out.finish(&chunker, &mut |b| self.tree_blob(w, b))?;
-        self.trees.insert(ids.to_vec(), out.clone());
-        Ok(out)
     }
 
-    fn tree_blob(&mut self, w: &mut BlobWriter<'_>, chunk: &[u8]) -> Result<Id> {
-        let id = self.dst.keys().blob_id(chunk);
-        if !w.add(BlobType::Tree, id, chunk)? {
-            self.reuse(&id);
+    /// Copy the chunks of the jobs that come: one job's reads are started while the one before
+    /// is worked on. An error is recorded while the job's answer is still owed, so the builder,
+    /// which then finds no answer, does not report its own "aborted" in its place.
+    fn work(&self, sink: &Sink<'_>, jobs: &Receiver<Job>, status: &RunStatus) {
+        let mut puts = match BlobSink::new(sink, &sink.data) {
+            Ok(p) => p,
+            Err(e) => return status.fail(e),
+        };
+        let ahead = self.src.store().is_remote();
+        let start = |j: Job| (self.start(&j.ids), j.reply);
+        let mut next = None;
+        loop {
+            let (runs, reply) = match next.take() {
+                Some(started) => started,
+                None => match jobs.recv() {
+                    Ok(j) => start(j),
+                    Err(_) => return,
+                },
+            };
+            if ahead && let Ok(j) = jobs.try_recv() {
+                next = Some(start(j));
+            }
+            if status.failed() {
+                return;
+            }
+            let mut out = Vec::new();
+            let r = runs.and_then(|runs| {
+                runs.into_iter()
+                    .try_for_each(|run| self.copy_run(run, &mut puts, &mut out))
+            });
+            match r {
+                // The builder may have stopped; it reports why.
+                Ok(()) => drop(reply.send(Ok(out))),
+                Err(e) => return status.fail(e),
+            }
         }
-        Ok(id)
+    }
+
+    /// Start reading a job's blobs: sorted by pack and offset, neighbours in one read.
+    fn start(&self, ids: &[Id]) -> Result<Vec<Run<'_>>> {
+        let index = self.src.index();
+        let mut locs = ids
+            .iter()
+            .map(|id| index.get(id).ok_or_else(|| not_indexed(id)))
+            .collect::<Result<Vec<_>>>()?;
+        locs.sort_unstable_by_key(|l| (l.pack.id, l.entry.offset));
+        // Read over gaps of unwanted blobs: a round trip costs more than a few hundred KiB on a
+        // remote store. Not more: the blobs between are often another job's (workers share
+        // packs), read by that job too.
+        let gap = if self.src.store().is_remote() {
+            256 << 10
+        } else {
+            32 << 10
+        };
+        let end_of = |e: &BlobEntry| u64::from(e.offset) + u64::from(e.length);
+        let mut runs = Vec::new();
+        for pack in locs.chunk_by(|a, b| a.pack.id == b.pack.id) {
+            let mut rest = pack;
+            while let Some(first) = rest.first() {
+                let start = u64::from(first.entry.offset);
+                let mut end = end_of(&first.entry);
+                let n = 1 + rest[1..]
+                    .iter()
+                    .take_while(|l| {
+                        let e = end_of(&l.entry);
+                        let fits = u64::from(l.entry.offset) <= end + gap
+                            && e.max(end) - start <= MAX_READ;
+                        if fits {
+                            end = end.max(e);
+                        }
+                        fits
+                    })
+                    .count();
+                let name = names::pack(&first.pack.id);
+                runs.push(Run {
+                    read: self.src.store().start_read(&name, start, end - start),
+                    name,
+                    pack: first.pack,
+                    start,
+                    blobs: rest[..n].iter().map(|l| l.entry).collect(),
+                });
+                rest = &rest[n..];
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Open each blob of a run, and store it in the target unless it has it.
+    fn copy_run(
+        &self,
+        run: Run<'_>,
+        puts: &mut BlobSink<'_>,
+        out: &mut Vec<(Id, Id)>,
+    ) -> Result<()> {
+        let Run {
+            read,
+            name,
+            pack,
+            start,
+            blobs,
+        } = run;
+        let mut buf = read.wait()?;
+        let keys = self.src.keys();
+        let cipher = keys.object_cipher(&pack.salt);
+        for e in &blobs {
+            let at = (u64::from(e.offset) - start) as usize;
+            let ct = &mut buf[at..at + e.length as usize];
+            let plain = crate::pack::open_blob_in(keys, &cipher, e, ct)
+                .map_err(|x| x.context(format!("pack {name}")))?;
+            self.bytes_read
+                .fetch_add(plain.len() as u64, Ordering::Relaxed);
+            out.push((e.id, puts.put(&plain)?));
+        }
+        Ok(())
+    }
+
+    /// Rewrite the trees as the walk's events come, with the target ids the jobs answer.
+    fn build(
+        &self,
+        sink: &Sink<'_>,
+        events: &Receiver<Event>,
+        status: &RunStatus,
+    ) -> Result<Vec<Id>> {
+        let mut puts = BlobSink::new(sink, &sink.tree)?;
+        let mut answers = Answers {
+            c: self,
+            waiting: VecDeque::new(),
+            received: 0,
+        };
+        let mut stack: Vec<(Entry, TreeWriter)> = Vec::new();
+        let mut root = TreeWriter::default();
+        let chunker = &self.chunker;
+        for ev in events {
+            let node = match ev {
+                Event::Job(rx) => {
+                    answers.waiting.push_back(rx);
+                    continue;
+                }
+                Event::Enter(e) => {
+                    stack.push((e, TreeWriter::default()));
+                    continue;
+                }
+                Event::Exit => {
+                    let (e, children) = stack
+                        .pop()
+                        .ok_or_else(|| Error::invalid("walk events out of order"))?;
+                    let mut n = answers.resolve(e)?;
+                    let src = std::mem::take(&mut n.subtree);
+                    n.subtree = children.finish(chunker, &mut |b| puts.put(b))?;
+                    self.trees
+                        .lock()
+                        .expect("trees lock")
+                        .insert(src, n.subtree.clone());
+                    n
+                }
+                Event::Entry(e) => answers.resolve(e)?,
+            };
+            self.use_packs(&node.content);
+            self.use_packs(&node.subtree);
+            match stack.last_mut() {
+                Some((_, children)) => children.push(chunker, &node, &mut |b| puts.put(b))?,
+                None => root.push(chunker, &node, &mut |b| puts.put(b))?,
+            }
+        }
+        if status.failed() {
+            return Err(aborted());
+        }
+        if !stack.is_empty() {
+            return Err(Error::invalid("walk ended inside a directory"));
+        }
+        root.finish(chunker, &mut |b| puts.put(b))
     }
 
     /// Learn the chunk mapping from a snapshot already copied: its source and target trees have
@@ -131,7 +415,10 @@ impl Copier<'_> {
             if !seen.insert(s.clone()) {
                 continue;
             }
-            self.trees.insert(s.clone(), d.clone());
+            self.trees
+                .get_mut()
+                .expect("trees lock")
+                .insert(s.clone(), d.clone());
             let mut st = self.src.read_tree_entries(&s)?;
             let mut dt = self.dst.read_tree_entries(&d)?;
             let mut chunks = Vec::new();
@@ -150,11 +437,201 @@ impl Copier<'_> {
                 }
             };
             if same {
-                self.data.extend(chunks);
+                let data = self.data.get_mut().expect("data lock");
+                data.extend(chunks.into_iter().map(|(s, t)| (s, Mapped::To(t))));
                 stack.extend(subtrees);
             }
         }
         Ok(())
+    }
+}
+
+fn not_indexed(id: &Id) -> Error {
+    Error::new(
+        ErrorKind::Missing,
+        format!("blob {} is not in the index", id.short()),
+    )
+}
+
+/// Neighbouring blobs of one pack, read together from `start`.
+struct Run<'s> {
+    read: PendingRead<'s>,
+    name: String,
+    pack: &'s PackInfo,
+    start: u64,
+    blobs: Vec<BlobEntry>,
+}
+
+/// The builder's side of the jobs: their answers, taken in order as entries need them.
+struct Answers<'c, 'a> {
+    c: &'c Copier<'a>,
+    waiting: VecDeque<Receiver<Answer>>,
+    /// Jobs answered so far.
+    received: u64,
+}
+
+impl Answers<'_, '_> {
+    /// The entry's node with target ids only.
+    fn resolve(&mut self, e: Entry) -> Result<Node> {
+        let Entry {
+            mut node,
+            pending,
+            after,
+        } = e;
+        if let Some(k) = after {
+            while self.received <= k {
+                let rx = self
+                    .waiting
+                    .pop_front()
+                    .ok_or_else(|| Error::invalid("copy jobs out of order"))?;
+                let pairs = rx.recv().map_err(|_| aborted())??;
+                let mut data = self.c.data.lock().expect("data lock");
+                data.extend(pairs.into_iter().map(|(s, t)| (s, Mapped::To(t))));
+                self.received += 1;
+            }
+        }
+        if !pending.is_empty() {
+            let data = self.c.data.lock().expect("data lock");
+            for i in pending {
+                let s = node.content[i];
+                match data.get(&s) {
+                    Some(Mapped::To(t)) => node.content[i] = *t,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "chunk {} was not copied",
+                            s.short()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(node)
+    }
+}
+
+/// Walks the source trees in order, sending the chunks the target may lack to the workers and
+/// every entry to the builder.
+struct Walker<'w, 'a> {
+    c: &'w Copier<'a>,
+    sink: &'w Sink<'w>,
+    status: &'w RunStatus,
+    jobs: Sender<Job>,
+    events: Sender<Event>,
+    /// The job being filled.
+    job: Option<Job>,
+    jobs_opened: u64,
+}
+
+impl Walker<'_, '_> {
+    fn dir(&mut self, ids: &[Id]) -> Result<()> {
+        for n in self.c.src.read_tree_entries(ids)? {
+            if self.status.failed() {
+                return Err(aborted());
+            }
+            let mut node = n?;
+            let (pending, after) = self.map_content(&mut node)?;
+            let sub = std::mem::take(&mut node.subtree);
+            if sub.is_empty() {
+                self.emit(Event::Entry(Entry {
+                    node,
+                    pending,
+                    after,
+                }))?;
+            } else if let Some(t) = self.c.known_tree(self.sink, &sub) {
+                node.subtree = t;
+                self.emit(Event::Entry(Entry {
+                    node,
+                    pending,
+                    after,
+                }))?;
+            } else {
+                node.subtree.clone_from(&sub);
+                self.emit(Event::Enter(Entry {
+                    node,
+                    pending,
+                    after,
+                }))?;
+                self.dir(&sub)?;
+                self.emit(Event::Exit)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Put target ids in `node`'s content where they are known; the other chunks go to jobs.
+    fn map_content(&mut self, node: &mut Node) -> Result<(Vec<usize>, Option<u64>)> {
+        let mut pending = Vec::new();
+        let mut after = None;
+        for i in 0..node.content.len() {
+            let s = node.content[i];
+            let known = self.c.data.lock().expect("data lock").get(&s).copied();
+            let k = match known {
+                Some(Mapped::To(t)) if self.sink.has(&t) => {
+                    node.content[i] = t;
+                    continue;
+                }
+                Some(Mapped::InJob(k)) => k,
+                _ => self.add(s)?,
+            };
+            pending.push(i);
+            after = after.max(Some(k));
+        }
+        Ok((pending, after))
+    }
+
+    /// Add source chunk `s` to the job being filled; returns the job's number.
+    fn add(&mut self, s: Id) -> Result<u64> {
+        let loc = self.c.src.index().get(&s).ok_or_else(|| not_indexed(&s))?;
+        let len = u64::from(loc.entry.length);
+        // A job stays within JOB_BYTES (one larger blob goes alone).
+        if self
+            .job
+            .as_ref()
+            .is_some_and(|j| j.ids.len() >= JOB_BLOBS || j.bytes + len > JOB_BYTES)
+        {
+            self.dispatch()?;
+        }
+        if self.job.is_none() {
+            let (reply, rx) = bounded(1);
+            self.emit(Event::Job(rx))?;
+            self.jobs_opened += 1;
+            self.job = Some(Job {
+                ids: Vec::new(),
+                bytes: 0,
+                reply,
+            });
+        }
+        let job = self.job.as_mut().expect("job opened above");
+        job.ids.push(s);
+        job.bytes += len;
+        let k = self.jobs_opened - 1;
+        self.c
+            .data
+            .lock()
+            .expect("data lock")
+            .insert(s, Mapped::InJob(k));
+        Ok(k)
+    }
+
+    /// Send the job being filled to the workers.
+    fn dispatch(&mut self) -> Result<()> {
+        match self.job.take() {
+            Some(j) => self.jobs.send(j).map_err(|_| aborted()),
+            None => Ok(()),
+        }
+    }
+
+    /// Send an event to the builder. When the queue is full the builder may be waiting for the
+    /// job being filled, so that job is sent first.
+    fn emit(&mut self, ev: Event) -> Result<()> {
+        match self.events.try_send(ev) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(ev)) => {
+                self.dispatch()?;
+                self.events.send(ev).map_err(|_| aborted())
+            }
+            Err(TrySendError::Disconnected(_)) => Err(aborted()),
+        }
     }
 }
 
@@ -186,13 +663,15 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
     let mut c = Copier {
         src,
         dst,
-        data: HashMap::new(),
-        trees: HashMap::new(),
-        bytes_read: 0,
-        used_packs: HashSet::new(),
+        threads: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+        data: Mutex::new(HashMap::new()),
+        trees: Mutex::new(HashMap::new()),
+        bytes_read: AtomicU64::new(0),
+        used_packs: Mutex::new(HashSet::new()),
         chunker: dst.chunker(),
     };
-    let mut w = BlobWriter::new(dst)?;
+    let stored = AtomicU64::new(0);
+    let mut sink = Sink::new(dst, &stored).index_every(INDEX_AFTER);
     for (sid, snap) in snaps {
         if have.contains_key(&sid) {
             report.snapshots_skipped += 1;
@@ -211,9 +690,10 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
                 Err(e) => return Err(e),
             }
         }
-        let tree = c.tree(&mut w, &snap.tree)?;
+        let tree = c.copy_tree(&sink, &snap.tree)?;
+        sink.reopen();
         // Commit point: the snapshot's blobs are stored and indexed before it appears.
-        w.flush()?;
+        dst.store().sync()?;
         let mut out = snap.clone();
         out.tree = tree;
         out.parent = snap.parent.and_then(|p| have.get(&p).map(|(t, _)| *t));
@@ -226,10 +706,10 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
         report.copied.push((sid, tid));
         have.insert(sid, (tid, out));
     }
-    report.bytes_read = c.bytes_read;
-    let (bytes, blobs) = w.finish()?;
-    report.bytes_transferred += bytes;
-    report.blobs_transferred += blobs;
-    crate::retention::upkeep(dst, &c.used_packs)?;
+    report.bytes_read = c.bytes_read.load(Ordering::Relaxed);
+    report.bytes_transferred += stored.load(Ordering::Relaxed);
+    report.blobs_transferred = sink.blobs_added();
+    let used = c.used_packs.into_inner().expect("used packs");
+    crate::retention::upkeep(dst, &used)?;
     Ok(report)
 }

@@ -44,6 +44,7 @@ mod repo;
 mod restore;
 pub mod retention;
 pub mod s3lock;
+mod sink;
 mod snapshot;
 mod status;
 pub mod tree;
