@@ -9,6 +9,7 @@ mod fixtures;
 
 mod bad_input;
 mod block;
+mod copy;
 mod corruption;
 mod crash;
 mod incremental;

@@ -578,6 +578,22 @@ fn limits_hold() {
     }
     assert!(peaks[0] <= 1, "restore, --max-requests 1: {peaks:?}");
     assert!(peaks[1] > 2, "restore, --max-requests 16: {peaks:?}");
+    // A copy keeps several reads in flight (the old one read a blob at a time), within
+    // --max-requests.
+    let mut peaks = Vec::new();
+    for n in ["1", "16"] {
+        let off = env.path(&format!("offsite-{n}"));
+        let mut init = env.cmd(&["--repo", off.to_str().unwrap(), "init"]);
+        init.env("LIFEBOAT_PASSWORD", "offsite");
+        assert!(init.output().unwrap().status.success());
+        relay.take_peak();
+        let mut c = env.cmd(&["--max-requests", n, "copy", "--to", off.to_str().unwrap()]);
+        c.env("LIFEBOAT_TO_PASSWORD", "offsite");
+        crate::fixtures::stdout_of_success(c.output().unwrap(), "copy");
+        peaks.push(relay.take_peak());
+    }
+    assert!(peaks[0] <= 1, "copy, --max-requests 1: {peaks:?}");
+    assert!(peaks[1] > 2, "copy, --max-requests 16: {peaks:?}");
     env.fails(&["--limit-upload", "0", "snapshots"]);
     assert!(
         !env.run(&["--max-requests", "0", "snapshots"])
