@@ -102,8 +102,9 @@ struct Copier<'a> {
     chunker: Chunker,
 }
 
-/// A job's answer: each chunk's source and target id.
-type Answer = Result<Vec<(Id, Id)>>;
+/// A job's answer: each chunk's source and target id. A job that failed has no answer (its
+/// worker recorded the error).
+type Answer = Vec<(Id, Id)>;
 
 /// Chunks a worker copies; it answers with each one's target id.
 struct Job {
@@ -264,7 +265,7 @@ impl Copier<'_> {
             });
             match r {
                 // The builder may have stopped; it reports why.
-                Ok(()) => drop(reply.send(Ok(out))),
+                Ok(()) => drop(reply.send(out)),
                 Err(e) => return status.fail(e),
             }
         }
@@ -275,7 +276,7 @@ impl Copier<'_> {
         let index = self.src.index();
         let mut locs = ids
             .iter()
-            .map(|id| index.get(id).ok_or_else(|| not_indexed(id)))
+            .map(|id| index.find(id))
             .collect::<Result<Vec<_>>>()?;
         locs.sort_unstable_by_key(|l| (l.pack.id, l.entry.offset));
         // Read over gaps of unwanted blobs: a round trip costs more than a few hundred KiB on a
@@ -286,35 +287,22 @@ impl Copier<'_> {
         } else {
             32 << 10
         };
-        let end_of = |e: &BlobEntry| u64::from(e.offset) + u64::from(e.length);
         let mut runs = Vec::new();
-        for pack in locs.chunk_by(|a, b| a.pack.id == b.pack.id) {
-            let mut rest = pack;
-            while let Some(first) = rest.first() {
-                let start = u64::from(first.entry.offset);
-                let mut end = end_of(&first.entry);
-                let n = 1 + rest[1..]
-                    .iter()
-                    .take_while(|l| {
-                        let e = end_of(&l.entry);
-                        let fits = u64::from(l.entry.offset) <= end + gap
-                            && e.max(end) - start <= MAX_READ;
-                        if fits {
-                            end = end.max(e);
-                        }
-                        fits
-                    })
-                    .count();
-                let name = names::pack(&first.pack.id);
-                runs.push(Run {
-                    read: self.src.store().start_read(&name, start, end - start),
-                    name,
-                    pack: first.pack,
-                    start,
-                    blobs: rest[..n].iter().map(|l| l.entry).collect(),
-                });
-                rest = &rest[n..];
-            }
+        let mut rest = &locs[..];
+        while !rest.is_empty() {
+            let n = crate::index::run_len(rest.iter(), gap, MAX_READ);
+            let (run, tail) = rest.split_at(n);
+            let start = run[0].span().0;
+            let end = run.iter().map(|l| l.span().1).max().unwrap_or(start);
+            let name = names::pack(&run[0].pack.id);
+            runs.push(Run {
+                read: self.src.store().start_read(&name, start, end - start),
+                name,
+                pack: run[0].pack,
+                start,
+                blobs: run.iter().map(|l| l.entry).collect(),
+            });
+            rest = tail;
         }
         Ok(runs)
     }
@@ -446,13 +434,6 @@ impl Copier<'_> {
     }
 }
 
-fn not_indexed(id: &Id) -> Error {
-    Error::new(
-        ErrorKind::Missing,
-        format!("blob {} is not in the index", id.short()),
-    )
-}
-
 /// Neighbouring blobs of one pack, read together from `start`.
 struct Run<'s> {
     read: PendingRead<'s>,
@@ -484,7 +465,7 @@ impl Answers<'_, '_> {
                     .waiting
                     .pop_front()
                     .ok_or_else(|| Error::invalid("copy jobs out of order"))?;
-                let pairs = rx.recv().map_err(|_| aborted())??;
+                let pairs = rx.recv().map_err(|_| aborted())?;
                 let mut data = self.c.data.lock().expect("data lock");
                 data.extend(pairs.into_iter().map(|(s, t)| (s, Mapped::To(t))));
                 self.received += 1;
@@ -581,7 +562,7 @@ impl Walker<'_, '_> {
 
     /// Add source chunk `s` to the job being filled; returns the job's number.
     fn add(&mut self, s: Id) -> Result<u64> {
-        let loc = self.c.src.index().get(&s).ok_or_else(|| not_indexed(&s))?;
+        let loc = self.c.src.index().find(&s)?;
         let len = u64::from(loc.entry.length);
         // A job stays within JOB_BYTES (one larger blob goes alone).
         if self

@@ -134,6 +134,38 @@ pub struct Location<'a> {
     pub entry: BlobEntry,
 }
 
+impl Location<'_> {
+    /// Where the blob's ciphertext lies in its pack: `(start, end)`.
+    pub fn span(&self) -> (u64, u64) {
+        let start = u64::from(self.entry.offset);
+        (start, start + u64::from(self.entry.length))
+    }
+}
+
+/// How many of `locs` (sorted by pack and offset), from the first, one read of the first one's
+/// pack fetches: the same pack, gaps of unwanted bytes of at most `gap`, at most `max_read` bytes
+/// in all (or the first blob alone).
+pub(crate) fn run_len<'l, 'i: 'l>(
+    mut locs: impl Iterator<Item = &'l Location<'i>>,
+    gap: u64,
+    max_read: u64,
+) -> usize {
+    let Some(first) = locs.next() else {
+        return 0;
+    };
+    let (start, mut end) = first.span();
+    let mut n = 1;
+    for l in locs {
+        let (s, e) = l.span();
+        if l.pack.id != first.pack.id || s > end + gap || e.max(end) - start > max_read {
+            break;
+        }
+        end = end.max(e);
+        n += 1;
+    }
+    n
+}
+
 /// A pack known to the index.
 #[derive(Debug, Clone)]
 pub struct PackInfo {
@@ -189,6 +221,19 @@ impl Index {
     /// Whether the blob is stored.
     pub fn contains(&self, id: &Id) -> bool {
         self.slot(id).is_some()
+    }
+
+    /// Where the blob is stored; `Missing` when the index does not list it.
+    ///
+    /// # Errors
+    /// `Missing`.
+    pub fn find(&self, id: &Id) -> Result<Location<'_>> {
+        self.get(id).ok_or_else(|| {
+            Error::new(
+                crate::ErrorKind::Missing,
+                format!("blob {} is not in the index", id.short()),
+            )
+        })
     }
 
     /// Where the blob is stored.
@@ -395,5 +440,45 @@ mod tests {
             assert!(!idx.contains(id), "{id:?} found but absent");
         }
         assert!(!Index::default().contains(&Id([0; 32])));
+    }
+
+    #[test]
+    fn a_run_stops_at_another_pack_a_wide_gap_or_its_size() {
+        let (a, b) = (
+            PackInfo {
+                id: Id([1; 32]),
+                size: 1 << 20,
+                salt: [0; SALT_LEN],
+            },
+            PackInfo {
+                id: Id([2; 32]),
+                size: 1 << 20,
+                salt: [0; SALT_LEN],
+            },
+        );
+        let at = |pack, offset, length| Location {
+            pack,
+            entry: BlobEntry {
+                id: Id([0; 32]),
+                blob_type: BlobType::Data,
+                compressed: false,
+                offset,
+                length,
+                raw_len: length,
+            },
+        };
+        // 100..200, a 50-byte gap, 250..300, a 51-byte gap, 351..400: with gap 50 the first two
+        // are one read; the third needs its own.
+        let locs = [at(&a, 100, 100), at(&a, 250, 50), at(&a, 351, 49)];
+        assert_eq!(run_len(locs.iter(), 50, 1 << 20), 2);
+        assert_eq!(run_len(locs.iter(), 51, 1 << 20), 3);
+        // At most 200 bytes in all: 100..300 fits, 100..400 does not.
+        assert_eq!(run_len(locs.iter(), 51, 200), 2);
+        // Another pack ends the run however close.
+        let locs = [at(&a, 100, 100), at(&b, 200, 10)];
+        assert_eq!(run_len(locs.iter(), 1 << 20, 1 << 20), 1);
+        // A blob larger than max_read is read alone.
+        assert_eq!(run_len([at(&a, 0, 500)].iter(), 0, 100), 1);
+        assert_eq!(run_len(std::iter::empty(), 0, 100), 0);
     }
 }

@@ -413,12 +413,7 @@ impl Repository {
     /// # Errors
     /// `Missing` when not indexed, `Corrupt` naming the pack when damaged.
     pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
-        let loc = self.index.get(id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Missing,
-                format!("blob {} is not in the index", id.short()),
-            )
-        })?;
+        let loc = self.index.find(id)?;
         let name = names::pack(&loc.pack.id);
         let (offset, len) = (u64::from(loc.entry.offset), u64::from(loc.entry.length));
         let open = |ct| {

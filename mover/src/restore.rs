@@ -322,17 +322,7 @@ pub(crate) fn plan(repo: &Repository, node: &Node) -> Result<Vec<(Id, u64, u64)>
             let id = blobs
                 .next()
                 .ok_or_else(|| Error::corrupt("file has fewer blobs than its size"))?;
-            let raw = repo
-                .index()
-                .get(id)
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Missing,
-                        format!("blob {} is not in the index", id.short()),
-                    )
-                })?
-                .entry
-                .raw_len;
+            let raw = repo.index().find(id)?.entry.raw_len;
             if raw == 0 || pos + u64::from(raw) > off + len {
                 return Err(Error::corrupt("file blobs do not fit its data regions"));
             }
@@ -961,13 +951,7 @@ fn plan_job<'i>(ctx: &Ctx<'i>, job: Job) -> Result<Planned<'i>> {
     let mut want = Vec::with_capacity(job.iter().map(|p| p.blobs.len()).sum());
     for (part, p) in job.iter().enumerate() {
         for (id, off) in &p.blobs {
-            let loc = repo.index().get(id).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Missing,
-                    format!("blob {} is not in the index", id.short()),
-                )
-                .context(&p.file.path)
-            })?;
+            let loc = repo.index().find(id).map_err(|e| e.context(&p.file.path))?;
             want.push(Want {
                 loc,
                 part,
@@ -979,7 +963,11 @@ fn plan_job<'i>(ctx: &Ctx<'i>, job: Job) -> Result<Planned<'i>> {
     let mut runs = Vec::new();
     let mut at = 0;
     while at < want.len() {
-        let n = run_len(&want[at..], ctx.shape);
+        let n = crate::index::run_len(
+            want[at..].iter().map(|w| &w.loc),
+            ctx.shape.gap,
+            ctx.shape.max_read,
+        );
         runs.push((at..at + n, names::pack(&want[at].loc.pack.id)));
         at += n;
     }
@@ -1083,36 +1071,13 @@ fn finish_job(ctx: &Ctx<'_>, job: &[FilePart]) -> Result<()> {
     Ok(())
 }
 
-impl Want<'_> {
-    /// Where the blob's ciphertext is in its pack.
-    fn span(&self) -> (u64, u64) {
-        let start = u64::from(self.loc.entry.offset);
-        (start, start + u64::from(self.loc.entry.length))
-    }
-}
-
-/// How many of the (sorted) blobs at the head of `want` one read fetches.
-fn run_len(want: &[Want<'_>], shape: ReadShape) -> usize {
-    let (start, mut end) = want[0].span();
-    let mut n = 1;
-    for w in &want[1..] {
-        let (s, e) = w.span();
-        if w.loc.pack.id != want[0].loc.pack.id
-            || s > end + shape.gap
-            || e.max(end) - start > shape.max_read
-        {
-            break;
-        }
-        end = end.max(e);
-        n += 1;
-    }
-    n
-}
-
 /// The bytes of its pack that a run reads.
 fn run_span(run: &[Want<'_>]) -> (u64, u64) {
-    let start = run[0].span().0;
-    (start, run.iter().map(|w| w.span().1).max().unwrap_or(start))
+    let start = run[0].loc.span().0;
+    (
+        start,
+        run.iter().map(|w| w.loc.span().1).max().unwrap_or(start),
+    )
 }
 
 /// The budget a run's read takes: its bytes, and room for the largest blob it opens.
