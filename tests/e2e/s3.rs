@@ -594,6 +594,19 @@ fn limits_hold() {
     }
     assert!(peaks[0] <= 1, "copy, --max-requests 1: {peaks:?}");
     assert!(peaks[1] > 2, "copy, --max-requests 16: {peaks:?}");
+    // `check --read-data`: each of the two readers keeps its next pack's read in flight while it
+    // verifies one (the old check had one read per core).
+    let mut peaks = Vec::new();
+    for n in ["1", "16"] {
+        relay.take_peak();
+        assert!(
+            env.ok(&["--max-requests", n, "check", "--read-data"])
+                .contains("no errors found")
+        );
+        peaks.push(relay.take_peak());
+    }
+    assert!(peaks[0] <= 1, "check, --max-requests 1: {peaks:?}");
+    assert!(peaks[1] > 2, "check, --max-requests 16: {peaks:?}");
     env.fails(&["--limit-upload", "0", "snapshots"]);
     assert!(
         !env.run(&["--max-requests", "0", "snapshots"])
@@ -852,6 +865,83 @@ fn cache_spares_requests_heals_and_follows_prunes() {
     std::fs::remove_dir_all(&cache).unwrap();
     env.ok(&["--no-cache", "snapshots"]);
     assert!(!cache.exists());
+}
+
+/// `check` reads what the bucket holds, never an earlier run's cache, yet fetches each tree pack
+/// once (into a cache of its own, deleted when it ends) instead of one request per tree; a
+/// damaged tree pack in the bucket is still named.
+#[test]
+fn check_fetches_tree_packs_once_and_ignores_the_cache() {
+    let s3 = S3Server::start();
+    s3.bucket("lifeboat-check");
+    let relay = Relay::start(s3.port);
+    let env = Env::at("s3://lifeboat-check/r", s3_vars(relay.port));
+    let cache = env.path("cache");
+    let src = env.path("src");
+    let dirs = 60;
+    for d in 0..dirs {
+        write(&src.join(format!("d{d}/f")), &noise(5000, d));
+    }
+    env.backup(&[&src]);
+    // Damage every entry of the user's cache: check does not read them.
+    let before = cached_files(&cache);
+    let tree_pack = before
+        .iter()
+        .find(|(n, _)| n.contains("data/"))
+        .map(|(n, _)| n.split_once('/').unwrap().1.to_owned())
+        .expect("a tree pack in the cache");
+    for (_, p) in &before {
+        crate::fixtures::flip_byte(p, 0.5);
+    }
+    relay.take_requests();
+    assert!(env.ok(&["check"]).contains("no errors found"));
+    let with_cache = relay.take_requests();
+    assert!(env.ok(&["--no-cache", "check"]).contains("no errors found"));
+    let without = relay.take_requests();
+    assert!(
+        with_cache + dirs as usize <= without,
+        "check: {with_cache} requests with its own cache, {without} without"
+    );
+    assert!(
+        env.ok(&["check", "--read-data"])
+            .contains("no errors found")
+    );
+    // Its cache is gone, and the user's is as it was (still damaged, for the next backup to heal).
+    let after = cached_files(&cache);
+    assert_eq!(
+        after.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        before.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    assert!(after.iter().all(|(_, p)| !intact(p)));
+
+    // A flipped byte in the tree pack in the bucket: both checks name it.
+    let key = format!("r/{tree_pack}");
+    let flip = || {
+        boto3(
+            s3.port,
+            &format!(
+                "b = bytearray(s3.get_object(Bucket='lifeboat-check', Key='{key}')['Body'].read())\n\
+                 b[len(b) // 3] ^= 1\n\
+                 s3.put_object(Bucket='lifeboat-check', Key='{key}', Body=bytes(b))"
+            ),
+        )
+    };
+    flip();
+    for args in [&["check"][..], &["check", "--read-data"]] {
+        let e = env.fails(args);
+        assert!(e.contains("problems"), "{args:?}: {e}");
+        let o = env.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&tree_pack),
+            "{args:?} did not name {tree_pack}: {err}"
+        );
+    }
+    flip();
+    assert!(
+        env.ok(&["check", "--read-data"])
+            .contains("no errors found")
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
