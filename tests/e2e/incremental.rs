@@ -43,8 +43,10 @@ fn incremental_reads_only_changed_files() {
     let other: serde_json::Value = serde_json::from_str(&other).unwrap();
     assert_eq!(other["parent"], serde_json::Value::Null);
     assert_eq!(other["bytes_read"], 5_000_000 + 12 + 1);
-    assert_eq!(
-        other["blobs_added"], 0,
+    // Identical content dedups. A tree may be new: the backed-up path's parents are in the
+    // snapshot, and tests running alongside change the times of /tmp (seen once under load).
+    assert!(
+        other["bytes_added"].as_u64().unwrap() < 4096,
         "identical content must dedup: {other}"
     );
 
