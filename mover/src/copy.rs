@@ -26,7 +26,7 @@ use crate::chunker::Chunker;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
-use crate::index::PackInfo;
+use crate::index::{Index, PackInfo};
 use crate::pack::BlobEntry;
 use crate::repo::Repository;
 use crate::sink::{BlobSink, Sink};
@@ -72,6 +72,72 @@ enum Mapped {
     InJob(u64),
 }
 
+/// Source data chunks → what is known of them, by their position in the source index: 4 bytes
+/// a source chunk, plus 32 for each mapped one (its target id, in fixed blocks that never move).
+/// A `HashMap<Id, Mapped>` took about 100 bytes a mapped chunk, and half as much again while
+/// it grew. Chunks in a job are few at a time (those of the jobs the builder has not taken yet),
+/// so they live in a small map of their own, which takes precedence.
+struct ChunkMap<'a> {
+    index: &'a Index,
+    /// 0: no target known; `n + 1`: the target id is the `n`th.
+    slots: Vec<u32>,
+    targets: Vec<Vec<Id>>,
+    in_job: HashMap<u32, u64>,
+}
+
+/// Target ids per block: 512 KiB.
+const TARGET_BLOCK: usize = 1 << 14;
+
+impl<'a> ChunkMap<'a> {
+    fn new(index: &'a Index) -> Self {
+        Self {
+            index,
+            // Zeroed pages are only touched as chunks are mapped.
+            slots: vec![0; index.len()],
+            targets: Vec::new(),
+            in_job: HashMap::new(),
+        }
+    }
+
+    fn get(&self, s: &Id) -> Option<Mapped> {
+        let pos = self.index.position(s)?;
+        if let Some(&k) = self.in_job.get(&pos) {
+            return Some(Mapped::InJob(k));
+        }
+        let n = self.slots[pos as usize].checked_sub(1)? as usize;
+        Some(Mapped::To(self.targets[n / TARGET_BLOCK][n % TARGET_BLOCK]))
+    }
+
+    /// Record what is known of source chunk `s` (a chunk the source index lacks is not kept:
+    /// copying it fails on the lookup of its location).
+    fn set(&mut self, s: &Id, m: Mapped) {
+        let Some(pos) = self.index.position(s) else {
+            return;
+        };
+        let t = match m {
+            Mapped::InJob(k) => {
+                self.in_job.insert(pos, k);
+                return;
+            }
+            Mapped::To(t) => t,
+        };
+        self.in_job.remove(&pos);
+        let slot = &mut self.slots[pos as usize];
+        if let Some(n) = slot.checked_sub(1) {
+            let n = n as usize;
+            self.targets[n / TARGET_BLOCK][n % TARGET_BLOCK] = t;
+            return;
+        }
+        if self.targets.last().is_none_or(|b| b.len() == TARGET_BLOCK) {
+            self.targets.push(Vec::with_capacity(TARGET_BLOCK));
+        }
+        let n = (self.targets.len() - 1) * TARGET_BLOCK + self.targets.last().map_or(0, Vec::len);
+        // No more targets than source chunks, whose positions are u32.
+        *slot = u32::try_from(n + 1).expect("fewer than 2^32 - 1 chunks in one index");
+        self.targets.last_mut().expect("a block with room").push(t);
+    }
+}
+
 /// A source blob's target id is the keyed hash of its plaintext under the target's key, so
 /// every blob the target lacks is read, opened, hashed and (when new there) compressed and
 /// sealed again: the work of a backup, spread the same way.
@@ -92,7 +158,7 @@ struct Copier<'a> {
     dst: &'a Repository,
     threads: usize,
     /// Source data blob id → what is known of it.
-    data: Mutex<HashMap<Id, Mapped>>,
+    data: Mutex<ChunkMap<'a>>,
     /// Source tree blob ids → target tree blob ids.
     trees: Mutex<HashMap<Vec<Id>, Vec<Id>>>,
     bytes_read: AtomicU64,
@@ -426,7 +492,9 @@ impl Copier<'_> {
             };
             if same {
                 let data = self.data.get_mut().expect("data lock");
-                data.extend(chunks.into_iter().map(|(s, t)| (s, Mapped::To(t))));
+                for (s, t) in chunks {
+                    data.set(&s, Mapped::To(t));
+                }
                 stack.extend(subtrees);
             }
         }
@@ -467,7 +535,9 @@ impl Answers<'_, '_> {
                     .ok_or_else(|| Error::invalid("copy jobs out of order"))?;
                 let pairs = rx.recv().map_err(|_| aborted())?;
                 let mut data = self.c.data.lock().expect("data lock");
-                data.extend(pairs.into_iter().map(|(s, t)| (s, Mapped::To(t))));
+                for (s, t) in pairs {
+                    data.set(&s, Mapped::To(t));
+                }
                 self.received += 1;
             }
         }
@@ -476,7 +546,7 @@ impl Answers<'_, '_> {
             for i in pending {
                 let s = node.content[i];
                 match data.get(&s) {
-                    Some(Mapped::To(t)) => node.content[i] = *t,
+                    Some(Mapped::To(t)) => node.content[i] = t,
                     _ => {
                         return Err(Error::invalid(format!(
                             "chunk {} was not copied",
@@ -545,7 +615,7 @@ impl Walker<'_, '_> {
         let mut after = None;
         for i in 0..node.content.len() {
             let s = node.content[i];
-            let known = self.c.data.lock().expect("data lock").get(&s).copied();
+            let known = self.c.data.lock().expect("data lock").get(&s);
             let k = match known {
                 Some(Mapped::To(t)) if self.sink.has(&t) => {
                     node.content[i] = t;
@@ -590,7 +660,7 @@ impl Walker<'_, '_> {
             .data
             .lock()
             .expect("data lock")
-            .insert(s, Mapped::InJob(k));
+            .set(&s, Mapped::InJob(k));
         Ok(k)
     }
 
@@ -645,7 +715,7 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
         src,
         dst,
         threads: std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-        data: Mutex::new(HashMap::new()),
+        data: Mutex::new(ChunkMap::new(src.index())),
         trees: Mutex::new(HashMap::new()),
         bytes_read: AtomicU64::new(0),
         used_packs: Mutex::new(HashSet::new()),
@@ -693,4 +763,62 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
     let used = c.used_packs.into_inner().expect("used packs");
     crate::retention::upkeep(dst, &used)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::PackRecord;
+    use crate::pack::BlobType;
+
+    fn id(n: u32) -> Id {
+        Id(*blake3::hash(&n.to_le_bytes()).as_bytes())
+    }
+
+    /// A chunk in a job reads as in that job until its target is set; setting a target again
+    /// replaces it in place; a chunk the source index lacks is not kept.
+    #[test]
+    fn chunk_map_tracks_jobs_and_targets() {
+        let n = 2 * TARGET_BLOCK as u32 + 5;
+        let index = Index::from_records([PackRecord {
+            id: id(u32::MAX),
+            size: 1 << 30,
+            salt: [0; 32],
+            blobs: (0..n)
+                .map(|i| BlobEntry {
+                    id: id(i),
+                    blob_type: BlobType::Data,
+                    compressed: false,
+                    offset: i * 100,
+                    length: 100,
+                    raw_len: 84,
+                })
+                .collect(),
+        }]);
+        let mut m = ChunkMap::new(&index);
+        let target = |i: u32| id(i + 1_000_000);
+        let to = |m: &ChunkMap<'_>, i: u32| match m.get(&id(i)) {
+            Some(Mapped::To(t)) => Some(t),
+            _ => None,
+        };
+        assert!(m.get(&id(3)).is_none());
+        m.set(&id(3), Mapped::InJob(7));
+        assert!(matches!(m.get(&id(3)), Some(Mapped::InJob(7))));
+        for i in 0..n {
+            m.set(&id(i), Mapped::To(target(i)));
+        }
+        for i in 0..n {
+            assert_eq!(to(&m, i), Some(target(i)), "chunk {i}");
+        }
+        // Copied again (the target lost it): in a job, then its new target, in the same slot.
+        m.set(&id(9), Mapped::InJob(8));
+        assert!(matches!(m.get(&id(9)), Some(Mapped::InJob(8))));
+        m.set(&id(9), Mapped::To(id(42)));
+        assert_eq!(to(&m, 9), Some(id(42)));
+        let held: usize = m.targets.iter().map(Vec::len).sum();
+        assert_eq!(held, n as usize);
+        assert!(m.in_job.is_empty());
+        m.set(&id(n + 1), Mapped::To(id(1)));
+        assert!(m.get(&id(n + 1)).is_none());
+    }
 }

@@ -206,16 +206,21 @@ impl Index {
     }
 
     fn slot(&self, id: &Id) -> Option<&Slot> {
+        self.position(id).map(|p| &self.slots[p as usize])
+    }
+
+    /// The blob's position among the index's blobs (`0..len()`, fixed once the index is built):
+    /// a 4-byte key for maps over a repository's blobs.
+    pub fn position(&self, id: &Id) -> Option<u32> {
         let b = bucket(&id.0);
-        let (lo, hi) = match (self.buckets.get(b), self.buckets.get(b + 1)) {
-            (Some(&lo), Some(&hi)) => (lo as usize, hi as usize),
-            _ => return None,
+        let (Some(&lo), Some(&hi)) = (self.buckets.get(b), self.buckets.get(b + 1)) else {
+            return None;
         };
-        let range = &self.slots[lo..hi];
+        let range = &self.slots[lo as usize..hi as usize];
         range
             .binary_search_by(|s| s.id.cmp(&id.0))
             .ok()
-            .map(|i| &range[i])
+            .map(|i| lo + i as u32)
     }
 
     /// Whether the blob is stored.
