@@ -158,7 +158,14 @@ pub fn check(
     }
 
     if read_data {
-        rep.packs_read = read_packs(repo, &listed, progress, &mut rep.errors);
+        // A pack missing from storage is reported above already.
+        let packs: Vec<&PackInfo> = repo
+            .index()
+            .packs()
+            .iter()
+            .filter(|p| stored.contains_key(&p.id))
+            .collect();
+        rep.packs_read = read_packs(repo, &packs, &listed, progress, &mut rep.errors);
     }
     Ok(rep)
 }
@@ -175,11 +182,11 @@ const AHEAD_PACKS: usize = 8;
 /// each damaged one.
 fn read_packs(
     repo: &Repository,
+    packs: &[&PackInfo],
     listed: &HashMap<Id, (Id, Id)>,
     progress: &CheckProgress,
     errors: &mut Vec<String>,
 ) -> usize {
-    let packs = repo.index().packs();
     let next = AtomicUsize::new(0);
     let found = Mutex::new(Vec::new());
     let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
@@ -195,7 +202,7 @@ fn read_packs(
                     while pending.is_empty()
                         || (pending_bytes < ahead && pending.len() <= AHEAD_PACKS)
                     {
-                        let Some(p) = packs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        let Some(&p) = packs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;
                         };
                         let buf = free.pop().unwrap_or_default();
@@ -370,5 +377,11 @@ mod tests {
             }
             assert_eq!(errors(&mut repo, true), Vec::<String>::new());
         }
+        // A pack gone from storage is one problem, named once (not again when it is not read).
+        repo.store().delete(&pack).unwrap();
+        assert_eq!(
+            errors(&mut repo, true),
+            vec![format!("{pack}: missing (the index names it)")]
+        );
     }
 }
