@@ -170,9 +170,9 @@ pub fn check(
     Ok(rep)
 }
 
-/// Bytes of whole packs each reader keeps started ahead of the one it verifies, on a remote
-/// store: with 16 MiB packs, one pack (four ranged requests) for each of two readers, and the
-/// two being verified: 64 MiB held at most.
+/// Bytes of whole packs each reader keeps started, the one it verifies next included, on a
+/// remote store: with 16 MiB packs, each reader verifies one while the next one's read is in
+/// flight, 64 MiB of packs for two readers.
 const AHEAD: u64 = 24 << 20;
 /// Packs each reader keeps started ahead at most (small packs: tree packs, a last pack).
 const AHEAD_PACKS: usize = 8;
