@@ -77,8 +77,7 @@ enum Mapped {
 /// A `HashMap<Id, Mapped>` took about 100 bytes a mapped chunk, and half as much again while
 /// it grew. Chunks in a job are few at a time (those of the jobs the builder has not taken yet),
 /// so they live in a small map of their own, which takes precedence.
-struct ChunkMap<'a> {
-    index: &'a Index,
+struct ChunkMap {
     /// 0: no target known; `n + 1`: the target id is the `n`th.
     slots: Vec<u32>,
     targets: Vec<Vec<Id>>,
@@ -88,10 +87,9 @@ struct ChunkMap<'a> {
 /// Target ids per block: 512 KiB.
 const TARGET_BLOCK: usize = 1 << 14;
 
-impl<'a> ChunkMap<'a> {
-    fn new(index: &'a Index) -> Self {
+impl ChunkMap {
+    fn new(index: &Index) -> Self {
         Self {
-            index,
             // Zeroed pages are only touched as chunks are mapped.
             slots: vec![0; index.len()],
             targets: Vec::new(),
@@ -99,8 +97,8 @@ impl<'a> ChunkMap<'a> {
         }
     }
 
-    fn get(&self, s: &Id) -> Option<Mapped> {
-        let pos = self.index.position(s)?;
+    /// What is known of the source chunk at index position `pos`.
+    fn get(&self, pos: u32) -> Option<Mapped> {
         if let Some(&k) = self.in_job.get(&pos) {
             return Some(Mapped::InJob(k));
         }
@@ -108,12 +106,8 @@ impl<'a> ChunkMap<'a> {
         Some(Mapped::To(self.targets[n / TARGET_BLOCK][n % TARGET_BLOCK]))
     }
 
-    /// Record what is known of source chunk `s` (a chunk the source index lacks is not kept:
-    /// copying it fails on the lookup of its location).
-    fn set(&mut self, s: &Id, m: Mapped) {
-        let Some(pos) = self.index.position(s) else {
-            return;
-        };
+    /// Record what is known of the source chunk at index position `pos`.
+    fn set(&mut self, pos: u32, m: Mapped) {
         let t = match m {
             Mapped::InJob(k) => {
                 self.in_job.insert(pos, k);
@@ -157,8 +151,8 @@ struct Copier<'a> {
     src: &'a Repository,
     dst: &'a Repository,
     threads: usize,
-    /// Source data blob id → what is known of it.
-    data: Mutex<ChunkMap<'a>>,
+    /// Source data chunk → what is known of it.
+    data: Mutex<ChunkMap>,
     /// Source tree blob ids → target tree blob ids.
     trees: Mutex<HashMap<Vec<Id>, Vec<Id>>>,
     bytes_read: AtomicU64,
@@ -168,22 +162,26 @@ struct Copier<'a> {
     chunker: Chunker,
 }
 
-/// A job's answer: each chunk's source and target id. A job that failed has no answer (its
-/// worker recorded the error).
-type Answer = Vec<(Id, Id)>;
+/// A job's answer: each chunk's position in the source index and its target id. A job that
+/// failed has no answer (its worker recorded the error).
+type Answer = Vec<(u32, Id)>;
 
-/// Chunks a worker copies; it answers with each one's target id.
+/// Chunks a worker copies, by their position in the source index; it answers with each one's
+/// target id.
 struct Job {
-    ids: Vec<Id>,
+    chunks: Vec<u32>,
     bytes: u64,
     reply: Sender<Answer>,
 }
+
+/// Content ids still to map: (place in the content, position in the source index).
+type Pending = Vec<(usize, u32)>;
 
 /// A tree entry on its way to the builder: its content ids are target ids except at `pending`,
 /// which the jobs up to number `after` map.
 struct Entry {
     node: Node,
-    pending: Vec<usize>,
+    pending: Pending,
     after: Option<u64>,
 }
 
@@ -308,7 +306,7 @@ impl Copier<'_> {
             Err(e) => return status.fail(e),
         };
         let ahead = self.src.store().is_remote();
-        let start = |j: Job| (self.start(&j.ids), j.reply);
+        let start = |j: Job| (self.start(&j.chunks), j.reply);
         let mut next = None;
         loop {
             let (runs, reply) = match next.take() {
@@ -325,10 +323,9 @@ impl Copier<'_> {
                 return;
             }
             let mut out = Vec::new();
-            let r = runs.and_then(|runs| {
-                runs.into_iter()
-                    .try_for_each(|run| self.copy_run(run, &mut puts, &mut out))
-            });
+            let r = runs
+                .into_iter()
+                .try_for_each(|run| self.copy_run(run, &mut puts, &mut out));
             match r {
                 // The builder may have stopped; it reports why.
                 Ok(()) => drop(reply.send(out)),
@@ -338,13 +335,10 @@ impl Copier<'_> {
     }
 
     /// Start reading a job's blobs: sorted by pack and offset, neighbours in one read.
-    fn start(&self, ids: &[Id]) -> Result<Vec<Run<'_>>> {
+    fn start(&self, chunks: &[u32]) -> Vec<Run<'_>> {
         let index = self.src.index();
-        let mut locs = ids
-            .iter()
-            .map(|id| index.find(id))
-            .collect::<Result<Vec<_>>>()?;
-        locs.sort_unstable_by_key(|l| (l.pack.id, l.entry.offset));
+        let mut locs: Vec<_> = chunks.iter().map(|&p| (p, index.at(p))).collect();
+        locs.sort_unstable_by_key(|(_, l)| (l.pack.id, l.entry.offset));
         // Read over gaps of unwanted blobs: a round trip costs more than a few hundred KiB on a
         // remote store. Not more: the blobs between are often another job's (workers share
         // packs), read by that job too.
@@ -356,30 +350,26 @@ impl Copier<'_> {
         let mut runs = Vec::new();
         let mut rest = &locs[..];
         while !rest.is_empty() {
-            let n = crate::index::run_len(rest.iter(), gap, MAX_READ);
+            let n = crate::index::run_len(rest.iter().map(|(_, l)| l), gap, MAX_READ);
             let (run, tail) = rest.split_at(n);
-            let start = run[0].span().0;
-            let end = run.iter().map(|l| l.span().1).max().unwrap_or(start);
-            let name = names::pack(&run[0].pack.id);
+            let first = run[0].1;
+            let start = first.span().0;
+            let end = run.iter().map(|(_, l)| l.span().1).max().unwrap_or(start);
+            let name = names::pack(&first.pack.id);
             runs.push(Run {
                 read: self.src.store().start_read(&name, start, end - start),
                 name,
-                pack: run[0].pack,
+                pack: first.pack,
                 start,
-                blobs: run.iter().map(|l| l.entry).collect(),
+                blobs: run.iter().map(|&(p, l)| (p, l.entry)).collect(),
             });
             rest = tail;
         }
-        Ok(runs)
+        runs
     }
 
     /// Open each blob of a run, and store it in the target unless it has it.
-    fn copy_run(
-        &self,
-        run: Run<'_>,
-        puts: &mut BlobSink<'_>,
-        out: &mut Vec<(Id, Id)>,
-    ) -> Result<()> {
+    fn copy_run(&self, run: Run<'_>, puts: &mut BlobSink<'_>, out: &mut Answer) -> Result<()> {
         let Run {
             read,
             name,
@@ -390,14 +380,14 @@ impl Copier<'_> {
         let mut buf = read.wait()?;
         let keys = self.src.keys();
         let cipher = keys.object_cipher(&pack.salt);
-        for e in &blobs {
+        for (pos, e) in &blobs {
             let at = (u64::from(e.offset) - start) as usize;
             let ct = &mut buf[at..at + e.length as usize];
             let plain = crate::pack::open_blob_in(keys, &cipher, e, ct)
                 .map_err(|x| x.context(format!("pack {name}")))?;
             self.bytes_read
                 .fetch_add(plain.len() as u64, Ordering::Relaxed);
-            out.push((e.id, puts.put(&plain)?));
+            out.push((*pos, puts.put(&plain)?));
         }
         Ok(())
     }
@@ -491,9 +481,13 @@ impl Copier<'_> {
                 }
             };
             if same {
+                let index = self.src.index();
                 let data = self.data.get_mut().expect("data lock");
+                // A chunk the source index lacks is not learnt: copying it fails on the lookup.
                 for (s, t) in chunks {
-                    data.set(&s, Mapped::To(t));
+                    if let Some(pos) = index.position(&s) {
+                        data.set(pos, Mapped::To(t));
+                    }
                 }
                 stack.extend(subtrees);
             }
@@ -508,7 +502,8 @@ struct Run<'s> {
     name: String,
     pack: &'s PackInfo,
     start: u64,
-    blobs: Vec<BlobEntry>,
+    /// Each blob's position in the source index, and its entry.
+    blobs: Vec<(u32, BlobEntry)>,
 }
 
 /// The builder's side of the jobs: their answers, taken in order as entries need them.
@@ -535,22 +530,21 @@ impl Answers<'_, '_> {
                     .ok_or_else(|| Error::invalid("copy jobs out of order"))?;
                 let pairs = rx.recv().map_err(|_| aborted())?;
                 let mut data = self.c.data.lock().expect("data lock");
-                for (s, t) in pairs {
-                    data.set(&s, Mapped::To(t));
+                for (pos, t) in pairs {
+                    data.set(pos, Mapped::To(t));
                 }
                 self.received += 1;
             }
         }
         if !pending.is_empty() {
             let data = self.c.data.lock().expect("data lock");
-            for i in pending {
-                let s = node.content[i];
-                match data.get(&s) {
+            for (i, pos) in pending {
+                match data.get(pos) {
                     Some(Mapped::To(t)) => node.content[i] = t,
                     _ => {
                         return Err(Error::invalid(format!(
                             "chunk {} was not copied",
-                            s.short()
+                            node.content[i].short()
                         )));
                     }
                 }
@@ -610,35 +604,37 @@ impl Walker<'_, '_> {
     }
 
     /// Put target ids in `node`'s content where they are known; the other chunks go to jobs.
-    fn map_content(&mut self, node: &mut Node) -> Result<(Vec<usize>, Option<u64>)> {
+    fn map_content(&mut self, node: &mut Node) -> Result<(Pending, Option<u64>)> {
+        let index = self.c.src.index();
         let mut pending = Vec::new();
         let mut after = None;
         for i in 0..node.content.len() {
-            let s = node.content[i];
-            let known = self.c.data.lock().expect("data lock").get(&s);
+            // The one lookup of the chunk: jobs, answers and the map use its position.
+            let pos = index.find_position(&node.content[i])?;
+            let known = self.c.data.lock().expect("data lock").get(pos);
             let k = match known {
                 Some(Mapped::To(t)) if self.sink.has(&t) => {
                     node.content[i] = t;
                     continue;
                 }
                 Some(Mapped::InJob(k)) => k,
-                _ => self.add(s)?,
+                _ => self.add(pos)?,
             };
-            pending.push(i);
+            pending.push((i, pos));
             after = after.max(Some(k));
         }
         Ok((pending, after))
     }
 
-    /// Add source chunk `s` to the job being filled; returns the job's number.
-    fn add(&mut self, s: Id) -> Result<u64> {
-        let loc = self.c.src.index().find(&s)?;
-        let len = u64::from(loc.entry.length);
+    /// Add the source chunk at index position `pos` to the job being filled; returns the job's
+    /// number.
+    fn add(&mut self, pos: u32) -> Result<u64> {
+        let len = u64::from(self.c.src.index().at(pos).entry.length);
         // A job stays within JOB_BYTES (one larger blob goes alone).
         if self
             .job
             .as_ref()
-            .is_some_and(|j| j.ids.len() >= JOB_BLOBS || j.bytes + len > JOB_BYTES)
+            .is_some_and(|j| j.chunks.len() >= JOB_BLOBS || j.bytes + len > JOB_BYTES)
         {
             self.dispatch()?;
         }
@@ -647,20 +643,20 @@ impl Walker<'_, '_> {
             self.emit(Event::Job(rx))?;
             self.jobs_opened += 1;
             self.job = Some(Job {
-                ids: Vec::new(),
+                chunks: Vec::new(),
                 bytes: 0,
                 reply,
             });
         }
         let job = self.job.as_mut().expect("job opened above");
-        job.ids.push(s);
+        job.chunks.push(pos);
         job.bytes += len;
         let k = self.jobs_opened - 1;
         self.c
             .data
             .lock()
             .expect("data lock")
-            .set(&s, Mapped::InJob(k));
+            .set(pos, Mapped::InJob(k));
         Ok(k)
     }
 
@@ -776,7 +772,7 @@ mod tests {
     }
 
     /// A chunk in a job reads as in that job until its target is set; setting a target again
-    /// replaces it in place; a chunk the source index lacks is not kept.
+    /// replaces it in place. Positions name the index's blobs.
     #[test]
     fn chunk_map_tracks_jobs_and_targets() {
         let n = 2 * TARGET_BLOCK as u32 + 5;
@@ -797,28 +793,32 @@ mod tests {
         }]);
         let mut m = ChunkMap::new(&index);
         let target = |i: u32| id(i + 1_000_000);
-        let to = |m: &ChunkMap<'_>, i: u32| match m.get(&id(i)) {
+        let pos = |i: u32| index.position(&id(i)).unwrap();
+        for i in 0..n {
+            assert_eq!(index.at(pos(i)).entry.id, id(i));
+            assert_eq!(index.at(pos(i)).entry.offset, i * 100);
+        }
+        assert!(index.position(&id(n + 1)).is_none());
+        let to = |m: &ChunkMap, i: u32| match m.get(pos(i)) {
             Some(Mapped::To(t)) => Some(t),
             _ => None,
         };
-        assert!(m.get(&id(3)).is_none());
-        m.set(&id(3), Mapped::InJob(7));
-        assert!(matches!(m.get(&id(3)), Some(Mapped::InJob(7))));
+        assert!(m.get(pos(3)).is_none());
+        m.set(pos(3), Mapped::InJob(7));
+        assert!(matches!(m.get(pos(3)), Some(Mapped::InJob(7))));
         for i in 0..n {
-            m.set(&id(i), Mapped::To(target(i)));
+            m.set(pos(i), Mapped::To(target(i)));
         }
         for i in 0..n {
             assert_eq!(to(&m, i), Some(target(i)), "chunk {i}");
         }
         // Copied again (the target lost it): in a job, then its new target, in the same slot.
-        m.set(&id(9), Mapped::InJob(8));
-        assert!(matches!(m.get(&id(9)), Some(Mapped::InJob(8))));
-        m.set(&id(9), Mapped::To(id(42)));
+        m.set(pos(9), Mapped::InJob(8));
+        assert!(matches!(m.get(pos(9)), Some(Mapped::InJob(8))));
+        m.set(pos(9), Mapped::To(id(42)));
         assert_eq!(to(&m, 9), Some(id(42)));
         let held: usize = m.targets.iter().map(Vec::len).sum();
         assert_eq!(held, n as usize);
         assert!(m.in_job.is_empty());
-        m.set(&id(n + 1), Mapped::To(id(1)));
-        assert!(m.get(&id(n + 1)).is_none());
     }
 }

@@ -205,10 +205,6 @@ impl Index {
         b.finish()
     }
 
-    fn slot(&self, id: &Id) -> Option<&Slot> {
-        self.position(id).map(|p| &self.slots[p as usize])
-    }
-
     /// The blob's position among the index's blobs (`0..len()`, fixed once the index is built):
     /// a 4-byte key for maps over a repository's blobs.
     pub fn position(&self, id: &Id) -> Option<u32> {
@@ -225,7 +221,7 @@ impl Index {
 
     /// Whether the blob is stored.
     pub fn contains(&self, id: &Id) -> bool {
-        self.slot(id).is_some()
+        self.position(id).is_some()
     }
 
     /// Where the blob is stored; `Missing` when the index does not list it.
@@ -233,7 +229,15 @@ impl Index {
     /// # Errors
     /// `Missing`.
     pub fn find(&self, id: &Id) -> Result<Location<'_>> {
-        self.get(id).ok_or_else(|| {
+        self.find_position(id).map(|p| self.at(p))
+    }
+
+    /// [`Index::position`], or `Missing` when the index does not list the blob.
+    ///
+    /// # Errors
+    /// `Missing`.
+    pub fn find_position(&self, id: &Id) -> Result<u32> {
+        self.position(id).ok_or_else(|| {
             Error::new(
                 crate::ErrorKind::Missing,
                 format!("blob {} is not in the index", id.short()),
@@ -243,11 +247,19 @@ impl Index {
 
     /// Where the blob is stored.
     pub fn get(&self, id: &Id) -> Option<Location<'_>> {
-        let s = self.slot(id)?;
-        Some(Location {
+        self.position(id).map(|p| self.at(p))
+    }
+
+    /// Where the blob at `pos` ([`Index::position`]) is stored.
+    ///
+    /// # Panics
+    /// When `pos` is not below [`Index::len`].
+    pub fn at(&self, pos: u32) -> Location<'_> {
+        let s = &self.slots[pos as usize];
+        Location {
             pack: &self.packs[s.pack as usize],
             entry: BlobEntry {
-                id: *id,
+                id: Id(s.id),
                 blob_type: if s.length & HIGH != 0 {
                     BlobType::Tree
                 } else {
@@ -258,7 +270,7 @@ impl Index {
                 length: s.length & !HIGH,
                 raw_len: s.raw_len & !HIGH,
             },
-        })
+        }
     }
 
     /// Every pack the index knows.
@@ -283,9 +295,7 @@ impl Index {
 
     /// Every blob with its location, in id order.
     pub fn iter(&self) -> impl Iterator<Item = Location<'_>> + '_ {
-        self.slots
-            .iter()
-            .map(|s| self.get(&Id(s.id)).expect("slot is indexed"))
+        (0..self.slots.len()).map(|p| self.at(p as u32))
     }
 }
 
