@@ -775,21 +775,29 @@ fn intact(p: &Path) -> bool {
     blake3::hash(&std::fs::read(p).unwrap()).to_hex().as_str() == name
 }
 
+/// Directories in the tree of [`many_dirs_on_s3`]: a request each to read without a cache.
+const DIRS: u64 = 60;
+
+/// A relayed S3 repository in `bucket` and a source of [`DIRS`] directories of one small file.
+fn many_dirs_on_s3(bucket: &str) -> (S3Server, Relay, Env, std::path::PathBuf) {
+    let s3 = S3Server::start();
+    s3.bucket(bucket);
+    let relay = Relay::start(s3.port);
+    let env = Env::at(&format!("s3://{bucket}/r"), s3_vars(relay.port));
+    let src = env.path("src");
+    for d in 0..DIRS {
+        write(&src.join(format!("d{d}/f")), &noise(5000, d));
+    }
+    (s3, relay, env, src)
+}
+
 /// The local cache of an S3 repository: a re-backup reads its parent's trees from it (far fewer
 /// requests), damaged entries are replaced rather than trusted, and a cache that missed a prune
 /// serves nothing the repository no longer lists.
 #[test]
 fn cache_spares_requests_heals_and_follows_prunes() {
-    let s3 = S3Server::start();
-    s3.bucket("lifeboat-cache");
-    let relay = Relay::start(s3.port);
-    let env = Env::at("s3://lifeboat-cache/r", s3_vars(relay.port));
+    let (s3, relay, env, src) = many_dirs_on_s3("lifeboat-cache");
     let cache = env.path("cache");
-    let src = env.path("src");
-    let dirs = 60;
-    for d in 0..dirs {
-        write(&src.join(format!("d{d}/f")), &noise(5000, d));
-    }
     write(&src.join("big"), &noise(3 << 20, 1));
     env.backup(&[&src]);
     let files = cached_files(&cache);
@@ -808,7 +816,7 @@ fn cache_spares_requests_heals_and_follows_prunes() {
     env.ok(&["--no-cache", "backup", src.to_str().unwrap()]);
     let uncached = relay.take_requests();
     assert!(
-        cached + dirs as usize <= uncached,
+        cached + DIRS as usize <= uncached,
         "re-backup: {cached} requests with the cache, {uncached} without"
     );
 
@@ -872,16 +880,8 @@ fn cache_spares_requests_heals_and_follows_prunes() {
 /// damaged tree pack in the bucket is still named.
 #[test]
 fn check_fetches_tree_packs_once_and_ignores_the_cache() {
-    let s3 = S3Server::start();
-    s3.bucket("lifeboat-check");
-    let relay = Relay::start(s3.port);
-    let env = Env::at("s3://lifeboat-check/r", s3_vars(relay.port));
+    let (s3, relay, env, src) = many_dirs_on_s3("lifeboat-check");
     let cache = env.path("cache");
-    let src = env.path("src");
-    let dirs = 60;
-    for d in 0..dirs {
-        write(&src.join(format!("d{d}/f")), &noise(5000, d));
-    }
     env.backup(&[&src]);
     // Damage every entry of the user's cache: check does not read them.
     let before = cached_files(&cache);
@@ -899,7 +899,7 @@ fn check_fetches_tree_packs_once_and_ignores_the_cache() {
     assert!(env.ok(&["--no-cache", "check"]).contains("no errors found"));
     let without = relay.take_requests();
     assert!(
-        with_cache + dirs as usize <= without,
+        with_cache + DIRS as usize <= without,
         "check: {with_cache} requests with its own cache, {without} without"
     );
     assert!(
