@@ -902,10 +902,25 @@ fn check_fetches_tree_packs_once_and_ignores_the_cache() {
         with_cache + DIRS as usize <= without,
         "check: {with_cache} requests with its own cache, {without} without"
     );
+    // The cache of a check killed two days ago is removed; a recent one (perhaps a check still
+    // running) stays.
+    let stale = cache.join("check-killed");
+    let recent = cache.join("check-running");
+    for d in [&stale, &recent] {
+        write(&d.join("x/data/00/00"), b"left");
+    }
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_hours(48);
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
     assert!(
         env.ok(&["check", "--read-data"])
             .contains("no errors found")
     );
+    assert!(!stale.exists());
+    assert!(recent.exists());
+    std::fs::remove_dir_all(&recent).unwrap();
     // Its cache is gone, and the user's is as it was (still damaged, for the next backup to heal).
     let after = cached_files(&cache);
     assert_eq!(
