@@ -271,17 +271,22 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
     Ok(true)
 }
 
-fn read_local(path: &Path, name: &str, offset: u64, len: u64, buf: Vec<u8>) -> Result<Vec<u8>> {
-    use std::os::fd::AsFd;
-    let f = std::fs::File::open(path).map_err(|e| {
+/// Open local object `name` at `path` for reading: `Missing` when absent.
+fn open_local(path: &Path, name: &str) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ErrorKind::Missing
         } else {
             ErrorKind::Storage
         };
         Error::new(kind, format!("reading {name}: {e}"))
-    })?;
-    crate::fsmeta::read_exact_at_into(f.as_fd(), buf, len as usize, offset).map_err(|e| {
+    })
+}
+
+fn read_local(path: &Path, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+    use std::os::fd::AsFd;
+    let f = open_local(path, name)?;
+    crate::fsmeta::read_exact_at(f.as_fd(), len as usize, offset).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             Error::corrupt(format!("{name} is truncated"))
         } else {
@@ -307,6 +312,129 @@ async fn fetch(
     Ok(out)
 }
 
+/// Send bytes `range` of remote object `name` into `pieces` as they arrive; a failure is the
+/// last item. Stops when the receiver is dropped.
+async fn stream(
+    op: Operator,
+    name: String,
+    range: std::ops::Range<u64>,
+    pieces: tokio::sync::mpsc::Sender<Result<bytes::Bytes>>,
+) {
+    use futures_util::TryStreamExt;
+    let run = async {
+        let mut s = op.reader(&name).await?.into_stream(range).await?;
+        while let Some(buffer) = s.try_next().await? {
+            for b in buffer {
+                if pieces.send(Ok(b)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = run.await {
+        let _ = pieces
+            .send(Err(storage_err(&format!("reading {name}"), e)))
+            .await;
+    }
+}
+
+/// Pieces a remote stream keeps received ahead of its reader (each what the connection delivered
+/// at once, typically 16–64 KiB).
+const STREAM_PIECES: usize = 2;
+
+/// A range read handed over as it arrives ([`Store::start_stream`]): the reader works on the
+/// first bytes while the rest are on the way, and holds only what it keeps of them.
+pub struct ReadStream<'s> {
+    store: &'s Store,
+    name: String,
+    /// The next byte to hand over, and the end of the range.
+    at: u64,
+    end: u64,
+    source: StreamSource,
+}
+
+enum StreamSource {
+    /// An empty range: nothing to read.
+    Empty,
+    Local(std::fs::File),
+    Remote {
+        pieces: tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>,
+        /// What is left of the piece received last.
+        piece: bytes::Bytes,
+        task: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl ReadStream<'_> {
+    /// Append the next bytes to `buf`: from a local store as many as fit in its spare capacity
+    /// after reserving `want`, from a remote one what has arrived (waiting for at least one
+    /// byte), never past the range. `Ok(0)` once the whole range was handed over.
+    ///
+    /// # Errors
+    /// A storage error, or `Corrupt` when the object ends before the range does.
+    pub fn read_more(&mut self, buf: &mut Vec<u8>, want: usize) -> Result<usize> {
+        let left = self.end - self.at;
+        if left == 0 {
+            return Ok(0);
+        }
+        let truncated = || Error::corrupt(format!("{} is truncated", self.name));
+        let n = match &mut self.source {
+            StreamSource::Empty => return Err(truncated()),
+            StreamSource::Local(f) => {
+                use std::os::fd::AsFd;
+                let at = buf.len();
+                buf.reserve(want.max(1).min(usize::try_from(left).unwrap_or(usize::MAX)));
+                let n = loop {
+                    match rustix::io::pread(
+                        f.as_fd(),
+                        rustix::buffer::spare_capacity(&mut *buf),
+                        self.at,
+                    ) {
+                        Ok(0) => return Err(truncated()),
+                        Ok(n) => break n,
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => {
+                            return Err(Error::new(
+                                ErrorKind::Storage,
+                                format!("reading {}: {e}", self.name),
+                            ));
+                        }
+                    }
+                };
+                let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+                buf.truncate(at + n);
+                n
+            }
+            StreamSource::Remote { pieces, piece, .. } => {
+                while piece.is_empty() {
+                    match pieces.blocking_recv() {
+                        Some(Ok(b)) => *piece = b,
+                        Some(Err(e)) => return Err(e),
+                        None => return Err(truncated()),
+                    }
+                }
+                let n = piece.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                buf.extend_from_slice(&piece.split_to(n));
+                n
+            }
+        };
+        if let Some(l) = &self.store.download {
+            l.take(&self.store.rt, n);
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl Drop for ReadStream<'_> {
+    fn drop(&mut self) {
+        if let StreamSource::Remote { task, .. } = &self.source {
+            task.abort();
+        }
+    }
+}
+
 /// A range read of exactly `len` bytes, or `Corrupt`.
 fn whole(name: &str, b: Vec<u8>, len: u64) -> Result<Vec<u8>> {
     if b.len() as u64 == len {
@@ -324,8 +452,6 @@ pub struct PendingRead<'s> {
     len: u64,
     /// The remote request under way (`None` for a local store).
     task: Option<tokio::task::JoinHandle<Result<Vec<u8>>>>,
-    /// The buffer a local read fills.
-    buf: Vec<u8>,
 }
 
 impl PendingRead<'_> {
@@ -340,9 +466,7 @@ impl PendingRead<'_> {
             })??;
             return whole(&self.name, b, self.len);
         }
-        let buf = std::mem::take(&mut self.buf);
-        self.store
-            .read_range_into(&self.name, self.offset, self.len, buf)
+        self.store.read_range(&self.name, self.offset, self.len)
     }
 }
 
@@ -723,11 +847,6 @@ impl Store {
     /// # Errors
     /// `Missing`, `Corrupt` (truncated) or a storage error.
     pub fn read_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.read_range_into(name, offset, len, Vec::new())
-    }
-
-    /// [`Store::read_range`] into `buf`, reusing its allocation.
-    fn read_range_into(&self, name: &str, offset: u64, len: u64, buf: Vec<u8>) -> Result<Vec<u8>> {
         match &self.location {
             // Local repositories read ranges straight from the file: opendal's fs service hops
             // through tokio's blocking pool for every open, seek and read, which profiling showed
@@ -737,9 +856,9 @@ impl Store {
                 if let Some(l) = &self.download {
                     l.take(&self.rt, len as usize);
                 }
-                read_local(&root.join(name), name, offset, len, buf)
+                read_local(&root.join(name), name, offset, len)
             }
-            Location::S3(_) => self.start_read_into(name, offset, len, buf).wait(),
+            Location::S3(_) => self.start_read(name, offset, len).wait(),
         }
     }
 
@@ -747,19 +866,6 @@ impl Store {
     /// on the store's runtime meanwhile, so a few threads keep many requests in flight; a local
     /// one is read when waited for. Dropping it cancels the read.
     pub fn start_read(&self, name: &str, offset: u64, len: u64) -> PendingRead<'_> {
-        self.start_read_into(name, offset, len, Vec::new())
-    }
-
-    /// [`Store::start_read`] into `buf`, whose allocation is reused: readers of whole packs that
-    /// recycle their buffers keep the allocator from scattering large freed blocks over its
-    /// per-thread arenas (`check --read-data` peaked at 140–160 MiB instead of 119 MiB).
-    pub fn start_read_into(
-        &self,
-        name: &str,
-        offset: u64,
-        len: u64,
-        mut buf: Vec<u8>,
-    ) -> PendingRead<'_> {
         let task = match &self.location {
             Location::S3(_) => {
                 if let Some(l) = &self.download {
@@ -768,9 +874,7 @@ impl Store {
                 // A range past 2^64 comes back short, and is refused as truncated.
                 let range = offset..offset.saturating_add(len);
                 // The buffer is made here, by the thread that will use and free it.
-                buf.clear();
-                buf.reserve_exact(len as usize);
-                let out = std::mem::take(&mut buf);
+                let out = Vec::with_capacity(len as usize);
                 Some(
                     self.rt
                         .spawn(fetch(self.op.clone(), name.to_owned(), range, out)),
@@ -784,8 +888,39 @@ impl Store {
             offset,
             len,
             task,
-            buf,
         }
+    }
+
+    /// Read `len` bytes at `offset` as they arrive, with [`ReadStream::read_more`]: one request
+    /// for the whole range. Dropping it cancels the read.
+    ///
+    /// # Errors
+    /// `Missing` or a storage error when a local object cannot be opened; a remote one's
+    /// errors come from `read_more`.
+    pub fn start_stream(&self, name: &str, offset: u64, len: u64) -> Result<ReadStream<'_>> {
+        let end = offset.saturating_add(len);
+        let source = match &self.location {
+            _ if len == 0 => StreamSource::Empty,
+            Location::Local(root) => StreamSource::Local(open_local(&root.join(name), name)?),
+            Location::S3(_) => {
+                let (tx, pieces) = tokio::sync::mpsc::channel(STREAM_PIECES);
+                let task = self
+                    .rt
+                    .spawn(stream(self.op.clone(), name.to_owned(), offset..end, tx));
+                StreamSource::Remote {
+                    pieces,
+                    piece: bytes::Bytes::new(),
+                    task,
+                }
+            }
+        };
+        Ok(ReadStream {
+            store: self,
+            name: name.to_owned(),
+            at: offset,
+            end,
+            source,
+        })
     }
 
     /// [`Store::read_range`] of a tree pack: with a cache, the whole pack is fetched once (and

@@ -1,11 +1,11 @@
 //! `check`: verify that every snapshot is restorable; with `read_data`, that every stored byte
 //! authenticates. Every problem names the object it was found in.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use crate::backend::names;
+use crate::backend::{PendingRead, names};
 use crate::crypto::SALT_LEN;
 use crate::error::Result;
 use crate::id::Id;
@@ -170,16 +170,19 @@ pub fn check(
     Ok(rep)
 }
 
-/// Bytes of whole packs each reader keeps started, the one it verifies next included, on a
-/// remote store: with 16 MiB packs, each reader verifies one while the next one's read is in
-/// flight, 64 MiB of packs for two readers.
-const AHEAD: u64 = 24 << 20;
-/// Packs each reader keeps started ahead at most (small packs: tree packs, a last pack).
-const AHEAD_PACKS: usize = 8;
+/// Bytes read first from a pack's end, where its header is: a 16 MiB pack of 1 MiB chunks has a
+/// header of under 1 KiB; one of 65 536 tiny blobs has 3 MiB, read with a second request.
+const TAIL: u64 = 256 << 10;
+/// Packs streamed at once from a remote store, at most: each holds a blob and what the network
+/// delivered past it, not a whole pack. A single stream from S3 is often slower than one core
+/// verifies, so more streams than cores keep the cores busy.
+const STREAMS: usize = 16;
+/// Most a local reader asks for at once: the rest of the next blob, at least 64 KiB.
+const LOCAL_PIECE: usize = 4 << 20;
 
-/// Read and verify every indexed pack, one reader per core, each keeping its next packs' reads
-/// in flight on a remote store. Returns the number of packs read; adds a line to `errors` for
-/// each damaged one.
+/// Read and verify every indexed pack as it streams in: one reader per core on a local store,
+/// up to `--max-requests` (at most [`STREAMS`]) on a remote one. Returns the number of packs
+/// read; adds a line to `errors` for each damaged one.
 fn read_packs(
     repo: &Repository,
     packs: &[&PackInfo],
@@ -189,43 +192,23 @@ fn read_packs(
 ) -> usize {
     let next = AtomicUsize::new(0);
     let found = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-    let ahead = if repo.store().is_remote() { AHEAD } else { 0 };
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let readers = repo
+        .store()
+        .parallelism()
+        .map_or(cores, |r| r.min(STREAMS).max(cores));
     std::thread::scope(|s| {
-        for _ in 0..threads {
+        for _ in 0..readers {
             s.spawn(|| {
-                let mut pending = VecDeque::new();
-                let mut pending_bytes = 0;
-                // Pack buffers, recycled.
-                let mut free: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    while pending.is_empty()
-                        || (pending_bytes < ahead && pending.len() <= AHEAD_PACKS)
-                    {
-                        let Some(&p) = packs.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            break;
-                        };
-                        let buf = free.pop().unwrap_or_default();
-                        let read =
-                            repo.store()
-                                .start_read_into(&names::pack(&p.id), 0, p.size, buf);
-                        pending.push_back((p, read));
-                        pending_bytes += p.size;
-                    }
-                    let Some((p, read)) = pending.pop_front() else {
-                        break;
-                    };
-                    pending_bytes -= p.size;
-                    let r = read
-                        .wait()
-                        .map_err(|e| e.to_string())
-                        .and_then(|mut bytes| {
-                            let r =
-                                verify_pack(repo, p, &mut bytes, listed.get(&p.id).map(|l| &l.0));
-                            free.push(bytes);
-                            r
-                        });
-                    if let Err(e) = r {
+                let mut bufs = Buffers::default();
+                let take = || packs.get(next.fetch_add(1, Ordering::Relaxed)).copied();
+                let mut ahead = take().map(|p| (p, start_tail(repo, p, TAIL)));
+                while let Some((p, tail)) = ahead.take() {
+                    // The next pack's header is read while this one streams in (a local read
+                    // waits for its turn).
+                    ahead = take().map(|p| (p, start_tail(repo, p, TAIL)));
+                    let listed = listed.get(&p.id).map(|l| &l.0);
+                    if let Err(e) = verify_pack(repo, p, listed, &mut bufs, tail) {
                         found
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
@@ -255,32 +238,192 @@ fn listing_digest(size: u64, salt: &[u8; SALT_LEN], mut entries: Vec<BlobEntry>)
     Id::of_object(&b)
 }
 
-/// Verify a whole pack: its name must be its hash, its header must authenticate and agree with
-/// the index (`listed`), and every blob must authenticate, decompress and match its id. Blobs
-/// are opened in place, with the pack's cipher made once.
+/// A reader's buffers, reused from pack to pack.
+#[derive(Default)]
+struct Buffers {
+    /// The bytes received and still needed: the next blob's, from its start.
+    body: Vec<u8>,
+    /// A blob that overlaps the next one is opened in a copy.
+    scratch: Vec<u8>,
+}
+
+/// The read of pack `p`'s last `tail_len` bytes (at least the header's length, the last four),
+/// where its header is; and where they start.
+fn start_tail<'r>(repo: &'r Repository, p: &PackInfo, tail_len: u64) -> (PendingRead<'r>, u64) {
+    let t = tail_len.max(4).min(p.size);
+    let from = p.size - t;
+    (repo.store().start_read(&names::pack(&p.id), from, t), from)
+}
+
+/// Verify a whole pack as it streams in: its name must be its hash, its header must
+/// authenticate and agree with the index (`listed`), and every blob must authenticate,
+/// decompress and match its id. The header (at the end) comes first, from the `tail` read
+/// ([`start_tail`]) or a second one when longer; then each blob is opened in place once its last
+/// byte arrives, and only the next blob's bytes are kept.
 fn verify_pack(
     repo: &Repository,
     p: &PackInfo,
-    bytes: &mut [u8],
     listed: Option<&Id>,
+    bufs: &mut Buffers,
+    (tail, mut from): (PendingRead<'_>, u64),
 ) -> std::result::Result<(), String> {
-    if Id::of_object(bytes) != p.id {
-        return Err("content does not match its name (damaged)".into());
+    let store = repo.store();
+    let name = names::pack(&p.id);
+    let Buffers { body, scratch } = bufs;
+    let mut tail = tail.wait().map_err(|e| e.to_string())?;
+    if let Ok(h) = pack::header_start(&tail, p.size)
+        && h < from
+    {
+        let rest = store
+            .read_range(&name, h, from - h)
+            .map_err(|e| e.to_string())?;
+        tail.splice(0..0, rest);
+        from = h;
     }
-    let keys = repo.keys();
-    let (salt, entries) = pack::read_header(keys, bytes).map_err(|e| format!("header: {e}"))?;
-    if listed != Some(&listing_digest(bytes.len() as u64, &salt, entries.clone())) {
-        return Err("header disagrees with the index".into());
+    body.clear();
+    let mut v = Streamed {
+        repo,
+        pack: p,
+        listed,
+        tail: &tail,
+        hasher: blake3::Hasher::new(),
+        head: Vec::with_capacity(pack::PACK_HEAD_LEN),
+        entries: Vec::new(),
+        next: 0,
+        cipher: None,
+        base: 0,
+        received: 0,
+        failed: None,
+    };
+    let mut stream = store
+        .start_stream(&name, 0, from)
+        .map_err(|e| e.to_string())?;
+    loop {
+        let n = stream
+            .read_more(body, v.want())
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        v.took(body, scratch, n);
     }
-    let cipher = keys.object_cipher(&salt);
-    for e in &entries {
-        // read_header checked that every entry lies inside the pack.
-        let start = e.offset as usize;
-        let ct = &mut bytes[start..start + e.length as usize];
-        pack::open_blob_in(keys, &cipher, e, ct)
-            .map_err(|err| format!("blob {}: {err}", e.id.short()))?;
+    body.extend_from_slice(v.tail);
+    v.took(body, scratch, v.tail.len());
+    v.finish()
+}
+
+/// A pack being verified as its bytes arrive ([`verify_pack`]).
+struct Streamed<'a> {
+    repo: &'a Repository,
+    pack: &'a PackInfo,
+    listed: Option<&'a Id>,
+    /// The pack's last bytes, header included.
+    tail: &'a [u8],
+    hasher: blake3::Hasher,
+    /// The pack's first bytes (magic and salt): the header is opened with the pack's own salt.
+    head: Vec<u8>,
+    /// The header's entries in offset order, once the head arrived; `next` is the first not
+    /// yet opened.
+    entries: Vec<BlobEntry>,
+    next: usize,
+    cipher: Option<crate::crypto::ObjectCipher>,
+    /// The offset in the pack of the body buffer's first byte, and the bytes received so far.
+    base: u64,
+    received: u64,
+    /// The first problem found (reported unless the pack's hash is wrong).
+    failed: Option<String>,
+}
+
+impl Streamed<'_> {
+    /// How many bytes to read next: the rest of the next blob.
+    fn want(&self) -> usize {
+        self.entries.get(self.next).map_or(LOCAL_PIECE, |e| {
+            let end = u64::from(e.offset) + u64::from(e.length);
+            usize::try_from(end.saturating_sub(self.received))
+                .unwrap_or(LOCAL_PIECE)
+                .clamp(64 << 10, LOCAL_PIECE)
+        })
     }
-    Ok(())
+
+    /// Take the `n` bytes just appended to `body`: hash them, open every blob now complete, and
+    /// drop what no blob after them needs.
+    fn took(&mut self, body: &mut Vec<u8>, scratch: &mut Vec<u8>, n: usize) {
+        let new = &body[body.len() - n..];
+        self.hasher.update(new);
+        if self.head.len() < pack::PACK_HEAD_LEN {
+            let k = (pack::PACK_HEAD_LEN - self.head.len()).min(n);
+            self.head.extend_from_slice(&new[..k]);
+            if self.head.len() == pack::PACK_HEAD_LEN {
+                self.open_header();
+            }
+        }
+        self.received += n as u64;
+        let keys = self.repo.keys();
+        while let Some(e) = self.entries.get(self.next) {
+            let (start, end) = (
+                u64::from(e.offset),
+                u64::from(e.offset) + u64::from(e.length),
+            );
+            if end > self.received {
+                break;
+            }
+            self.next += 1;
+            if self.failed.is_some() {
+                continue;
+            }
+            let Some(cipher) = &self.cipher else { break };
+            let range = (start - self.base) as usize..(end - self.base) as usize;
+            // Opened in place, unless the next blob starts inside this one (no writer does that,
+            // but the bytes are still each blob's own).
+            let ct = match self.entries.get(self.next) {
+                Some(n) if u64::from(n.offset) < end => {
+                    scratch.clear();
+                    scratch.extend_from_slice(&body[range]);
+                    &mut scratch[..]
+                }
+                _ => &mut body[range],
+            };
+            if let Err(err) = pack::open_blob_in(keys, cipher, e, ct) {
+                self.failed = Some(format!("blob {}: {err}", e.id.short()));
+            }
+        }
+        let keep = self
+            .entries
+            .get(self.next)
+            .map_or(self.received, |e| u64::from(e.offset).min(self.received));
+        body.drain(..(keep - self.base) as usize);
+        self.base = keep;
+    }
+
+    /// The head has arrived: open the header with its salt and compare it with the index.
+    fn open_header(&mut self) {
+        let header = pack::salt_of(&self.head).and_then(|salt| {
+            pack::read_header_tail(self.repo.keys(), &salt, self.tail, self.pack.size)
+                .map(|entries| (salt, entries))
+        });
+        match header {
+            Err(e) => self.failed = Some(format!("header: {e}")),
+            Ok((salt, mut entries)) => {
+                if self.listed != Some(&listing_digest(self.pack.size, &salt, entries.clone())) {
+                    self.failed = Some("header disagrees with the index".into());
+                }
+                entries.sort_by_key(|e| e.offset);
+                self.entries = entries;
+                self.cipher = Some(self.repo.keys().object_cipher(&salt));
+            }
+        }
+    }
+
+    /// Every byte arrived: the verdict.
+    fn finish(mut self) -> std::result::Result<(), String> {
+        if Id(*self.hasher.finalize().as_bytes()) != self.pack.id {
+            return Err("content does not match its name (damaged)".into());
+        }
+        if self.head.len() < pack::PACK_HEAD_LEN {
+            self.open_header();
+        }
+        self.failed.map_or(Ok(()), Err)
+    }
 }
 
 #[cfg(test)]
@@ -383,5 +526,99 @@ mod tests {
             errors(&mut repo, true),
             vec![format!("{pack}: missing (the index names it)")]
         );
+    }
+
+    /// Write a pack of `blobs` (id, plaintext; stored raw), then `edit` its entries before the
+    /// header is sealed; returns what the index would say of it.
+    fn write_pack(
+        repo: &Repository,
+        blobs: &[(Id, Vec<u8>)],
+        edit: impl FnOnce(&mut Vec<BlobEntry>),
+    ) -> (PackInfo, Id) {
+        let mut w = pack::PackWriter::new(repo.keys(), 1 << 20).unwrap();
+        for (id, b) in blobs {
+            w.add(*id, pack::BlobType::Data, b.len() as u32, false, b);
+        }
+        edit(w.entries_mut());
+        let f = w.finish();
+        repo.store().write(&names::pack(&f.id), f.bytes()).unwrap();
+        let size = f.bytes().len() as u64;
+        let listed = listing_digest(size, &f.salt, f.entries.clone());
+        let info = PackInfo {
+            id: f.id,
+            size,
+            salt: f.salt,
+        };
+        (info, listed)
+    }
+
+    /// A pack streams through verification whatever part of it the first read of its end
+    /// holds: none of the header, part of it, all of it, or the whole pack. Blobs are opened as
+    /// they complete; a damaged byte anywhere is named as damage, a blob that does not match its
+    /// id by that blob, and a header listing one blob twice verifies both.
+    #[test]
+    fn packs_verify_as_they_stream_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Location::Local(dir.path().join("repo"));
+        let repo = Repository::init(
+            &loc,
+            &Secret::KeyFile([9; 32].into()),
+            &InitOptions::default(),
+        )
+        .unwrap();
+        // 300 blobs of 1–1000 bytes: a header of about 14 KiB.
+        let blobs: Vec<(Id, Vec<u8>)> = (0..300u32)
+            .map(|i| {
+                let b: Vec<u8> = (0..=(i * 37) % 1000).map(|j| (i ^ j) as u8).collect();
+                (repo.keys().blob_id(&b), b)
+            })
+            .collect();
+        let (good, listed) = write_pack(&repo, &blobs, |_| {});
+        let name = names::pack(&good.id);
+        let bytes = repo.store().read(&name).unwrap();
+        let verify = |p: &PackInfo, listed: &Id, tail| {
+            let tail = start_tail(&repo, p, tail);
+            verify_pack(&repo, p, Some(listed), &mut Buffers::default(), tail)
+        };
+        let tails = [1, 100, 4096, 20_000, 1 << 30];
+        for tail in tails {
+            assert_eq!(verify(&good, &listed, tail), Ok(()), "tail {tail}");
+        }
+        assert_eq!(
+            verify(&good, &Id([0; 32]), 4096),
+            Err("header disagrees with the index".into())
+        );
+        // Magic, a blob, the header, the header's length.
+        let n = bytes.len();
+        for at in [3, 5000, n - 100, n - 2] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            repo.store().delete(&name).unwrap();
+            repo.store().write(&name, &bad).unwrap();
+            for tail in tails {
+                assert_eq!(
+                    verify(&good, &listed, tail),
+                    Err("content does not match its name (damaged)".into()),
+                    "byte {at}, tail {tail}"
+                );
+            }
+        }
+        // A blob whose bytes are not what its id says, in a pack named right.
+        let mut wrong = blobs.clone();
+        wrong[150].0 = wrong[151].0;
+        let (p, listed) = write_pack(&repo, &wrong, |_| {});
+        for tail in tails {
+            let e = verify(&p, &listed, tail).unwrap_err();
+            assert!(
+                e.starts_with(&format!("blob {}: ", wrong[150].0.short()))
+                    && e.ends_with("does not match its id"),
+                "tail {tail}: {e}"
+            );
+        }
+        // The same blob listed twice: both entries open.
+        let (p, listed) = write_pack(&repo, &blobs[..3], |e| e.push(e[1]));
+        for tail in tails {
+            assert_eq!(verify(&p, &listed, tail), Ok(()), "tail {tail}");
+        }
     }
 }

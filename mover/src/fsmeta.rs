@@ -63,21 +63,8 @@ pub fn node_from_stat(name: &[u8], st: &Stat) -> Node {
 ///
 /// # Errors
 /// The first failed read, or `UnexpectedEof` when the file ends before `off + len`.
-pub fn read_exact_at(fd: BorrowedFd<'_>, len: usize, off: u64) -> io::Result<Vec<u8>> {
-    read_exact_at_into(fd, Vec::new(), len, off)
-}
-
-/// [`read_exact_at`] into `buf`, reusing its allocation (its contents are replaced).
-///
-/// # Errors
-/// As [`read_exact_at`].
-pub fn read_exact_at_into(
-    fd: BorrowedFd<'_>,
-    mut buf: Vec<u8>,
-    len: usize,
-    mut off: u64,
-) -> io::Result<Vec<u8>> {
-    buf.clear();
+pub fn read_exact_at(fd: BorrowedFd<'_>, len: usize, mut off: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
     buf.try_reserve_exact(len)
         .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "read buffer"))?;
     while buf.len() < len {
@@ -90,7 +77,7 @@ pub fn read_exact_at_into(
         };
         off += n as u64;
     }
-    // The buffer may have more room than asked for, and the read filled it.
+    // The allocator may have given more room than asked for, and the read filled it.
     buf.truncate(len);
     Ok(buf)
 }

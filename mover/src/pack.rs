@@ -238,6 +238,12 @@ impl PackWriter {
         self.entries.push(e);
     }
 
+    /// The entries so far, for tests that write headers no writer would.
+    #[cfg(test)]
+    pub(crate) fn entries_mut(&mut self) -> &mut Vec<BlobEntry> {
+        &mut self.entries
+    }
+
     /// Append the sealed header and name the pack.
     pub fn finish(mut self) -> FinishedPack {
         let mut header = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN + TAG_LEN);
@@ -280,24 +286,57 @@ pub fn salt_of(head: &[u8]) -> Result<[u8; SALT_LEN]> {
 /// `Corrupt` when anything does not check out.
 pub fn read_header(keys: &Keys, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<BlobEntry>)> {
     let salt = salt_of(pack)?;
-    if pack.len() < PACK_HEAD_LEN + 4 + TAG_LEN {
+    Ok((
+        salt,
+        read_header_tail(keys, &salt, pack, pack.len() as u64)?,
+    ))
+}
+
+/// Where the header of a pack of `pack_len` bytes starts, from its last bytes `tail` (the header's
+/// sealed length is the pack's last four bytes).
+///
+/// # Errors
+/// `Corrupt` when the pack is too short or the length out of range.
+pub fn header_start(tail: &[u8], pack_len: u64) -> Result<u64> {
+    if pack_len < (PACK_HEAD_LEN + 4 + TAG_LEN) as u64 || tail.len() < 4 {
         return Err(Error::corrupt("pack is truncated"));
     }
-    let hlen = u32::from_le_bytes(pack[pack.len() - 4..].try_into().expect("4 bytes")) as usize;
-    let body_end = pack.len() - 4;
-    if hlen < TAG_LEN + 4 || hlen > body_end - PACK_HEAD_LEN {
+    let hlen = u64::from(u32::from_le_bytes(
+        tail[tail.len() - 4..].try_into().expect("4 bytes"),
+    ));
+    let body_end = pack_len - 4;
+    if hlen < (TAG_LEN + 4) as u64 || hlen > body_end - PACK_HEAD_LEN as u64 {
         return Err(Error::corrupt("pack header length is out of range"));
     }
-    let mut header = pack[body_end - hlen..body_end].to_vec();
+    Ok(body_end - hlen)
+}
+
+/// [`read_header`] from the last bytes of a pack of `pack_len` bytes (`tail`, which must hold
+/// the whole header: see [`header_start`]) and its salt, so a pack's blobs can be verified as it
+/// streams in.
+///
+/// # Errors
+/// `Corrupt` when anything does not check out or `tail` lacks part of the header.
+pub fn read_header_tail(
+    keys: &Keys,
+    salt: &[u8; SALT_LEN],
+    tail: &[u8],
+    pack_len: u64,
+) -> Result<Vec<BlobEntry>> {
+    let data_end = header_start(tail, pack_len)?;
+    let tail_start = pack_len.saturating_sub(tail.len() as u64);
+    if data_end < tail_start {
+        return Err(Error::corrupt("pack header was read short"));
+    }
+    let mut header = tail[(data_end - tail_start) as usize..tail.len() - 4].to_vec();
     let n = keys
-        .object_cipher(&salt)
+        .object_cipher(salt)
         .open_in_place(Domain::PackHeader, 0, MAGIC, &mut header)?;
     let header = &header[..n];
     let count = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     if header.len() != 4 + count * ENTRY_LEN {
         return Err(Error::corrupt("pack header has the wrong length"));
     }
-    let data_end = (body_end - hlen) as u64;
     let entries = header[4..]
         .chunks_exact(ENTRY_LEN)
         .map(BlobEntry::decode)
@@ -309,7 +348,7 @@ pub fn read_header(keys: &Keys, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<Blob
             return Err(Error::corrupt("pack header points outside the pack"));
         }
     }
-    Ok((salt, entries))
+    Ok(entries)
 }
 
 /// Decrypt one blob's stored bytes (`ct` is its ciphertext, `entry.length` bytes) in place and

@@ -594,8 +594,8 @@ fn limits_hold() {
     }
     assert!(peaks[0] <= 1, "copy, --max-requests 1: {peaks:?}");
     assert!(peaks[1] > 2, "copy, --max-requests 16: {peaks:?}");
-    // `check --read-data`: each of the two readers keeps its next pack's read in flight while it
-    // verifies one (the old check had one read per core).
+    // `check --read-data`: packs stream in and are verified as they arrive, up to
+    // `--max-requests` of them at once (one per core before streaming).
     let mut peaks = Vec::new();
     for n in ["1", "16"] {
         relay.take_peak();
