@@ -1,5 +1,6 @@
-//! `check`: verify that every snapshot is restorable; with `read_data`, that every stored byte
-//! authenticates. Every problem names the object it was found in.
+//! `check`: verify that every snapshot is restorable; with [`ReadData`], that every stored byte
+//! (or a chosen subset of the packs) authenticates. Every problem names the object it was found
+//! in.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,8 +28,113 @@ pub struct CheckReport {
     pub unindexed_packs: usize,
     /// Blobs in the index.
     pub blobs: usize,
-    /// Packs read in full (with `read_data`).
+    /// Packs read in full (with [`ReadData`]).
     pub packs_read: usize,
+    /// Their bytes.
+    pub bytes_read: u64,
+}
+
+/// Which packs `check` reads in full, to authenticate every byte of them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    /// None: the structure only.
+    None,
+    /// Every pack.
+    All,
+    /// Group `n` of `t` (1 ≤ n ≤ t ≤ 256): the packs whose name's first byte is `n - 1` modulo
+    /// `t`, as restic's `--read-data-subset n/t`. Running `1/t` … `t/t` in turn (one a day, say)
+    /// reads every pack once.
+    Group {
+        /// Which group, from 1.
+        n: u32,
+        /// How many groups.
+        t: u32,
+    },
+    /// This percentage of the packs (at least one), chosen at random.
+    Percent(f64),
+    /// Packs chosen at random until they hold at least this many bytes.
+    Bytes(u64),
+}
+
+impl std::str::FromStr for ReadData {
+    type Err = String;
+
+    /// `n/t`, `x%`, or a size with an optional `K`, `M`, `G` or `T` suffix (powers of 1024).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("'{s}' is not a subset: use n/t, x% or a size such as 500M");
+        if let Some((n, t)) = s.split_once('/') {
+            let (n, t): (u32, u32) = (n.parse().map_err(|_| bad())?, t.parse().map_err(|_| bad())?);
+            if !(1..=256).contains(&t) || !(1..=t).contains(&n) {
+                return Err(format!("'{s}': need 1 <= n <= t <= 256"));
+            }
+            return Ok(Self::Group { n, t });
+        }
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!(
+                    "'{s}': the percentage must be above 0 and at most 100"
+                ));
+            }
+            return Ok(Self::Percent(p));
+        }
+        let (digits, unit) = match s.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+            _ => (s, 'B'),
+        };
+        let shift = match unit {
+            'B' => 0,
+            'K' => 10,
+            'M' => 20,
+            'G' => 30,
+            'T' => 40,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        match n.checked_mul(1 << shift) {
+            Some(b) if b > 0 => Ok(Self::Bytes(b)),
+            _ => Err(format!("'{s}': the size must be above 0 and below 16 EiB")),
+        }
+    }
+}
+
+impl ReadData {
+    /// The packs to read, from `packs`.
+    fn select(self, mut packs: Vec<&PackInfo>) -> Result<Vec<&PackInfo>> {
+        match self {
+            Self::None => return Ok(Vec::new()),
+            Self::All => return Ok(packs),
+            Self::Group { n, t } => {
+                packs.retain(|p| u32::from(p.id.0[0]) % t == n - 1);
+                return Ok(packs);
+            }
+            Self::Percent(_) | Self::Bytes(_) => {}
+        }
+        // A random order: sorted by a keyed hash of each name under a fresh key.
+        let mut key = [0u8; 32];
+        crate::crypto::random_bytes(&mut key)?;
+        packs.sort_by_cached_key(|p| *blake3::keyed_hash(&key, &p.id.0).as_bytes());
+        let keep = match self {
+            Self::Percent(x) => {
+                let k = (packs.len() as f64 * x / 100.0).round() as usize;
+                k.clamp(1, packs.len().max(1))
+            }
+            Self::Bytes(b) => {
+                let mut total = 0;
+                packs
+                    .iter()
+                    .take_while(|p| {
+                        let more = total < b;
+                        total += p.size;
+                        more
+                    })
+                    .count()
+            }
+            _ => packs.len(),
+        };
+        packs.truncate(keep);
+        Ok(packs)
+    }
 }
 
 /// Live counter of packs read.
@@ -44,7 +150,7 @@ pub struct CheckProgress {
 /// Only when storage cannot be listed at all; every damaged object is reported in [`CheckReport`].
 pub fn check(
     repo: &mut Repository,
-    read_data: bool,
+    read_data: ReadData,
     progress: &CheckProgress,
 ) -> Result<CheckReport> {
     let mut rep = CheckReport::default();
@@ -157,16 +263,16 @@ pub fn check(
         }
     }
 
-    if read_data {
-        // A pack missing from storage is reported above already.
-        let packs: Vec<&PackInfo> = repo
-            .index()
+    // A pack missing from storage is reported above already.
+    let packs = read_data.select(
+        repo.index()
             .packs()
             .iter()
             .filter(|p| stored.contains_key(&p.id))
-            .collect();
-        rep.packs_read = read_packs(repo, &packs, &listed, progress, &mut rep.errors);
-    }
+            .collect(),
+    )?;
+    rep.bytes_read = packs.iter().map(|p| p.size).sum();
+    rep.packs_read = read_packs(repo, &packs, &listed, progress, &mut rep.errors);
     Ok(rep)
 }
 
@@ -190,6 +296,9 @@ fn read_packs(
     progress: &CheckProgress,
     errors: &mut Vec<String>,
 ) -> usize {
+    if packs.is_empty() {
+        return 0;
+    }
     let next = AtomicUsize::new(0);
     let found = Mutex::new(Vec::new());
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
@@ -434,9 +543,12 @@ mod tests {
     use crate::{BackupOptions, InitOptions, Location, Progress, Secret};
 
     fn errors(repo: &mut Repository, read_data: bool) -> Vec<String> {
-        check(repo, read_data, &CheckProgress::default())
-            .unwrap()
-            .errors
+        let read = if read_data {
+            ReadData::All
+        } else {
+            ReadData::None
+        };
+        check(repo, read, &CheckProgress::default()).unwrap().errors
     }
 
     /// An index object that authenticates but lists a pack's blobs (or its salt) otherwise than

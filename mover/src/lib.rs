@@ -51,7 +51,7 @@ pub mod tree;
 
 pub use backend::{Location, S3Location, StoreOptions};
 pub use backup::{BackupOptions, BackupOutcome, Progress, backup, parse_changed_ranges};
-pub use check::{CheckProgress, CheckReport, check};
+pub use check::{CheckProgress, CheckReport, ReadData, check};
 pub use chunker::Chunking;
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use id::Id;

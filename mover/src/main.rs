@@ -181,6 +181,13 @@ enum Command {
         /// Also read and authenticate every byte of every pack.
         #[arg(long)]
         read_data: bool,
+        /// Read only a subset of the packs: `n/t` (group n of t, by pack name: 1/7 … 7/7 on
+        /// seven days read each pack once), `x%` or a size such as `500M` (packs at random).
+        #[arg(long, value_name = "SUBSET", conflicts_with = "read_data")]
+        read_data_subset: Option<lifeboat::ReadData>,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove snapshots by a retention policy (or by id); prune then deletes their data.
     /// Snapshots are grouped by host and paths; in each group the newest snapshot of each of the
@@ -726,7 +733,16 @@ fn run(cli: Cli) -> Result<u8> {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             lifeboat::dump(&repo, &node, &mut out)?;
         }
-        Command::Check { read_data } => {
+        Command::Check {
+            read_data,
+            read_data_subset,
+            json,
+        } => {
+            let read = match (read_data, read_data_subset) {
+                (_, Some(subset)) => subset,
+                (true, None) => lifeboat::ReadData::All,
+                (false, None) => lifeboat::ReadData::None,
+            };
             let loc = location(g)?;
             let fresh = check_cache(g, &loc);
             let opts = StoreOptions {
@@ -739,25 +755,44 @@ fn run(cli: Cli) -> Result<u8> {
             let ticker = Ticker::start(move || {
                 format!("{} packs read", p.packs_read.load(Ordering::Relaxed))
             });
-            let rep = lifeboat::check(&mut repo, read_data, &progress);
+            let rep = lifeboat::check(&mut repo, read, &progress);
             drop(ticker);
             let rep = rep?;
-            println!(
-                "checked {} snapshots, {} packs, {} blobs{}",
-                rep.snapshots,
-                rep.packs,
-                rep.blobs,
-                if read_data {
-                    format!(", read {} packs", rep.packs_read)
-                } else {
-                    String::new()
-                }
-            );
-            if rep.unindexed_packs > 0 {
+            if json {
                 println!(
-                    "{} packs are not indexed (left by an interrupted backup; prune removes them)",
-                    rep.unindexed_packs
+                    "{}",
+                    serde_json::json!({
+                        "snapshots": rep.snapshots,
+                        "packs": rep.packs,
+                        "blobs": rep.blobs,
+                        "unindexed_packs": rep.unindexed_packs,
+                        "packs_read": rep.packs_read,
+                        "bytes_read": rep.bytes_read,
+                        "errors": rep.errors,
+                    })
                 );
+            } else {
+                println!(
+                    "checked {} snapshots, {} packs, {} blobs{}",
+                    rep.snapshots,
+                    rep.packs,
+                    rep.blobs,
+                    if read == lifeboat::ReadData::None {
+                        String::new()
+                    } else {
+                        format!(
+                            ", read {} packs ({:.1} MiB)",
+                            rep.packs_read,
+                            rep.bytes_read as f64 / f64::from(1 << 20)
+                        )
+                    }
+                );
+                if rep.unindexed_packs > 0 {
+                    println!(
+                        "{} packs are not indexed (left by an interrupted backup; prune removes them)",
+                        rep.unindexed_packs
+                    );
+                }
             }
             if !rep.errors.is_empty() {
                 for e in &rep.errors {
@@ -765,7 +800,9 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 bail!("the repository has {} problems", rep.errors.len());
             }
-            println!("no errors found");
+            if !json {
+                println!("no errors found");
+            }
         }
         Command::Key { action } => key(g, action)?,
         Command::Recover { json } => {

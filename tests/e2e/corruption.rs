@@ -146,3 +146,82 @@ fn flipped_byte_in_index_snapshot_config_and_key() {
     std::fs::write(&key, &orig).unwrap();
     env.ok(&["check", "--read-data"]);
 }
+
+/// `check --read-data-subset`: the groups `1/3`, `2/3` and `3/3` read disjoint sets of packs
+/// that together are every pack, so a damaged pack is found by exactly one of them; a
+/// percentage and a size read that share of the packs; `--json` reports it; a bad subset is one
+/// line and exit 2.
+#[test]
+fn read_data_subsets_cover_every_pack_once() {
+    let env = Env::new();
+    // Each backup writes a data pack and a tree pack of its own.
+    for i in 0..8u64 {
+        let d = env.path(&format!("src{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("f"), noise(50_000 + i as usize * 1000, i)).unwrap();
+        env.backup(&[&d]);
+    }
+    let packs = env.objects("data");
+    let total: u64 = packs
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(packs.len() >= 16, "{packs:?}");
+    let check = |subset: &str| -> serde_json::Value {
+        let out = env.ok(&["check", "--read-data-subset", subset, "--json"]);
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let groups: Vec<serde_json::Value> = ["1/3", "2/3", "3/3"].iter().map(|s| check(s)).collect();
+    let read = |k: &str| groups.iter().map(|g| g[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(read("packs_read"), packs.len() as u64, "{groups:?}");
+    assert_eq!(read("bytes_read"), total, "{groups:?}");
+    assert!(groups.iter().all(|g| g["packs"] == packs.len()));
+    // The same group reads the same packs every time.
+    assert_eq!(check("2/3"), groups[1]);
+    let quarter = check("25%");
+    assert_eq!(
+        quarter["packs_read"],
+        (packs.len() as f64 / 4.0).round() as u64
+    );
+    let sized = check("100K");
+    let (n, bytes) = (
+        sized["packs_read"].as_u64().unwrap(),
+        sized["bytes_read"].as_u64().unwrap(),
+    );
+    assert!(bytes >= 100 << 10 && n < packs.len() as u64, "{sized}");
+    assert_eq!(check("100%")["packs_read"], packs.len() as u64);
+
+    // One damaged data pack (the largest; a damaged tree pack shows without reading data):
+    // exactly one group names it.
+    let victim = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    flip_byte(victim, 0.5);
+    let mut found = 0;
+    for s in ["1/3", "2/3", "3/3"] {
+        let o = env.run(&["check", "--read-data-subset", s, "--json"]);
+        if o.status.success() {
+            continue;
+        }
+        found += 1;
+        let report: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        let errors = report["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "{report}");
+        assert!(
+            errors[0].as_str().unwrap().starts_with(&rel(&env, victim)),
+            "{report}"
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("1 problems"));
+    }
+    assert_eq!(found, 1, "groups naming the damaged pack");
+    for bad in ["0/3", "4/3", "1/257", "0%", "150%", "12Q", "0", "-1M"] {
+        let o = env.run(&["check", "--read-data-subset", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{bad}: {err}");
+    }
+    let o = env.run(&["check", "--read-data", "--read-data-subset", "1/2"]);
+    assert_eq!(o.status.code(), Some(2));
+}
