@@ -403,7 +403,7 @@ impl<'r> Windows<'r> {
             return;
         }
         let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(dir, 0) else {
-            // Out of descriptors: the walker does the rest itself.
+            tracing::debug!("out of file descriptors: the walker stats the rest of a directory");
             return;
         };
         let range = start..(start + SCAN_WINDOW).min(self.names.len());
@@ -433,5 +433,66 @@ impl<'r> Windows<'r> {
                 self.next_parent = Some(rx);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walker's windows over a directory of more than two windows. With a scanner, every
+    /// entry past the first window comes stat'ed by it, each with its own stat. With none to
+    /// take the next window (the scanners stopped, or no descriptor was left to hand them),
+    /// `stat` gives `None` from there on, and the walker stats each entry itself: no entry is
+    /// skipped or given another's stat either way.
+    #[test]
+    fn windows_leave_the_rest_to_the_walker_when_no_scanner_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = SCAN_WINDOW * 2 + 100;
+        for i in 0..n {
+            std::fs::write(dir.path().join(format!("e{i:06}")), b"").unwrap();
+        }
+        let fd = fsmeta::open_dir_path(dir.path()).unwrap();
+        let names = Arc::new(fsmeta::read_dir(fd.as_fd()).unwrap());
+        assert_eq!(names.len(), n);
+        let ino = |i: usize| fsmeta::stat_at(fd.as_fd(), names.name(i)).unwrap().st_ino;
+        let first = || stats(fd.as_fd(), &names, 0..SCAN_WINDOW);
+
+        // No scanner.
+        let (tx, rx) = crossbeam_channel::bounded::<ScanJob<'static>>(4);
+        drop(rx);
+        let mut w = Windows::start(Arc::clone(&names), first(), fd.as_fd(), None, &tx);
+        for i in 0..n {
+            match w.stat(i, fd.as_fd(), None, &tx) {
+                Some(st) if i < SCAN_WINDOW => assert_eq!(st.unwrap().st_ino, ino(i)),
+                None if i >= SCAN_WINDOW => {}
+                other => panic!("entry {i}: {:?}", other.map(|s| s.map(|s| s.st_ino))),
+            }
+        }
+
+        // A scanner.
+        let (tx, rx) = crossbeam_channel::bounded::<ScanJob<'static>>(4);
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for job in rx {
+                    let ScanJob::Stats {
+                        fd,
+                        names,
+                        range,
+                        reply,
+                    } = job
+                    else {
+                        panic!("only stats are asked for without a parent snapshot");
+                    };
+                    let _ = reply.send(stats(fd.as_fd(), &names, range));
+                }
+            });
+            let mut w = Windows::start(Arc::clone(&names), first(), fd.as_fd(), None, &tx);
+            for i in 0..n {
+                let st = w.stat(i, fd.as_fd(), None, &tx);
+                assert_eq!(st.expect("stat'ed").unwrap().st_ino, ino(i), "entry {i}");
+            }
+            drop(tx);
+        });
     }
 }
