@@ -125,6 +125,10 @@ impl Shared<'_> {
 /// tile the file exactly, and an insertion moves a seam with the content instead of breaking dedup.
 const SEGMENT: u64 = 32 << 20;
 
+/// How long the walk waits for file descriptors to be given back before an open or a listing
+/// that found none fails ([`fsmeta::waiting_for_descriptors`]).
+pub(crate) const OPEN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Walk events per batch sent to the tree builder.
 const EVENT_BATCH: usize = 256;
 
@@ -709,7 +713,15 @@ impl<'a> Walker<'_, 'a> {
         name: &[u8],
         subtree: Option<Vec<Id>>,
     ) -> Option<Receiver<Scanned<'a>>> {
-        let fd = fsmeta::open_dir_at(dir, name).ok()?;
+        let fd = match fsmeta::open_dir_at(dir, name) {
+            Ok(fd) => fd,
+            Err(e) => {
+                if fsmeta::out_of_descriptors(&e) {
+                    self.ahead.out_of_descriptors();
+                }
+                return None;
+            }
+        };
         let (reply, rx) = bounded(1);
         self.ahead.dirs.fetch_add(1, Ordering::Relaxed);
         if self
@@ -788,7 +800,7 @@ impl<'a> Walker<'_, 'a> {
             NodeKind::Dir => {
                 let scanned = match scanned {
                     Some(s) => s,
-                    None => match fsmeta::open_dir_at(dir, name) {
+                    None => match self.open_waiting(|| fsmeta::open_dir_at(dir, name)) {
                         Ok(fd) => {
                             let subtree = pnode
                                 .filter(|p| p.kind() == NodeKind::Dir)
@@ -827,6 +839,17 @@ impl<'a> Walker<'_, 'a> {
             })?,
         }
         Ok(())
+    }
+
+    /// `open()`, waiting while the process is out of file descriptors: files queued to the
+    /// workers hold some and give them back as they are read, and scanning ahead is halved each
+    /// time (its directories wait for the walker). After `OPEN_WAIT` the shortage is taken as
+    /// lasting (a walk deeper than the limit), and the error stands.
+    fn open_waiting(
+        &self,
+        open: impl Fn() -> std::io::Result<OwnedFd>,
+    ) -> std::io::Result<OwnedFd> {
+        fsmeta::waiting_for_descriptors(OPEN_WAIT, || self.ahead.out_of_descriptors(), open)
     }
 
     /// Fill `node.xattrs` with what was `read`; a failure is a warning.
@@ -883,11 +906,13 @@ impl<'a> Walker<'_, 'a> {
             });
         }
         let device = node.kind() == NodeKind::Blockdev;
-        let opened = if device {
-            fsmeta::open_device_at(dir, &node.name)
-        } else {
-            fsmeta::open_file_at(dir, &node.name)
-        };
+        let opened = self.open_waiting(|| {
+            if device {
+                fsmeta::open_device_at(dir, &node.name)
+            } else {
+                fsmeta::open_file_at(dir, &node.name)
+            }
+        });
         let fd = match opened {
             Ok(fd) => fd,
             Err(e) if top => return Err(Error::io(shown, e)),

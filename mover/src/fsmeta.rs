@@ -127,6 +127,36 @@ pub fn open_file_limit() -> usize {
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
+/// Whether a system call failed because the process (or the system) has no file descriptor left.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// `op()`, retried while it fails for want of a file descriptor, for up to `wait` (the process's
+/// other threads give theirs back as they finish: files being read, directories being scanned);
+/// `short` runs before each retry. The error stands once `wait` is over.
+///
+/// # Errors
+/// `op`'s last error.
+pub fn waiting_for_descriptors<T>(
+    wait: std::time::Duration,
+    mut short: impl FnMut(),
+    op: impl Fn() -> io::Result<T>,
+) -> io::Result<T> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(50);
+    loop {
+        match op() {
+            Err(e) if out_of_descriptors(&e) && start.elapsed() < wait => {
+                short();
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Open a directory by absolute or relative path (the top of a walk or restore).
 ///
 /// # Errors

@@ -92,6 +92,14 @@ impl Env {
     /// Run `lifeboat ARGS` with at most `nofile` open files (soft and hard limit, so it cannot
     /// raise it) and require success; returns stdout.
     pub fn ok_with_open_files(&self, nofile: u32, args: &[&str]) -> String {
+        stdout_of_success(
+            self.run_with_open_files(nofile, args),
+            &format!("lifeboat {args:?} under {nofile} open files"),
+        )
+    }
+
+    /// Run `lifeboat ARGS` with at most `nofile` open files.
+    pub fn run_with_open_files(&self, nofile: u32, args: &[&str]) -> Output {
         let inner = self.cmd(args);
         let mut c = Command::new("prlimit");
         c.arg(format!("--nofile={nofile}:{nofile}"))
@@ -104,10 +112,7 @@ impl Env {
                 None => c.env_remove(k),
             };
         }
-        stdout_of_success(
-            c.output().unwrap(),
-            &format!("lifeboat {args:?} under {nofile} open files"),
-        )
+        c.output().unwrap()
     }
 
     /// Run and require success; returns stdout.

@@ -253,7 +253,7 @@ fn decode<'r>(names: &DirNames, range: Range<usize>, rest: TreeEntries<'r>) -> D
 
 /// Scans sent to the scanners and not yet received by the walker, and their entries.
 pub(super) struct ScansAhead {
-    max_dirs: usize,
+    max_dirs: AtomicUsize,
     pub dirs: AtomicUsize,
     entries: AtomicUsize,
 }
@@ -263,15 +263,23 @@ impl ScansAhead {
     /// left for the walk's own path, the files being read and the repository.
     pub fn new() -> Self {
         Self {
-            max_dirs: (fsmeta::open_file_limit() / 4).min(SCAN_AHEAD_DIRS),
+            max_dirs: AtomicUsize::new((fsmeta::open_file_limit() / 4).min(SCAN_AHEAD_DIRS)),
             dirs: AtomicUsize::new(0),
             entries: AtomicUsize::new(0),
         }
     }
 
     pub fn room(&self) -> bool {
-        self.dirs.load(Ordering::Relaxed) < self.max_dirs
+        self.dirs.load(Ordering::Relaxed) < self.max_dirs.load(Ordering::Relaxed)
             && self.entries.load(Ordering::Relaxed) < SCAN_AHEAD_ENTRIES
+    }
+
+    /// The process ran out of file descriptors: scan half as many directories ahead from now on
+    /// (each holds one until the walker reaches it).
+    pub fn out_of_descriptors(&self) {
+        let _ = self
+            .max_dirs
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| Some(m / 2));
     }
 
     /// The walker received (or gave up on) one scan.
@@ -285,12 +293,15 @@ impl ScansAhead {
 
 /// List directory `fd`, stat its first `SCAN_WINDOW` entries and open its parent tree `subtree`.
 pub(super) fn scan<'r>(repo: &'r Repository, fd: OwnedFd, subtree: Option<&[Id]>) -> Scanned<'r> {
-    let entries = fsmeta::read_dir(fd.as_fd()).map(|names| {
-        let stats = (0..names.len().min(SCAN_WINDOW))
-            .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
-            .collect();
-        Listing { names, stats }
-    });
+    // Listing takes a descriptor of its own.
+    let entries =
+        fsmeta::waiting_for_descriptors(super::OPEN_WAIT, || {}, || fsmeta::read_dir(fd.as_fd()))
+            .map(|names| {
+                let stats = (0..names.len().min(SCAN_WINDOW))
+                    .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
+                    .collect();
+                Listing { names, stats }
+            });
     let ptree = subtree.and_then(|ids| ParentDir::open(repo, ids));
     Scanned { fd, entries, ptree }
 }
