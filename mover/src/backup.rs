@@ -125,10 +125,6 @@ impl Shared<'_> {
 /// tile the file exactly, and an insertion moves a seam with the content instead of breaking dedup.
 const SEGMENT: u64 = 32 << 20;
 
-/// How long the walk waits for file descriptors to be given back before an open or a listing
-/// that found none fails ([`fsmeta::waiting_for_descriptors`]).
-pub(crate) const OPEN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// Walk events per batch sent to the tree builder.
 const EVENT_BATCH: usize = 256;
 
@@ -843,13 +839,17 @@ impl<'a> Walker<'_, 'a> {
 
     /// `open()`, waiting while the process is out of file descriptors: files queued to the
     /// workers hold some and give them back as they are read, and scanning ahead is halved each
-    /// time (its directories wait for the walker). After `OPEN_WAIT` the shortage is taken as
+    /// time (its directories wait for the walker). After [`fsmeta::DESCRIPTOR_WAIT`] the shortage is taken as
     /// lasting (a walk deeper than the limit), and the error stands.
     fn open_waiting(
         &self,
         open: impl Fn() -> std::io::Result<OwnedFd>,
     ) -> std::io::Result<OwnedFd> {
-        fsmeta::waiting_for_descriptors(OPEN_WAIT, || self.ahead.out_of_descriptors(), open)
+        fsmeta::waiting_for_descriptors(
+            fsmeta::DESCRIPTOR_WAIT,
+            || self.ahead.out_of_descriptors(),
+            open,
+        )
     }
 
     /// Fill `node.xattrs` with what was `read`; a failure is a warning.

@@ -132,6 +132,11 @@ pub fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// How long an open or a listing that finds no file descriptor waits for the process's other
+/// threads to give theirs back ([`waiting_for_descriptors`]): they hold them for the time it
+/// takes to read or write a file.
+pub const DESCRIPTOR_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// `op()`, retried while it fails for want of a file descriptor, for up to `wait` (the process's
 /// other threads give theirs back as they finish: files being read, directories being scanned);
 /// `short` runs before each retry. The error stands once `wait` is over.

@@ -481,6 +481,9 @@ pub fn restore(
                     ctx,
                     jobs: tx,
                     links: HashMap::new(),
+                    links_open: 0,
+                    max_links_open: fsmeta::open_file_limit() / 8,
+                    target,
                     out: RestoreOutcome::default(),
                     includes,
                     batch: Vec::new(),
@@ -703,10 +706,24 @@ fn write_zeros(fd: BorrowedFd<'_>, mut from: u64, to: u64) -> std::io::Result<()
     Ok(())
 }
 
+/// Where the first restored link of a hard-linked inode is: open (linked to through
+/// `/proc/self/fd`, whatever the permissions of its directory), or, past an eighth of the
+/// open-file limit, by its path components under the target (a tree of many hard-linked files
+/// would otherwise hold a descriptor for each: 600 could not be restored under a limit of 256).
+enum FirstLink {
+    Open(OwnedFd),
+    At(Vec<Vec<u8>>),
+}
+
 struct RWalker<'c, 'a> {
     ctx: &'c Ctx<'a>,
     jobs: crossbeam_channel::Sender<Job>,
-    links: HashMap<(u64, u64), OwnedFd>,
+    /// The first restored link of each hard-linked inode.
+    links: HashMap<(u64, u64), FirstLink>,
+    /// Links held open in `links`, and how many may be.
+    links_open: usize,
+    max_links_open: usize,
+    target: &'c Path,
     out: RestoreOutcome,
     includes: Vec<Vec<Vec<u8>>>,
     /// Small files waiting to be handed to the writers together.
@@ -742,6 +759,56 @@ impl RWalker<'_, '_> {
             self.send(job)?;
         }
         Ok(())
+    }
+
+    /// `open()`, waiting while the process is out of file descriptors. The files held for the
+    /// writers (a batch being filled, parts being merged) are handed to them first: they give
+    /// descriptors back as they finish files, and can only finish the files they have.
+    fn open_waiting(
+        &mut self,
+        open: impl Fn() -> std::io::Result<OwnedFd>,
+    ) -> std::io::Result<OwnedFd> {
+        fsmeta::waiting_for_descriptors(
+            fsmeta::DESCRIPTOR_WAIT,
+            || {
+                // Writers that stopped make the next send fail, and that reports it.
+                let _ = self.finish();
+            },
+            open,
+        )
+    }
+
+    /// Hard-link the first restored link of an inode as `name` in `dir`.
+    fn link_to(&self, first: &FirstLink, dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<()> {
+        let first = match first {
+            FirstLink::Open(fd) => {
+                use std::os::fd::AsRawFd;
+                let src = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                return Ok(rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    src.as_str(),
+                    dir,
+                    name,
+                    AtFlags::SYMLINK_FOLLOW,
+                )?);
+            }
+            FirstLink::At(path) => path,
+        };
+        // Its parents are opened one at a time.
+        let Some((last, parents)) = first.split_last() else {
+            return Err(std::io::Error::other("a hard link to the target itself"));
+        };
+        let mut at = fsmeta::open_dir_path(self.target)?;
+        for p in parents {
+            at = fsmeta::open_dir_at(at.as_fd(), p)?;
+        }
+        Ok(rustix::fs::linkat(
+            &at,
+            OsStr::from_bytes(last),
+            dir,
+            name,
+            AtFlags::empty(),
+        )?)
     }
 
     /// Whether `path` is restored: it is inside an included path, or an ancestor of one.
@@ -809,7 +876,9 @@ impl RWalker<'_, '_> {
                     }
                     Err(e) => return Err(io(e.into())),
                 }
-                let fd = fsmeta::open_dir_at(dir, &node.name).map_err(io)?;
+                let fd = self
+                    .open_waiting(|| fsmeta::open_dir_at(dir, &node.name))
+                    .map_err(io)?;
                 let sub = self
                     .ctx
                     .repo
@@ -829,32 +898,32 @@ impl RWalker<'_, '_> {
                 if node.nlink > 1
                     && let Some(first) = self.links.get(&key)
                 {
-                    use std::os::fd::AsRawFd;
-                    let src = format!("/proc/self/fd/{}", first.as_raw_fd());
-                    rustix::fs::linkat(
-                        rustix::fs::CWD,
-                        src.as_str(),
-                        dir,
-                        name,
-                        AtFlags::SYMLINK_FOLLOW,
-                    )
-                    .map_err(|e| io(e.into()))?;
+                    self.link_to(first, dir, name).map_err(io)?;
                     self.out.files += 1;
                     return Ok(());
                 }
-                let fd = rustix::fs::openat(
-                    dir,
-                    name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_bits_retain(0o600),
-                )
-                .map_err(|e| io(e.into()))?;
+                let fd = self
+                    .open_waiting(|| {
+                        Ok(rustix::fs::openat(
+                            dir,
+                            name,
+                            OFlags::WRONLY
+                                | OFlags::CREATE
+                                | OFlags::EXCL
+                                | OFlags::NOFOLLOW
+                                | OFlags::CLOEXEC,
+                            Mode::from_bits_retain(0o600),
+                        )?)
+                    })
+                    .map_err(io)?;
                 if node.nlink > 1 {
-                    self.links.insert(key, fd.try_clone().map_err(io)?);
+                    let first = if self.links_open < self.max_links_open {
+                        self.links_open += 1;
+                        FirstLink::Open(fd.try_clone().map_err(io)?)
+                    } else {
+                        FirstLink::At(path.clone())
+                    };
+                    self.links.insert(key, first);
                 }
                 self.out.files += 1;
                 let blobs = plan(self.ctx.repo, node).map_err(|e| e.context(&shown))?;

@@ -141,14 +141,51 @@ fn many_small_files_restore_under_a_low_open_file_limit() {
             std::fs::write(src.join(format!("d{d}/f{f}")), data).unwrap();
         }
     }
-    let before = scan(&src);
-    env.backup(&[&src]);
+    restore_under_open_files(&env, &src, 64);
+}
+
+/// Back up `src`, restore it with at most `nofile` open files, require the same tree, and return
+/// where it was restored.
+fn restore_under_open_files(env: &Env, src: &std::path::Path, nofile: u32) -> std::path::PathBuf {
+    let before = scan(src);
+    env.backup(&[src]);
     let target = env.path("restore");
     env.ok_with_open_files(
-        64,
+        nofile,
         &["restore", "latest", "--target", target.to_str().unwrap()],
     );
-    assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_same_tree(&before, &scan(&restored));
+    restored
+}
+
+/// Regression: restore kept the first restored link of every hard-linked inode open, to link the
+/// others to it, so 600 hard-linked files could not be restored under an open-file limit of
+/// 256 ("Too many open files"). It now keeps their paths: under a limit of 64, every link is
+/// restored, and the links of each inode share it.
+#[test]
+fn many_hard_links_restore_under_a_low_open_file_limit() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let src = env.path("src");
+    for d in ["a", "b/c"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+    }
+    let n = 600;
+    for i in 0..n {
+        let f = src.join(format!("a/f{i}"));
+        std::fs::write(&f, format!("file {i}")).unwrap();
+        std::fs::hard_link(&f, src.join(format!("b/c/g{i}"))).unwrap();
+    }
+    let restored = restore_under_open_files(&env, &src, 64);
+    let mut inodes = std::collections::HashSet::new();
+    for i in 0..n {
+        let a = std::fs::metadata(restored.join(format!("a/f{i}"))).unwrap();
+        let b = std::fs::metadata(restored.join(format!("b/c/g{i}"))).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "f{i}");
+        inodes.insert(a.ino());
+    }
+    assert_eq!(inodes.len(), n);
 }
 
 /// Regression: a 16 MiB pack of tiny files' blobs held some 300 000 of them, and their entries,

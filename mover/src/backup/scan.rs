@@ -294,14 +294,17 @@ impl ScansAhead {
 /// List directory `fd`, stat its first `SCAN_WINDOW` entries and open its parent tree `subtree`.
 pub(super) fn scan<'r>(repo: &'r Repository, fd: OwnedFd, subtree: Option<&[Id]>) -> Scanned<'r> {
     // Listing takes a descriptor of its own.
-    let entries =
-        fsmeta::waiting_for_descriptors(super::OPEN_WAIT, || {}, || fsmeta::read_dir(fd.as_fd()))
-            .map(|names| {
-                let stats = (0..names.len().min(SCAN_WINDOW))
-                    .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
-                    .collect();
-                Listing { names, stats }
-            });
+    let entries = fsmeta::waiting_for_descriptors(
+        fsmeta::DESCRIPTOR_WAIT,
+        || {},
+        || fsmeta::read_dir(fd.as_fd()),
+    )
+    .map(|names| {
+        let stats = (0..names.len().min(SCAN_WINDOW))
+            .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
+            .collect();
+        Listing { names, stats }
+    });
     let ptree = subtree.and_then(|ids| ParentDir::open(repo, ids));
     Scanned { fd, entries, ptree }
 }
