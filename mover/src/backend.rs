@@ -345,8 +345,9 @@ async fn stream(
     }
 }
 
-/// Pieces a remote stream keeps received ahead of its reader (each what the connection delivered
-/// at once, typically 16–64 KiB).
+/// Pieces a remote stream keeps received ahead of its reader. Each is what the connection
+/// delivered at once and pins a read buffer of up to about 400 KiB (hyper's): with 16 pieces,
+/// 16 streams held 90 MiB of them (heaptrack), with 2 under 20 MiB.
 const STREAM_PIECES: usize = 2;
 
 /// A range read handed over as it arrives ([`Store::start_stream`]): the reader works on the

@@ -917,11 +917,15 @@ impl RWalker<'_, '_> {
                     })
                     .map_err(io)?;
                 if node.nlink > 1 {
-                    let first = if self.links_open < self.max_links_open {
-                        self.links_open += 1;
-                        FirstLink::Open(fd.try_clone().map_err(io)?)
-                    } else {
-                        FirstLink::At(path.clone())
+                    let open = (self.links_open < self.max_links_open)
+                        .then(|| fd.try_clone().ok())
+                        .flatten();
+                    let first = match open {
+                        Some(fd) => {
+                            self.links_open += 1;
+                            FirstLink::Open(fd)
+                        }
+                        None => FirstLink::At(path.clone()),
                     };
                     self.links.insert(key, first);
                 }
