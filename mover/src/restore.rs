@@ -132,9 +132,10 @@ const BATCH_BYTES: u64 = 8 << 20;
 const BATCH_FILES: usize = 256;
 
 /// Files per batch such that every file open at once (one batch per writer and two queued per
-/// writer, plus the walker's) stays within half the open-file limit.
-fn batch_files(writers: usize) -> usize {
-    (fsmeta::open_file_limit() / 2 / (writers * 3 + 1)).clamp(1, BATCH_FILES)
+/// writer, plus the walker's) stays within half the open-file limit `limit`, less the
+/// directories the walker holds at `depth` (one a level).
+fn batch_files(limit: usize, writers: usize, depth: usize) -> usize {
+    ((limit / 2).saturating_sub(depth) / (writers * 3 + 1)).clamp(1, BATCH_FILES)
 }
 
 /// How writers read packs: neighbouring blobs of one pack are fetched with one read of at most
@@ -488,7 +489,8 @@ pub fn restore(
                     includes,
                     batch: Vec::new(),
                     batch_bytes: 0,
-                    batch_files: batch_files(threads),
+                    open_limit: fsmeta::open_file_limit(),
+                    writers: threads,
                     window: PartWindow::new(),
                 };
                 let mut path = Vec::new();
@@ -729,8 +731,10 @@ struct RWalker<'c, 'a> {
     /// Small files waiting to be handed to the writers together.
     batch: Job,
     batch_bytes: u64,
-    /// Most files in one batch (each holds an open file descriptor until written).
-    batch_files: usize,
+    /// The open-file limit and the writers, which set how many files a batch holds at most
+    /// ([`batch_files`]: each holds an open file descriptor until written).
+    open_limit: usize,
+    writers: usize,
     /// Parts of large files not yet handed to the writers.
     window: PartWindow,
 }
@@ -938,7 +942,10 @@ impl RWalker<'_, '_> {
                     let blobs = parts.into_iter().next().expect("one part");
                     self.batch.push(FilePart { file, blobs });
                     self.batch_bytes += bytes;
-                    if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= self.batch_files {
+                    if self.batch_bytes >= BATCH_BYTES
+                        || self.batch.len()
+                            >= batch_files(self.open_limit, self.writers, path.len())
+                    {
                         self.flush()?;
                     }
                 } else {
