@@ -838,16 +838,22 @@ impl<'a> Walker<'_, 'a> {
     }
 
     /// `open()`, waiting while the process is out of file descriptors: files queued to the
-    /// workers hold some and give them back as they are read, and scanning ahead is halved each
-    /// time (its directories wait for the walker). After [`fsmeta::DESCRIPTOR_WAIT`] the
-    /// shortage is taken as lasting (a walk deeper than the limit), and the error stands.
+    /// workers hold some and give them back as they are read, and scanning ahead is halved once
+    /// for each open that waits (its directories wait for the walker). After
+    /// [`fsmeta::DESCRIPTOR_WAIT`] the shortage is taken as lasting (a walk deeper than the
+    /// limit), and the error stands.
     fn open_waiting(
         &self,
         open: impl Fn() -> std::io::Result<OwnedFd>,
     ) -> std::io::Result<OwnedFd> {
+        let mut first = true;
         fsmeta::waiting_for_descriptors(
             fsmeta::DESCRIPTOR_WAIT,
-            || self.ahead.out_of_descriptors(),
+            || {
+                if std::mem::take(&mut first) {
+                    self.ahead.out_of_descriptors();
+                }
+            },
             open,
         )
     }
