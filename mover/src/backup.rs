@@ -38,7 +38,10 @@ use crate::snapshot::{Snapshot, Summary, hostname};
 use crate::status::RunStatus;
 use crate::tree::{Node, NodeKind, Tree, TreeWriter, Xattr};
 
+mod exclude;
 mod scan;
+pub use exclude::ExcludeOptions;
+use exclude::Excludes;
 use scan::{
     Ahead, Listing, ParentDir, SCAN_AHEAD_DIRS, SCAN_AHEAD_MIN_AVG, SCAN_AHEAD_PER_DIR,
     SCAN_AHEAD_WARMUP, ScanJob, Scanned, ScansAhead, Windows, scan,
@@ -60,6 +63,8 @@ pub struct BackupOptions {
     /// ranges (widened to the parent's chunk boundaries) are read, and the parent's chunks are
     /// reused everywhere else. Ignored, with a notice, when there is no usable parent.
     pub changed_ranges: Option<Vec<(u64, u64)>>,
+    /// What to leave out.
+    pub exclude: ExcludeOptions,
 }
 
 /// Live counters, readable while a backup runs (for a progress bar).
@@ -94,6 +99,9 @@ struct Shared<'a> {
     /// Cuts file and device data.
     data_chunker: Chunker,
     changed_ranges: Option<&'a [(u64, u64)]>,
+    /// Patterns and tag files, applied to listings.
+    excludes: Option<Excludes>,
+    exclude: &'a ExcludeOptions,
     notices: Mutex<Vec<String>>,
     progress: &'a Progress,
     /// Where new blobs go.
@@ -282,6 +290,8 @@ pub fn backup(
         chunker: repo.chunker(),
         data_chunker: repo.chunker().with_mode(opts.chunking),
         changed_ranges: opts.changed_ranges.as_deref(),
+        excludes: Excludes::new(&opts.exclude)?,
+        exclude: &opts.exclude,
         notices: Mutex::new(Vec::new()),
         progress,
         sink: Sink::new(repo, &progress.bytes_added),
@@ -323,7 +333,7 @@ pub fn backup(
         let ahead = &ahead;
         for _ in 0..threads {
             let scan_rx = scan_rx.clone();
-            s.spawn(move || scan::scanner(sh.repo, &scan_rx, ahead));
+            s.spawn(move || scan::scanner(sh.repo, &scan_rx, ahead, sh.excludes.as_ref()));
         }
         drop(scan_rx);
         let walker = std::thread::Builder::new()
@@ -341,7 +351,8 @@ pub fn backup(
                     batch: Vec::with_capacity(EVENT_BATCH),
                     links: HashSet::new(),
                     counts: WalkCounts::default(),
-                    top_path: None,
+                    path: Vec::new(),
+                    top_dev: 0,
                 };
                 let r = w
                     .walk_tops(&tops, parent_root)
@@ -531,8 +542,11 @@ struct Walker<'s, 'a> {
     batch: Vec<Event>,
     links: HashSet<(u64, u64)>,
     counts: WalkCounts,
-    /// The path of the top-level entry being visited, for messages.
-    top_path: Option<String>,
+    /// The absolute path of the directory being walked (empty for the root), for patterns and
+    /// messages.
+    path: Vec<u8>,
+    /// The filesystem of the path given that is being walked.
+    top_dev: u64,
 }
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
@@ -575,10 +589,29 @@ impl<'a> Walker<'_, 'a> {
             if comps.is_empty() {
                 // Backing up "/" itself: its entries become the snapshot's root.
                 let fd = fsmeta::open_dir_path(Path::new("/")).map_err(|e| Error::io("/", e))?;
-                let mut root = scan(self.sh.repo, fd, None);
+                self.top_dev = rustix::fs::fstat(&fd)
+                    .map_err(|e| Error::io("/", e))?
+                    .st_dev;
+                self.path.clear();
+                let mut root = scan(self.sh.repo, fd, None, self.sh.excludes.as_ref(), b"");
                 root.ptree = ptrees[0].take().map(ParentDir::whole);
                 self.walk_dir(root)?;
                 continue;
+            }
+            if let Some(x) = &self.sh.excludes {
+                let mut p = Vec::new();
+                let excluded = comps.iter().any(|c| {
+                    p.push(b'/');
+                    p.extend_from_slice(c);
+                    x.matches(&p)
+                });
+                if excluded {
+                    self.sh.notices.lock().expect("notice lock").push(format!(
+                        "{}: excluded by a pattern: nothing of it is backed up",
+                        top.display()
+                    ));
+                    continue;
+                }
             }
             let common = open
                 .iter()
@@ -614,10 +647,14 @@ impl<'a> Walker<'_, 'a> {
             let pnode = child_node(ptrees.last().and_then(Option::as_ref), name);
             // A top-level path that cannot be read is fatal: the user asked for it by name.
             match fsmeta::stat_at(dirfd.as_fd(), name) {
-                Ok(_) => {
-                    self.top_path = Some(top.display().to_string());
+                Ok(st) => {
+                    self.top_dev = st.st_dev;
+                    self.path.clear();
+                    for c in &comps[..comps.len() - 1] {
+                        self.path.push(b'/');
+                        self.path.extend_from_slice(c);
+                    }
                     self.entry(dirfd.as_fd(), name, None, pnode, true, None)?;
-                    self.top_path = None;
                 }
                 Err(e) => return Err(Error::io(top.display(), e)),
             }
@@ -638,7 +675,12 @@ impl<'a> Walker<'_, 'a> {
         let Listing { names, stats } = match entries {
             Ok(e) => e,
             Err(e) => {
-                self.sh.status.warn(format!("cannot list a directory: {e}"));
+                let shown = if self.path.is_empty() {
+                    "/".into()
+                } else {
+                    String::from_utf8_lossy(&self.path)
+                };
+                self.sh.status.warn(format!("{shown}: cannot list: {e}"));
                 return Ok(());
             }
         };
@@ -720,9 +762,15 @@ impl<'a> Walker<'_, 'a> {
         };
         let (reply, rx) = bounded(1);
         self.ahead.dirs.fetch_add(1, Ordering::Relaxed);
+        let path = self.sh.excludes.is_some().then(|| self.child_path(name));
         if self
             .scans
-            .send(ScanJob::Dir { fd, subtree, reply })
+            .send(ScanJob::Dir {
+                fd,
+                subtree,
+                path,
+                reply,
+            })
             .is_err()
         {
             self.ahead.taken(None);
@@ -749,12 +797,6 @@ impl<'a> Walker<'_, 'a> {
             self.ahead.taken(s.as_ref());
             s
         });
-        // A path the user named is shown as given; entries below it by name (borrowed: it is
-        // only needed for messages).
-        let shown = match (top, &self.top_path) {
-            (true, Some(p)) => std::borrow::Cow::Owned(p.clone()),
-            _ => String::from_utf8_lossy(name),
-        };
         let warn_or_fail = |sh: &Shared<'_>, what: String| -> Result<()> {
             if top {
                 Err(Error::new(crate::ErrorKind::Io, what))
@@ -765,7 +807,7 @@ impl<'a> Walker<'_, 'a> {
         };
         let mut st = match stat.unwrap_or_else(|| fsmeta::stat_at(dir, name)) {
             Ok(s) => s,
-            Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
+            Err(e) => return warn_or_fail(self.sh, format!("{}: {e} (skipped)", self.shown(name))),
         };
         // A volume named by a symlink (/dev/mapper/x, /dev/disk/by-id/...) is the device it names.
         if top
@@ -777,6 +819,23 @@ impl<'a> Walker<'_, 'a> {
         }
         let mut node = fsmeta::node_from_stat(name, &st);
         let has_data = node.kind() == NodeKind::File || (top && node.kind() == NodeKind::Blockdev);
+        // Another filesystem mounted below a path given: its mount point stays, empty.
+        let other_fs = self.sh.exclude.one_file_system && !top && st.st_dev != self.top_dev;
+        if other_fs && node.kind() != NodeKind::Dir {
+            return Ok(());
+        }
+        if node.kind() == NodeKind::File
+            && let Some(limit) = self.sh.exclude.larger_than
+            && node.size > limit
+        {
+            if top {
+                self.sh.notices.lock().expect("notice lock").push(format!(
+                    "{}: larger than --exclude-larger-than, not backed up",
+                    self.shown(name)
+                ));
+            }
+            return Ok(());
+        }
         // Setting or removing an extended attribute changes ctime: with the same inode and ctime,
         // the parent's attributes are still current and need no syscalls.
         let mut xattrs_read = false;
@@ -789,11 +848,16 @@ impl<'a> Walker<'_, 'a> {
             node.xattrs.clone_from(&p.xattrs);
             xattrs_read = true;
         } else if !has_data {
-            self.set_xattrs(&mut node, fsmeta::read_xattrs(dir, name), &shown);
+            self.set_xattrs(&mut node, fsmeta::read_xattrs(dir, name));
             xattrs_read = true;
         }
         match node.kind() {
+            NodeKind::Dir if other_fs => {
+                self.emit(Event::Enter(node))?;
+                self.emit(Event::Exit)?;
+            }
             NodeKind::Dir => {
+                let path = self.child_path(name);
                 let scanned = match scanned {
                     Some(s) => s,
                     None => match self.open_waiting(|| fsmeta::open_dir_at(dir, name)) {
@@ -801,19 +865,21 @@ impl<'a> Walker<'_, 'a> {
                             let subtree = pnode
                                 .filter(|p| p.kind() == NodeKind::Dir)
                                 .map(|p| p.subtree.as_slice());
-                            scan(self.sh.repo, fd, subtree)
+                            scan(self.sh.repo, fd, subtree, self.sh.excludes.as_ref(), &path)
                         }
                         Err(e) => {
                             return warn_or_fail(
                                 self.sh,
-                                format!("{shown}: {e} (directory skipped)"),
+                                format!("{}: {e} (directory skipped)", self.shown(name)),
                             );
                         }
                     },
                 };
+                let outer = std::mem::replace(&mut self.path, path);
                 self.emit(Event::Enter(node))?;
                 self.walk_dir(scanned)?;
                 self.emit(Event::Exit)?;
+                self.path = outer;
             }
             NodeKind::Symlink => match fsmeta::read_link_at(dir, name) {
                 Ok(t) => {
@@ -824,10 +890,12 @@ impl<'a> Walker<'_, 'a> {
                         link: None,
                     })?;
                 }
-                Err(e) => return warn_or_fail(self.sh, format!("{shown}: {e} (skipped)")),
+                Err(e) => {
+                    return warn_or_fail(self.sh, format!("{}: {e} (skipped)", self.shown(name)));
+                }
             },
             // A device given by path is a volume: its contents are backed up.
-            _ if has_data => self.file(dir, node, pnode, &shown, top, xattrs_read)?,
+            _ if has_data => self.file(dir, node, pnode, top, xattrs_read)?,
             _ => self.emit(Event::Entry {
                 node,
                 source: Source::Ready,
@@ -859,14 +927,28 @@ impl<'a> Walker<'_, 'a> {
     }
 
     /// Fill `node.xattrs` with what was `read`; a failure is a warning.
-    fn set_xattrs(&self, node: &mut Node, read: std::io::Result<Vec<Xattr>>, shown: &str) {
+    fn set_xattrs(&self, node: &mut Node, read: std::io::Result<Vec<Xattr>>) {
         match read {
             Ok(x) => node.xattrs = x,
-            Err(e) => self
-                .sh
-                .status
-                .warn(format!("{shown}: cannot read extended attributes: {e}")),
+            Err(e) => self.sh.status.warn(format!(
+                "{}: cannot read extended attributes: {e}",
+                self.shown(&node.name)
+            )),
         }
+    }
+
+    /// The absolute path of entry `name` of the directory being walked.
+    fn child_path(&self, name: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(self.path.len() + 1 + name.len());
+        p.extend_from_slice(&self.path);
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+
+    /// [`Self::child_path`] for messages.
+    fn shown(&self, name: &[u8]) -> String {
+        String::from_utf8_lossy(&self.child_path(name)).into_owned()
     }
 
     /// A file, or the device named at the top: its extended attributes are read from the opened
@@ -876,7 +958,6 @@ impl<'a> Walker<'_, 'a> {
         dir: BorrowedFd<'_>,
         mut node: Node,
         pnode: Option<&Node>,
-        shown: &str,
         top: bool,
         xattrs_read: bool,
     ) -> Result<()> {
@@ -886,7 +967,7 @@ impl<'a> Walker<'_, 'a> {
         {
             if !xattrs_read {
                 let read = fsmeta::read_xattrs(dir, &node.name);
-                self.set_xattrs(&mut node, read, shown);
+                self.set_xattrs(&mut node, read);
             }
             return self.emit(Event::Entry {
                 node,
@@ -912,6 +993,7 @@ impl<'a> Walker<'_, 'a> {
             });
         }
         let device = node.kind() == NodeKind::Blockdev;
+        let shown = &self.shown(&node.name);
         let opened = self.open_waiting(|| {
             if device {
                 fsmeta::open_device_at(dir, &node.name)
@@ -946,7 +1028,7 @@ impl<'a> Walker<'_, 'a> {
             return Ok(());
         }
         if !xattrs_read {
-            self.set_xattrs(&mut node, fsmeta::read_xattrs_fd(fd.as_fd()), shown);
+            self.set_xattrs(&mut node, fsmeta::read_xattrs_fd(fd.as_fd()));
         }
         if pnode.is_some() {
             self.counts.changed += 1;

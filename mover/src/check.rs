@@ -78,22 +78,10 @@ impl std::str::FromStr for ReadData {
             }
             return Ok(Self::Percent(p));
         }
-        let (digits, unit) = match s.char_indices().last() {
-            Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
-            _ => (s, 'B'),
-        };
-        let shift = match unit {
-            'B' => 0,
-            'K' => 10,
-            'M' => 20,
-            'G' => 30,
-            'T' => 40,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        match n.checked_mul(1 << shift) {
+        match crate::units::parse_size(s) {
             Some(b) if b > 0 => Ok(Self::Bytes(b)),
-            _ => Err(format!("'{s}': the size must be above 0 and below 16 EiB")),
+            Some(_) => Err(format!("'{s}': the size must be above 0")),
+            None => Err(bad()),
         }
     }
 }

@@ -261,6 +261,20 @@ impl DirNames {
     pub fn says_dir(&self, i: usize) -> bool {
         self.names[i].2
     }
+
+    /// Where `name` is, if listed.
+    pub fn find(&self, name: &[u8]) -> Option<usize> {
+        self.names
+            .binary_search_by(|&(at, len, _)| self.bytes[at..at + usize::from(len)].cmp(name))
+            .ok()
+    }
+
+    /// Keep only the names `keep` says yes to (their bytes stay in the buffer).
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        let bytes = &self.bytes;
+        self.names
+            .retain(|&(at, len, _)| keep(&bytes[at..at + usize::from(len)]));
+    }
 }
 
 /// The names in a directory, sorted bytewise, without `.` and `..`.

@@ -48,9 +48,12 @@ mod sink;
 mod snapshot;
 mod status;
 pub mod tree;
+pub mod units;
 
 pub use backend::{Location, S3Location, StoreOptions};
-pub use backup::{BackupOptions, BackupOutcome, Progress, backup, parse_changed_ranges};
+pub use backup::{
+    BackupOptions, BackupOutcome, ExcludeOptions, Progress, backup, parse_changed_ranges,
+};
 pub use check::{CheckProgress, CheckReport, ReadData, check};
 pub use chunker::Chunking;
 pub use error::{Error, ErrorKind, Result, Retry};

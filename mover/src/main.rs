@@ -14,8 +14,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use lifeboat::forget;
 use lifeboat::{
-    BackupOptions, CheckProgress, Chunking, InitOptions, KdfParams, Location, LockConfig, Progress,
-    Repository, RestoreOptions, RestoreProgress, Secret, SlotKind, StoreOptions,
+    BackupOptions, CheckProgress, Chunking, ExcludeOptions, InitOptions, KdfParams, Location,
+    LockConfig, Progress, Repository, RestoreOptions, RestoreProgress, Secret, SlotKind,
+    StoreOptions,
     s3lock::LockMode,
     tree::{Node, NodeKind},
 };
@@ -121,6 +122,36 @@ enum Command {
         /// How file and device data is cut: content-defined (cdc) or fixed 1 MiB blocks (fixed).
         #[arg(long, value_parser = ["cdc", "fixed"], default_value = "cdc")]
         chunking: String,
+        /// Leave out entries whose absolute path matches PATTERN (repeatable; restic's syntax):
+        /// '*' and '?' match within a path component, '**' across components; a pattern not
+        /// starting with '/' matches at any depth ('*.log', 'node_modules', 'var/cache'). A
+        /// matching directory is left out whole.
+        #[arg(short = 'e', long = "exclude", value_name = "PATTERN")]
+        excludes: Vec<String>,
+        /// Like --exclude, ignoring case.
+        #[arg(long = "iexclude", value_name = "PATTERN")]
+        iexcludes: Vec<String>,
+        /// Read --exclude patterns from FILE, one a line ('#' starts a comment line).
+        #[arg(long = "exclude-file", value_name = "FILE")]
+        exclude_files: Vec<PathBuf>,
+        /// Read --iexclude patterns from FILE, one a line.
+        #[arg(long = "iexclude-file", value_name = "FILE")]
+        iexclude_files: Vec<PathBuf>,
+        /// Leave out the contents of directories holding a file NAME (beginning with HEADER, when
+        /// given), except that file (repeatable).
+        #[arg(long = "exclude-if-present", value_name = "NAME[:HEADER]")]
+        exclude_if_present: Vec<String>,
+        /// Leave out the contents of cache directories marked with a CACHEDIR.TAG file
+        /// (https://bford.info/cachedir/), except the tag.
+        #[arg(long)]
+        exclude_caches: bool,
+        /// Leave out files larger than SIZE (bytes, or with a K, M, G or T suffix).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        exclude_larger_than: Option<u64>,
+        /// Stay on the filesystems of the paths given: mount points below them are kept as empty
+        /// directories.
+        #[arg(short = 'x', long)]
+        one_file_system: bool,
         /// Tag the snapshot (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -345,6 +376,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--exclude-larger-than`: a size as restic takes it.
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    lifeboat::units::parse_size(s)
+        .ok_or_else(|| format!("'{s}' is not a size: bytes, or a number with K, M, G or T"))
+}
+
 fn location(g: &Global) -> Result<Location> {
     let Some(r) = &g.repo else {
         bail!("no repository given: use --repo or set LIFEBOAT_REPO")
@@ -530,6 +567,14 @@ fn run(cli: Cli) -> Result<u8> {
             paths,
             changed_ranges,
             chunking,
+            mut excludes,
+            mut iexcludes,
+            exclude_files,
+            iexclude_files,
+            exclude_if_present,
+            exclude_caches,
+            exclude_larger_than,
+            one_file_system,
             tags,
             host,
             threads,
@@ -551,6 +596,25 @@ fn run(cli: Cli) -> Result<u8> {
             } else {
                 Chunking::Cdc
             };
+            for (files, into) in [
+                (&exclude_files, &mut excludes),
+                (&iexclude_files, &mut iexcludes),
+            ] {
+                for f in files {
+                    let text = std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?;
+                    into.extend(ExcludeOptions::patterns_in(&text));
+                }
+            }
+            let exclude = ExcludeOptions {
+                patterns: excludes,
+                ipatterns: iexcludes,
+                if_present: exclude_if_present,
+                caches: exclude_caches,
+                larger_than: exclude_larger_than,
+                one_file_system,
+            };
+            exclude.check()?;
             let mut repo = open(g)?;
             repo.load_index_for_writing()?;
             let progress = std::sync::Arc::new(Progress::default());
@@ -572,6 +636,7 @@ fn run(cli: Cli) -> Result<u8> {
                     threads,
                     chunking,
                     changed_ranges,
+                    exclude,
                 },
                 &progress,
             );

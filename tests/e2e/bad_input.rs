@@ -211,7 +211,13 @@ fn unreadable_file_is_a_warning_and_exit_code_3() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
-    assert!(err.contains("secret") && err.contains("warning"), "{err}");
+    // Each warning names the entry by its whole path.
+    for p in [src.join("secret"), src.join("locked-dir")] {
+        assert!(
+            err.contains(&format!("warning: {}: ", p.display())),
+            "{err}"
+        );
+    }
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["warnings"], 2, "{v}");
     // The snapshot exists and holds the readable file.

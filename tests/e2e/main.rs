@@ -12,6 +12,7 @@ mod block;
 mod copy;
 mod corruption;
 mod crash;
+mod exclude;
 mod incremental;
 mod keys;
 mod lifecycle;

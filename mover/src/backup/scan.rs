@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::exclude::Excludes;
 use crate::fsmeta::{self, DirNames};
 use crate::id::Id;
 use crate::repo::Repository;
@@ -210,6 +211,8 @@ pub(super) enum ScanJob<'r> {
         fd: OwnedFd,
         /// The directory's tree in the parent snapshot.
         subtree: Option<Vec<Id>>,
+        /// Its absolute path, when patterns need it.
+        path: Option<Vec<u8>>,
         reply: Sender<Scanned<'r>>,
     },
     /// Stat entries `range` of a directory the walker is in.
@@ -291,15 +294,25 @@ impl ScansAhead {
     }
 }
 
-/// List directory `fd`, stat its first `SCAN_WINDOW` entries and open its parent tree `subtree`.
-pub(super) fn scan<'r>(repo: &'r Repository, fd: OwnedFd, subtree: Option<&[Id]>) -> Scanned<'r> {
+/// List directory `fd` (at absolute `path`, when `excludes` need it) and leave out what
+/// `excludes` say, stat its first `SCAN_WINDOW` entries and open its parent tree `subtree`.
+pub(super) fn scan<'r>(
+    repo: &'r Repository,
+    fd: OwnedFd,
+    subtree: Option<&[Id]>,
+    excludes: Option<&Excludes>,
+    path: &[u8],
+) -> Scanned<'r> {
     // Listing takes a descriptor of its own.
     let entries = fsmeta::waiting_for_descriptors(
         fsmeta::DESCRIPTOR_WAIT,
         || {},
         || fsmeta::read_dir(fd.as_fd()),
     )
-    .map(|names| {
+    .map(|mut names| {
+        if let Some(x) = excludes {
+            x.listing(fd.as_fd(), path, &mut names);
+        }
         let stats = (0..names.len().min(SCAN_WINDOW))
             .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
             .collect();
@@ -310,12 +323,23 @@ pub(super) fn scan<'r>(repo: &'r Repository, fd: OwnedFd, subtree: Option<&[Id]>
 }
 
 /// A scanner thread: do the jobs until the walker hangs up.
-pub(super) fn scanner<'r>(repo: &'r Repository, jobs: &Receiver<ScanJob<'r>>, ahead: &ScansAhead) {
+pub(super) fn scanner<'r>(
+    repo: &'r Repository,
+    jobs: &Receiver<ScanJob<'r>>,
+    ahead: &ScansAhead,
+    excludes: Option<&Excludes>,
+) {
     for job in jobs {
         // Replies are not received only after the walk failed.
         match job {
-            ScanJob::Dir { fd, subtree, reply } => {
-                let s = scan(repo, fd, subtree.as_deref());
+            ScanJob::Dir {
+                fd,
+                subtree,
+                path,
+                reply,
+            } => {
+                let path = path.as_deref().unwrap_or_default();
+                let s = scan(repo, fd, subtree.as_deref(), excludes, path);
                 if let Ok(e) = &s.entries {
                     ahead.entries.fetch_add(e.names.len(), Ordering::Relaxed);
                 }
