@@ -181,6 +181,14 @@ enum Job {
         seg: usize,
         reply: Sender<SegResult>,
     },
+    /// Store the chunks of a piece of a stream, cut by its reader: `data[..ends[0]]`,
+    /// `data[ends[0]..ends[1]]`, …, which start at byte `base` of the stream.
+    Chunks {
+        data: Vec<u8>,
+        ends: Vec<usize>,
+        base: u64,
+        reply: Sender<SegResult>,
+    },
     /// Re-read changed windows of a file against its parent's layout.
     Delta {
         file: Arc<OpenFile>,
@@ -230,6 +238,10 @@ enum Source {
         parts: Vec<Receiver<DeltaResult>>,
     },
     SameAs((u64, u64)),
+    /// A stream's pieces, in order, as its reader cuts them; the channel closes at its end.
+    Stream {
+        parts: Receiver<Receiver<SegResult>>,
+    },
 }
 
 enum Event {
@@ -253,10 +265,56 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Result<BackupOutcome> {
+    run(repo, Input::Paths(normalize_paths(paths)?), opts, progress)
+}
+
+/// Back up what `reader` gives until its end (standard input, a database dump) as one file
+/// `/NAME`, as restic's `backup --stdin`. It is cut and stored as it is read, in bounded memory;
+/// the snapshot's path is `/NAME`, and a later stream of the same name has it as parent.
+///
+/// # Errors
+/// A read error, including one the reader reports at its end (a dump command that failed),
+/// fails the backup: no snapshot is written. `InvalidInput` for a name that is empty, `.`, `..`
+/// or holds a `/`.
+pub fn backup_stream(
+    repo: &Repository,
+    name: &str,
+    reader: &mut (dyn std::io::Read + Send),
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(Error::invalid(format!(
+            "{name:?} cannot name a file: give a name without '/'"
+        )));
+    }
+    if opts.changed_ranges.is_some() {
+        return Err(Error::invalid("changed ranges do not apply to a stream"));
+    }
+    run(repo, Input::Stream { name, reader }, opts, progress)
+}
+
+enum Input<'r> {
+    Paths(Vec<PathBuf>),
+    Stream {
+        name: &'r str,
+        reader: &'r mut (dyn std::io::Read + Send),
+    },
+}
+
+fn run(
+    repo: &Repository,
+    input: Input<'_>,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupOutcome> {
     let start = Instant::now();
     let time = jiff::Timestamp::now();
     let host = opts.host.clone().unwrap_or_else(hostname);
-    let tops = normalize_paths(paths)?;
+    let tops = match &input {
+        Input::Paths(tops) => tops.clone(),
+        Input::Stream { name, .. } => vec![Path::new("/").join(name)],
+    };
     let path_strings: Vec<String> = tops
         .iter()
         .map(|p| p.to_string_lossy().into_owned())
@@ -265,6 +323,7 @@ pub fn backup(
     let parent = find_parent(repo, &host, &path_strings)?;
     let parent_root = parent
         .as_ref()
+        .filter(|_| matches!(input, Input::Paths(_)))
         .and_then(|(id, s)| match repo.read_tree(&s.tree) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -300,6 +359,9 @@ pub fn backup(
         zero_chunk: OnceLock::new(),
     };
     let (job_tx, job_rx) = bounded::<Job>(threads * 4);
+    // In flight at once: this many stream buffers waiting for a worker, one per worker, the one
+    // the tree builder waits on and the one being read.
+    let stream_parts = threads;
     let (ev_tx, ev_rx) = bounded::<Vec<Event>>(64);
 
     let mut counts = WalkCounts::default();
@@ -340,6 +402,16 @@ pub fn backup(
             .name("lifeboat-walk".into())
             .stack_size(256 << 20)
             .spawn_scoped(s, move || {
+                if let Input::Stream { name, reader } = input {
+                    let r = walk_stream(sh, name, reader, &job_tx, &ev_tx, stream_parts);
+                    return (
+                        r,
+                        WalkCounts {
+                            new: 1,
+                            ..WalkCounts::default()
+                        },
+                    );
+                }
                 let mut w = Walker {
                     sh,
                     jobs: job_tx,
@@ -1290,6 +1362,24 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<Job>) -> Result<()> {
                 }
                 let _ = reply.send(r);
             }
+            Job::Chunks {
+                data,
+                ends,
+                base,
+                reply,
+            } => {
+                let mut pieces = Vec::with_capacity(ends.len());
+                let mut s = 0;
+                for e in ends {
+                    pieces.push(chunk_piece(&mut sink, &data[s..e], base + s as u64)?);
+                    s = e;
+                }
+                let _ = reply.send(Ok(SegContent {
+                    pieces,
+                    end: base + s as u64,
+                    short: false,
+                }));
+            }
             Job::Delta {
                 file,
                 parent,
@@ -1310,6 +1400,87 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<Job>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Bytes a stream is read in at a time (at least two of the largest chunk): its chunks are cut
+/// as it is read, and each such piece goes to a worker whole.
+const STREAM_PIECE: usize = 8 << 20;
+
+/// The walker of a stream: one file `name`, read from `reader` and cut here, its pieces stored by
+/// the workers (at most `in_flight` waiting for the tree builder). A read error ends the stream
+/// with that error, which fails the backup.
+fn walk_stream(
+    sh: &Shared<'_>,
+    name: &str,
+    reader: &mut (dyn std::io::Read + Send),
+    jobs: &Sender<Job>,
+    events: &Sender<Vec<Event>>,
+    in_flight: usize,
+) -> Result<()> {
+    use std::io::Read;
+    let now = jiff::Timestamp::now();
+    let node = Node {
+        name: name.as_bytes().to_vec(),
+        kind: Some(NodeKind::File),
+        mode: 0o644,
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        mtime: now.as_second(),
+        mtime_ns: now.subsec_nanosecond() as u32,
+        ctime: now.as_second(),
+        ctime_ns: now.subsec_nanosecond() as u32,
+        nlink: 1,
+        ..Node::default()
+    };
+    let (part_tx, parts) = bounded(in_flight);
+    let stopped = || Error::new(crate::ErrorKind::Storage, "the tree builder stopped");
+    events
+        .send(vec![Event::Entry {
+            node,
+            source: Source::Stream { parts },
+            link: None,
+        }])
+        .map_err(|_| stopped())?;
+    let piece = STREAM_PIECE.max(2 * sh.data_chunker.max_size());
+    let mut carry: Vec<u8> = Vec::new();
+    let mut base = 0u64;
+    loop {
+        if sh.status.failed() {
+            return Ok(());
+        }
+        let mut data = Vec::with_capacity(piece);
+        data.append(&mut carry);
+        let want = (piece - data.len()) as u64;
+        let got = match (&mut *reader).take(want).read_to_end(&mut data) {
+            Ok(n) => n as u64,
+            Err(e) => {
+                let (tx, rx) = bounded(1);
+                let _ = tx.send(Err(format!("{name}: reading the stream failed: {e}")));
+                return part_tx.send(rx).map_err(|_| stopped());
+            }
+        };
+        sh.progress.bytes_read.fetch_add(got, Ordering::Relaxed);
+        let eof = got < want;
+        let mut ends = Vec::new();
+        let used = sh.data_chunker.cut(&data, eof, &mut ends);
+        carry.extend_from_slice(&data[used..]);
+        data.truncate(used);
+        if !ends.is_empty() {
+            let (reply, rx) = bounded(1);
+            jobs.send(Job::Chunks {
+                data,
+                ends,
+                base,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+            part_tx.send(rx).map_err(|_| stopped())?;
+        }
+        base += used as u64;
+        if eof {
+            return Ok(());
+        }
+    }
 }
 
 /// One chunk as a piece: all-zero chunks become zero ranges and are never stored.
@@ -1844,6 +2015,27 @@ fn merge_segments(
     Ok(())
 }
 
+/// Join a stream's pieces in order, until its reader hangs up.
+fn merge_stream(
+    node: &mut Node,
+    parts: &Receiver<Receiver<SegResult>>,
+) -> std::result::Result<(), Option<String>> {
+    let mut pieces = Vec::new();
+    let mut size = 0;
+    for rx in parts {
+        match rx.recv() {
+            Ok(Ok(seg)) => {
+                pieces.extend(seg.pieces);
+                size = seg.end;
+            }
+            Ok(Err(w)) => return Err(Some(w)),
+            Err(_) => return Err(None),
+        }
+    }
+    set_content(node, &pieces, size);
+    Ok(())
+}
+
 /// Join the parent's pieces with the re-read windows. The result must tile `[0, size)` exactly;
 /// anything else is a bug, and fails the backup rather than record wrong contents.
 fn merge_delta(
@@ -1963,6 +2155,15 @@ fn build_trees(sh: &Shared<'_>, events: &Receiver<Vec<Event>>) -> Result<(Vec<Id
                             ));
                         }
                     },
+                    Source::Stream { parts } => {
+                        if let Err(w) = merge_stream(&mut node, &parts) {
+                            return Err(Error::new(
+                                crate::ErrorKind::Io,
+                                w.unwrap_or_else(|| "backup aborted".into()),
+                            ));
+                        }
+                        true
+                    }
                     Source::SameAs(k) => {
                         if let Some(c) = links.get(&k) {
                             node.content.clone_from(&c.content);

@@ -52,7 +52,8 @@ pub mod units;
 
 pub use backend::{Location, S3Location, StoreOptions};
 pub use backup::{
-    BackupOptions, BackupOutcome, ExcludeOptions, Progress, backup, parse_changed_ranges,
+    BackupOptions, BackupOutcome, ExcludeOptions, Progress, backup, backup_stream,
+    parse_changed_ranges,
 };
 pub use check::{CheckProgress, CheckReport, ReadData, check};
 pub use chunker::Chunking;

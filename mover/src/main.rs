@@ -111,9 +111,23 @@ enum Command {
     /// Back up files, directories and block devices (a device given by path is backed up as a
     /// volume: its contents, with all-zero ranges recorded, not stored).
     Backup {
-        /// Paths to back up.
-        #[arg(required = true)]
+        /// Paths to back up (with --stdin-from-command: the command and its arguments).
+        #[arg(required_unless_present = "stdin")]
         paths: Vec<PathBuf>,
+        /// Back up standard input, until it ends, as one file /NAME (--stdin-filename) instead of
+        /// paths. A dump piped in that fails halfway is saved as far as it got: prefer
+        /// --stdin-from-command.
+        #[arg(long, conflicts_with_all = ["stdin_from_command", "changed_ranges"])]
+        stdin: bool,
+        /// Run the command given instead of paths (after '--') and back up its output as one file
+        /// /NAME (--stdin-filename). When the command exits with an error, the backup fails and
+        /// no snapshot is saved: 'lifeboat backup --stdin-from-command --stdin-filename db.sql --
+        /// pg_dump mydb'.
+        #[arg(long, conflicts_with = "changed_ranges")]
+        stdin_from_command: bool,
+        /// The name a stream is backed up as.
+        #[arg(long, value_name = "NAME", default_value = "stdin")]
+        stdin_filename: String,
         /// Read only these byte ranges of the one device or file given, reusing the parent
         /// snapshot's chunks elsewhere: one "OFFSET LENGTH" pair in bytes per line (what the CSI
         /// SnapshotMetadata service's GetMetadataDelta returns).
@@ -376,6 +390,53 @@ fn main() -> ExitCode {
     }
 }
 
+/// The output of a command being backed up (`backup --stdin-from-command`). Its end is an error
+/// when the command failed, so a dump that stopped halfway is never saved as a snapshot.
+struct CommandOutput {
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+    shown: String,
+}
+
+impl CommandOutput {
+    fn start(argv: &[PathBuf]) -> Result<Self> {
+        let Some((program, args)) = argv.split_first() else {
+            bail!(
+                "--stdin-from-command needs a command: lifeboat backup --stdin-from-command -- CMD ARGS"
+            );
+        };
+        let shown = program.display().to_string();
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {shown}"))?;
+        let stdout = child.stdout.take().context("the command's output")?;
+        Ok(Self {
+            child,
+            stdout,
+            shown,
+        })
+    }
+}
+
+impl std::io::Read for CommandOutput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "{} failed ({status}): nothing is saved",
+                    self.shown
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// `--exclude-larger-than`: a size as restic takes it.
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
     lifeboat::units::parse_size(s)
@@ -565,6 +626,9 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Backup {
             paths,
+            stdin,
+            stdin_from_command,
+            stdin_filename,
             changed_ranges,
             chunking,
             mut excludes,
@@ -615,6 +679,9 @@ fn run(cli: Cli) -> Result<u8> {
                 one_file_system,
             };
             exclude.check()?;
+            if stdin && !paths.is_empty() {
+                bail!("--stdin backs up standard input only: give no paths");
+            }
             let mut repo = open(g)?;
             repo.load_index_for_writing()?;
             let progress = std::sync::Arc::new(Progress::default());
@@ -627,19 +694,27 @@ fn run(cli: Cli) -> Result<u8> {
                     HumanBytes(p.bytes_added.load(Ordering::Relaxed))
                 )
             });
-            let out = lifeboat::backup(
-                &repo,
-                &paths,
-                &BackupOptions {
-                    tags,
-                    host,
-                    threads,
-                    chunking,
-                    changed_ranges,
-                    exclude,
-                },
-                &progress,
-            );
+            let opts = BackupOptions {
+                tags,
+                host,
+                threads,
+                chunking,
+                changed_ranges,
+                exclude,
+            };
+            let out = if stdin {
+                let mut input = std::fs::File::from(
+                    std::os::fd::AsFd::as_fd(&std::io::stdin())
+                        .try_clone_to_owned()
+                        .context("standard input")?,
+                );
+                lifeboat::backup_stream(&repo, &stdin_filename, &mut input, &opts, &progress)
+            } else if stdin_from_command {
+                let mut output = CommandOutput::start(&paths)?;
+                lifeboat::backup_stream(&repo, &stdin_filename, &mut output, &opts, &progress)
+            } else {
+                lifeboat::backup(&repo, &paths, &opts, &progress)
+            };
             drop(ticker);
             let out = out?;
             for n in &out.notices {

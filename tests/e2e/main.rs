@@ -18,3 +18,4 @@ mod keys;
 mod lifecycle;
 mod roundtrip;
 mod s3;
+mod stream;
