@@ -283,15 +283,25 @@ pub fn backup_stream(
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Result<BackupOutcome> {
+    check_stream_name(name)?;
+    if opts.changed_ranges.is_some() {
+        return Err(Error::invalid("changed ranges do not apply to a stream"));
+    }
+    run(repo, Input::Stream { name, reader }, opts, progress)
+}
+
+/// Whether `name` can name the file a stream is backed up as, so a command can refuse it before
+/// it starts the stream's source.
+///
+/// # Errors
+/// `InvalidInput` for a name that is empty, `.`, `..` or holds a `/`.
+pub fn check_stream_name(name: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') {
         return Err(Error::invalid(format!(
             "{name:?} cannot name a file: give a name without '/'"
         )));
     }
-    if opts.changed_ranges.is_some() {
-        return Err(Error::invalid("changed ranges do not apply to a stream"));
-    }
-    run(repo, Input::Stream { name, reader }, opts, progress)
+    Ok(())
 }
 
 enum Input<'r> {

@@ -53,7 +53,7 @@ pub mod units;
 pub use backend::{Location, S3Location, StoreOptions};
 pub use backup::{
     BackupOptions, BackupOutcome, ExcludeOptions, Progress, backup, backup_stream,
-    parse_changed_ranges,
+    check_stream_name, parse_changed_ranges,
 };
 pub use check::{CheckProgress, CheckReport, ReadData, check};
 pub use chunker::Chunking;

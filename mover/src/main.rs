@@ -112,7 +112,7 @@ enum Command {
     /// volume: its contents, with all-zero ranges recorded, not stored).
     Backup {
         /// Paths to back up (with --stdin-from-command: the command and its arguments).
-        #[arg(required_unless_present = "stdin")]
+        #[arg(required_unless_present_any = ["stdin", "stdin_from_command"])]
         paths: Vec<PathBuf>,
         /// Back up standard input, until it ends, as one file /NAME (--stdin-filename) instead of
         /// paths. A dump piped in that fails halfway is saved as far as it got: prefer
@@ -681,6 +681,9 @@ fn run(cli: Cli) -> Result<u8> {
             exclude.check()?;
             if stdin && !paths.is_empty() {
                 bail!("--stdin backs up standard input only: give no paths");
+            }
+            if stdin || stdin_from_command {
+                lifeboat::check_stream_name(&stdin_filename)?;
             }
             let mut repo = open(g)?;
             repo.load_index_for_writing()?;

@@ -111,6 +111,23 @@ fn bad_stream_options_are_one_line() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("without '/'"));
+    let line = env.fails(&["backup", "--stdin-from-command"]);
+    assert!(line.contains("needs a command"), "{line}");
+    // A bad name is refused before the command starts.
+    let marker = env.path("started");
+    let touch = format!("touch {}", marker.display());
+    let line = env.fails(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "..",
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ]);
+    assert!(line.contains("cannot name a file"), "{line}");
+    assert!(!marker.exists(), "the command ran");
     let line = env.fails(&["backup", "--stdin-from-command", "--", "/nonexistent/dump"]);
     assert!(line.contains("/nonexistent/dump"), "{line}");
     assert!(env.ok(&["snapshots"]).contains("0 snapshots"));
