@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -563,18 +563,7 @@ fn normalize_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     }
     let mut out: Vec<PathBuf> = Vec::new();
     for p in paths {
-        let abs = std::path::absolute(p).map_err(|e| Error::io(p.display(), e))?;
-        let mut n = PathBuf::from("/");
-        for c in abs.components() {
-            match c {
-                Component::Normal(x) => n.push(x),
-                Component::ParentDir => {
-                    n.pop();
-                }
-                _ => {}
-            }
-        }
-        out.push(n);
+        out.push(crate::snapshot::absolute_path(p)?);
     }
     out.sort_by(|a, b| a.components().cmp(b.components()));
     out.dedup();

@@ -35,6 +35,8 @@ pub struct Policy {
     pub yearly: Option<u32>,
     /// Everything taken within this span of the group's newest snapshot.
     pub within: Option<jiff::Span>,
+    /// Every snapshot that has all the tags of one of these lists (`--keep-tag`).
+    pub tags: Vec<Vec<String>>,
 }
 
 impl Policy {
@@ -47,6 +49,7 @@ impl Policy {
             && self.monthly.is_none()
             && self.yearly.is_none()
             && self.within.is_none()
+            && self.tags.is_empty()
     }
 }
 
@@ -105,7 +108,7 @@ pub struct Decision {
     pub id: Id,
     /// Snapshot time.
     pub time: jiff::Timestamp,
-    /// The rules that keep it (`last`, `hourly`, ..., `within`); empty when it is removed.
+    /// The rules that keep it (`last`, `hourly`, ..., `within`, `tag`); empty when it is removed.
     pub reasons: Vec<&'static str>,
 }
 
@@ -132,7 +135,7 @@ pub fn plan(
 ) -> Result<Vec<GroupPlan>> {
     if policy.is_empty() {
         return Err(Error::invalid(
-            "no retention rule given (use --keep-last, --keep-daily, ... or --keep-within); nothing was removed",
+            "no retention rule given (use --keep-last, --keep-daily, ..., --keep-within or --keep-tag); nothing was removed",
         ));
     }
     let mut groups: BTreeMap<GroupKey, Vec<&(Id, Snapshot)>> = BTreeMap::new();
@@ -229,6 +232,13 @@ fn plan_group(
         }
         if cutoff.is_some_and(|c| snap.time >= c) {
             reasons.push("within");
+        }
+        if policy
+            .tags
+            .iter()
+            .any(|l| crate::snapshot::has_tags(snap, l))
+        {
+            reasons.push("tag");
         }
         let d = Decision {
             id: *id,
@@ -356,5 +366,36 @@ mod tests {
         assert!(plan(&all, &Policy::default(), GroupBy::default(), &TimeZone::UTC).is_err());
         assert!(parse_span("yesterday").is_err());
         assert!(GroupBy::parse("host,color").is_err());
+    }
+
+    #[test]
+    fn keep_tag_keeps_snapshots_with_every_tag_of_a_list() {
+        let tagged = |t: &str, tags: &[&str]| {
+            let mut s = snap(t, "a");
+            s.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+            s
+        };
+        let all = vec![
+            (Id([1; 32]), tagged("2026-05-10T00:00:00Z", &[])),
+            (Id([2; 32]), tagged("2026-05-09T00:00:00Z", &["release"])),
+            (
+                Id([3; 32]),
+                tagged("2026-05-08T00:00:00Z", &["release", "audit"]),
+            ),
+            (Id([4; 32]), tagged("2026-05-07T00:00:00Z", &["audit"])),
+            (Id([5; 32]), tagged("2026-05-06T00:00:00Z", &[])),
+        ];
+        let policy = Policy {
+            last: Some(1),
+            tags: vec![vec!["release".into(), "audit".into()], vec![]],
+            ..Policy::default()
+        };
+        let p = plan(&all, &policy, GroupBy::default(), &TimeZone::UTC).unwrap();
+        // The newest by `last` (it has no tags, so the empty list keeps it too), the one with both
+        // tags, and the older untagged one; `release` alone or `audit` alone is not enough.
+        assert_eq!(ids(&p[0].keep, &all), vec![0, 2, 4]);
+        assert_eq!(p[0].keep[0].reasons, ["last", "tag"]);
+        assert_eq!(p[0].keep[1].reasons, ["tag"]);
+        assert_eq!(ids(&p[0].remove, &all), vec![1, 3]);
     }
 }

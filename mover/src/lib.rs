@@ -62,4 +62,6 @@ pub use id::Id;
 pub use keyslot::{KdfParams, KeySlot, Secret, SlotKind};
 pub use repo::{Config, FORMAT_VERSION, InitOptions, LockConfig, Repository};
 pub use restore::{RestoreOptions, RestoreOutcome, RestoreProgress, dump, find_node, restore};
-pub use snapshot::{Snapshot, Summary, hostname};
+pub use snapshot::{
+    Snapshot, SnapshotFilter, Summary, absolute_path, has_tags, hostname, parse_tag_list,
+};

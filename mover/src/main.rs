@@ -15,8 +15,8 @@ use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use lifeboat::forget;
 use lifeboat::{
     BackupOptions, CheckProgress, Chunking, ExcludeOptions, InitOptions, KdfParams, Location,
-    LockConfig, Progress, Repository, RestoreOptions, RestoreProgress, Secret, SlotKind,
-    StoreOptions,
+    LockConfig, Progress, Repository, RestoreOptions, RestoreProgress, Secret, SlotKind, Snapshot,
+    SnapshotFilter, StoreOptions, absolute_path, parse_tag_list,
     s3lock::LockMode,
     tree::{Node, NodeKind},
 };
@@ -80,6 +80,36 @@ struct Global {
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+}
+
+/// restic's snapshot filters. They choose what `latest` means and which snapshots `snapshots`,
+/// `forget` and `copy` consider; a snapshot named by its id is taken whatever they say.
+#[derive(Args, Default)]
+struct FilterArgs {
+    /// Only snapshots from this host (repeatable: any of them).
+    #[arg(long = "host", short = 'H', value_name = "HOST")]
+    hosts: Vec<String>,
+    /// Only snapshots with all of these comma-separated tags (repeatable: any of the lists; ""
+    /// selects snapshots without tags).
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
+    tags: Vec<String>,
+    /// Only snapshots that include this path (repeatable: all of them).
+    #[arg(long = "path", value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Result<SnapshotFilter> {
+        Ok(SnapshotFilter {
+            hosts: self.hosts.clone(),
+            tags: self.tags.iter().map(|t| parse_tag_list(t)).collect(),
+            paths: self
+                .paths
+                .iter()
+                .map(|p| Ok(absolute_path(p)?.to_string_lossy().into_owned()))
+                .collect::<Result<_>>()?,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -166,8 +196,8 @@ enum Command {
         /// directories.
         #[arg(short = 'x', long)]
         one_file_system: bool,
-        /// Tag the snapshot (repeatable).
-        #[arg(long = "tag")]
+        /// Tag the snapshot with these comma-separated tags (repeatable).
+        #[arg(long = "tag", value_name = "TAG[,TAG...]")]
         tags: Vec<String>,
         /// Record this host name instead of the machine's.
         #[arg(long)]
@@ -181,6 +211,11 @@ enum Command {
     },
     /// List snapshots.
     Snapshots {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only the N newest snapshots of each host and set of paths.
+        #[arg(long, value_name = "N")]
+        latest: Option<usize>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -191,6 +226,8 @@ enum Command {
         snapshot: String,
         /// Only this path and what is below it.
         path: Option<PathBuf>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -213,6 +250,8 @@ enum Command {
         /// Writer threads.
         #[arg(long)]
         threads: Option<usize>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Write one file of a snapshot to standard output.
     Dump {
@@ -220,6 +259,8 @@ enum Command {
         snapshot: String,
         /// Path of the file in the snapshot.
         path: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Verify the repository.
     Check {
@@ -261,6 +302,13 @@ enum Command {
         /// Keep every snapshot within this duration of the group's newest one (30d, 2w, 1y 6mo, 36h).
         #[arg(long, value_name = "DURATION")]
         keep_within: Option<String>,
+        /// Keep every snapshot that has all of these comma-separated tags (repeatable: any of
+        /// the lists).
+        #[arg(long, value_name = "TAG[,TAG...]")]
+        keep_tag: Vec<String>,
+        /// Consider only the snapshots these select; the others are neither kept nor removed.
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Group snapshots by these fields: any of host,paths,tags ("" for one group).
         #[arg(long, default_value = "host,paths")]
         group_by: String,
@@ -293,8 +341,10 @@ enum Command {
     /// Copy snapshots to another repository (offsite export), sending only the data it lacks.
     /// Running it again copies nothing new; an interrupted copy resumes.
     Copy {
-        /// Snapshots to copy, by id prefix or "latest" (default: all).
+        /// Snapshots to copy, by id prefix or "latest" (default: all that the filters select).
         snapshots: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Source repository (default: --repo), opened with --password-file, --key-file or
         /// LIFEBOAT_PASSWORD.
         #[arg(long, value_name = "REPO")]
@@ -697,6 +747,9 @@ fn run(cli: Cli) -> Result<u8> {
                     HumanBytes(p.bytes_added.load(Ordering::Relaxed))
                 )
             });
+            let mut tags: Vec<String> = tags.iter().flat_map(|t| parse_tag_list(t)).collect();
+            let mut seen = std::collections::HashSet::new();
+            tags.retain(|t| seen.insert(t.clone()));
             let opts = BackupOptions {
                 tags,
                 host,
@@ -767,9 +820,17 @@ fn run(cli: Cli) -> Result<u8> {
                 return Ok(EXIT_PARTIAL);
             }
         }
-        Command::Snapshots { json } => {
+        Command::Snapshots {
+            filter,
+            latest,
+            json,
+        } => {
+            let filter = filter.filter()?;
             let repo = open(g)?;
-            let snaps = repo.snapshots()?;
+            let mut snaps = repo.snapshots_in(&filter)?;
+            if let Some(n) = latest {
+                snaps = newest_of_each_group(snaps, n);
+            }
             if json {
                 let v: Vec<_> = snaps
                     .iter()
@@ -801,11 +862,13 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Ls {
             snapshot,
             path,
+            filter,
             json,
         } => {
+            let filter = filter.filter()?;
             let mut repo = open(g)?;
             repo.load_index()?;
-            let (_, snap) = repo.find_snapshot(&snapshot)?;
+            let (_, snap) = repo.find_snapshot_in(&snapshot, &filter)?;
             let base = path.unwrap_or_else(|| PathBuf::from("/"));
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             match lifeboat::find_node(&repo, &snap, &base)? {
@@ -826,10 +889,12 @@ fn run(cli: Cli) -> Result<u8> {
             target_is_zeroed,
             include,
             threads,
+            filter,
         } => {
+            let filter = filter.filter()?;
             let mut repo = open(g)?;
             repo.load_index()?;
-            let (id, snap) = repo.find_snapshot(&snapshot)?;
+            let (id, snap) = repo.find_snapshot_in(&snapshot, &filter)?;
             let progress = std::sync::Arc::new(RestoreProgress::default());
             let p = progress.clone();
             let total = snap.summary.bytes_total;
@@ -866,10 +931,15 @@ fn run(cli: Cli) -> Result<u8> {
                 HumanBytes(progress.bytes.load(Ordering::Relaxed))
             );
         }
-        Command::Dump { snapshot, path } => {
+        Command::Dump {
+            snapshot,
+            path,
+            filter,
+        } => {
+            let filter = filter.filter()?;
             let mut repo = open(g)?;
             repo.load_index()?;
-            let (_, snap) = repo.find_snapshot(&snapshot)?;
+            let (_, snap) = repo.find_snapshot_in(&snapshot, &filter)?;
             let Some(node) = lifeboat::find_node(&repo, &snap, &path)? else {
                 bail!("{} is a directory", path.display())
             };
@@ -969,6 +1039,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Copy {
             snapshots,
+            filter,
             from,
             to,
             to_password_file,
@@ -998,12 +1069,20 @@ fn run(cli: Cli) -> Result<u8> {
                     .context("opening the target")?;
             src.load_index()?;
             dst.load_index_for_writing()?;
+            let filter = filter.filter()?;
             let mut ids = Vec::new();
             for s in &snapshots {
-                ids.push(src.find_snapshot(s)?.0);
+                ids.push(src.find_snapshot_in(s, &filter)?.0);
             }
-            if !snapshots.is_empty() && ids.is_empty() {
-                bail!("no snapshots selected");
+            if snapshots.is_empty() && !filter.is_empty() {
+                ids = src
+                    .snapshots_in(&filter)?
+                    .into_iter()
+                    .map(|s| s.0)
+                    .collect();
+                if ids.is_empty() {
+                    bail!("no snapshot matches {}", filter.describe());
+                }
             }
             let r = lifeboat::copy::copy(&src, &dst, &ids)?;
             if json {
@@ -1092,6 +1171,8 @@ fn run(cli: Cli) -> Result<u8> {
             keep_monthly,
             keep_yearly,
             keep_within,
+            keep_tag,
+            filter,
             group_by,
             dry_run,
             json,
@@ -1104,18 +1185,42 @@ fn run(cli: Cli) -> Result<u8> {
                 monthly: keep_monthly,
                 yearly: keep_yearly,
                 within: keep_within.as_deref().map(forget::parse_span).transpose()?,
+                tags: keep_tag.iter().map(|t| parse_tag_list(t)).collect(),
             };
             let group_by = forget::GroupBy::parse(&group_by)?;
+            let filter = filter.filter()?;
             let repo = open(g)?;
-            forget_cmd(&repo, &snapshots, &policy, group_by, dry_run, json)?;
+            forget_cmd(&repo, &snapshots, &filter, &policy, group_by, dry_run, json)?;
         }
     }
     Ok(0)
 }
 
+/// The `n` newest of `snaps` (oldest first) in each group of host and paths, in their order.
+fn newest_of_each_group(
+    snaps: Vec<(lifeboat::Id, Snapshot)>,
+    n: usize,
+) -> Vec<(lifeboat::Id, Snapshot)> {
+    let mut seen = std::collections::HashMap::<(String, Vec<String>), usize>::new();
+    let mut keep = vec![false; snaps.len()];
+    for (i, (_, s)) in snaps.iter().enumerate().rev() {
+        let mut paths = s.paths.clone();
+        paths.sort();
+        let count = seen.entry((s.host.clone(), paths)).or_default();
+        keep[i] = *count < n;
+        *count += 1;
+    }
+    snaps
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(s, k)| k.then_some(s))
+        .collect()
+}
+
 fn forget_cmd(
     repo: &Repository,
     explicit: &[String],
+    filter: &SnapshotFilter,
     policy: &forget::Policy,
     group_by: forget::GroupBy,
     dry_run: bool,
@@ -1128,7 +1233,7 @@ fn forget_cmd(
     let plans = if policy.is_empty() && !explicit.is_empty() {
         Vec::new()
     } else {
-        let snaps = repo.snapshots()?;
+        let snaps = repo.snapshots_in(filter)?;
         forget::plan(&snaps, policy, group_by, &jiff::tz::TimeZone::system())?
     };
     for p in &plans {

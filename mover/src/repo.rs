@@ -11,7 +11,7 @@ use crate::index::{self, Index, IndexBuilder, PackRecord};
 use crate::keyslot::{KdfParams, KeySlot, Secret, wrong_key};
 use crate::pack::{self, MAX_PACK_SIZE};
 use crate::s3lock::LockMode;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotFilter};
 use crate::tree::{Tree, TreeEntries};
 
 /// Repository format version this build reads and writes.
@@ -508,11 +508,33 @@ impl Repository {
     /// # Errors
     /// `InvalidInput` when none or several match.
     pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        self.find_snapshot_in(spec, &SnapshotFilter::default())
+    }
+
+    /// The snapshots `filter` selects, oldest first.
+    ///
+    /// # Errors
+    /// The first damaged snapshot.
+    pub fn snapshots_in(&self, filter: &SnapshotFilter) -> Result<Vec<(Id, Snapshot)>> {
+        let mut v = self.snapshots()?;
+        v.retain(|(_, s)| filter.matches(s));
+        Ok(v)
+    }
+
+    /// Resolve `latest` (the newest snapshot `filter` selects) or a unique hex prefix of a
+    /// snapshot id (which names its snapshot whatever the filter, as in restic).
+    ///
+    /// # Errors
+    /// `InvalidInput` when none or several match.
+    pub fn find_snapshot_in(&self, spec: &str, filter: &SnapshotFilter) -> Result<(Id, Snapshot)> {
         if spec == "latest" {
-            return self
-                .snapshots()?
-                .pop()
-                .ok_or_else(|| Error::invalid("the repository has no snapshots"));
+            return self.snapshots_in(filter)?.pop().ok_or_else(|| {
+                if filter.is_empty() {
+                    Error::invalid("the repository has no snapshots")
+                } else {
+                    Error::invalid(format!("no snapshot matches {}", filter.describe()))
+                }
+            });
         }
         let p = spec.to_ascii_lowercase();
         if p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()) {

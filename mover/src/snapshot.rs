@@ -1,7 +1,10 @@
 //! Snapshots: what was backed up, when, from where, and the root tree.
 
+use std::path::{Component, Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::id::Id;
 
 /// Counters of one backup, stored in its snapshot and printed by `backup --json`.
@@ -68,4 +71,143 @@ pub fn hostname() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned()
+}
+
+/// An absolute, lexically normalized path (`.`, `..` and repeated or trailing `/` resolved
+/// without touching the filesystem), as snapshots record the paths they back up.
+///
+/// # Errors
+/// `Io` when the current directory cannot be read (for a relative path).
+pub fn absolute_path(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| Error::io(p.display(), e))?;
+    let mut n = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(x) => n.push(x),
+            Component::ParentDir => {
+                n.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(n)
+}
+
+/// Which snapshots a command considers, as restic's `--host`, `--tag` and `--path`: a snapshot
+/// matches when its host is one of `hosts`, it has every tag of one of the lists in `tags`, and
+/// `paths` are all among its paths. An empty field matches every snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotFilter {
+    /// Any of these hosts.
+    pub hosts: Vec<String>,
+    /// Any of these lists, each matching the snapshots that have all its tags; an empty list
+    /// matches the snapshots that have no tags.
+    pub tags: Vec<Vec<String>>,
+    /// Absolute, normalized paths (see [`absolute_path`]) the snapshot must all include.
+    pub paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// Whether it matches every snapshot.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.tags.is_empty() && self.paths.is_empty()
+    }
+
+    /// Whether `s` is selected.
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        (self.hosts.is_empty() || self.hosts.contains(&s.host))
+            && (self.tags.is_empty() || self.tags.iter().any(|l| has_tags(s, l)))
+            && self.paths.iter().all(|p| s.paths.contains(p))
+    }
+
+    /// The filter, as the options that made it (for messages).
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.hosts.iter().map(|h| format!("--host {h}")).collect();
+        parts.extend(self.tags.iter().map(|l| format!("--tag {:?}", l.join(","))));
+        parts.extend(self.paths.iter().map(|p| format!("--path {p}")));
+        parts.join(" ")
+    }
+}
+
+/// Whether `s` has every tag of `list` (a list of no tags: whether `s` has none).
+pub fn has_tags(s: &Snapshot, list: &[String]) -> bool {
+    if list.is_empty() {
+        s.tags.is_empty()
+    } else {
+        list.iter().all(|t| s.tags.contains(t))
+    }
+}
+
+/// A `--tag` value: tags separated by commas (`""` is the list of no tags).
+pub fn parse_tag_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(host: &str, paths: &[&str], tags: &[&str]) -> Snapshot {
+        Snapshot {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            host: host.into(),
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+            parent: None,
+            tree: vec![],
+            summary: Summary::default(),
+            program: String::new(),
+            original: None,
+        }
+    }
+
+    #[test]
+    fn filters_select_as_restic_does() {
+        let a = snap("db-0", &["/var/lib/pg", "/etc/pg"], &["daily", "pg"]);
+        let b = snap("db-1", &["/var/lib/pg"], &[]);
+        let f = |hosts: &[&str], tags: &[&str], paths: &[&str]| SnapshotFilter {
+            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            tags: tags.iter().map(|t| parse_tag_list(t)).collect(),
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let picks = |f: SnapshotFilter| (f.matches(&a), f.matches(&b));
+        assert_eq!(picks(f(&[], &[], &[])), (true, true));
+        assert_eq!(picks(f(&["db-1"], &[], &[])), (false, true));
+        assert_eq!(picks(f(&["db-1", "db-0"], &[], &[])), (true, true));
+        // A list needs every tag; several lists need any one of them; "" is "no tags".
+        assert_eq!(picks(f(&[], &["pg,daily"], &[])), (true, false));
+        assert_eq!(picks(f(&[], &["pg,weekly"], &[])), (false, false));
+        assert_eq!(picks(f(&[], &["weekly", " daily "], &[])), (true, false));
+        assert_eq!(picks(f(&[], &[""], &[])), (false, true));
+        // Every path given must be among the snapshot's.
+        assert_eq!(picks(f(&[], &[], &["/var/lib/pg"])), (true, true));
+        assert_eq!(
+            picks(f(&[], &[], &["/var/lib/pg", "/etc/pg"])),
+            (true, false)
+        );
+        assert_eq!(picks(f(&[], &[], &["/var/lib"])), (false, false));
+        assert_eq!(picks(f(&["db-0"], &["pg"], &["/etc/pg"])), (true, false));
+        assert_eq!(
+            f(&["db-0"], &["pg,daily", ""], &["/etc/pg"]).describe(),
+            r#"--host db-0 --tag "pg,daily" --tag "" --path /etc/pg"#
+        );
+    }
+
+    #[test]
+    fn absolute_paths_are_normalized_lexically() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            absolute_path(Path::new("/a/./b//c/")).unwrap(),
+            Path::new("/a/b/c")
+        );
+        assert_eq!(
+            absolute_path(Path::new("/a/b/../../..")).unwrap(),
+            Path::new("/")
+        );
+        assert_eq!(absolute_path(Path::new("x/../y")).unwrap(), cwd.join("y"));
+    }
 }

@@ -13,6 +13,7 @@ mod copy;
 mod corruption;
 mod crash;
 mod exclude;
+mod filters;
 mod incremental;
 mod keys;
 mod lifecycle;
