@@ -38,6 +38,7 @@ mod idset;
 pub mod index;
 mod keyslot;
 pub mod pack;
+pub mod pattern;
 pub mod prune;
 pub mod recover;
 mod repo;

@@ -244,9 +244,32 @@ enum Command {
         /// The target device already reads as zeros (new, or discarded): skip the zero ranges.
         #[arg(long)]
         target_is_zeroed: bool,
-        /// Restore only this snapshot path (repeatable).
-        #[arg(long)]
+        /// Restore only this snapshot path, or what this pattern matches, with everything below it
+        /// (repeatable; an absolute path without pattern characters must exist in the snapshot).
+        #[arg(short = 'i', long, value_name = "PATH|PATTERN")]
         include: Vec<PathBuf>,
+        /// Like --include, ignoring case (repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        iinclude: Vec<String>,
+        /// Read --include patterns from FILE, one a line.
+        #[arg(long = "include-file", value_name = "FILE")]
+        include_files: Vec<PathBuf>,
+        /// Read --iinclude patterns from FILE, one a line.
+        #[arg(long = "iinclude-file", value_name = "FILE")]
+        iinclude_files: Vec<PathBuf>,
+        /// Leave out what this pattern matches, included or not (repeatable; the patterns of
+        /// backup --exclude).
+        #[arg(short = 'e', long, value_name = "PATTERN")]
+        exclude: Vec<String>,
+        /// Like --exclude, ignoring case (repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        iexclude: Vec<String>,
+        /// Read --exclude patterns from FILE, one a line.
+        #[arg(long = "exclude-file", value_name = "FILE")]
+        exclude_files: Vec<PathBuf>,
+        /// Read --iexclude patterns from FILE, one a line.
+        #[arg(long = "iexclude-file", value_name = "FILE")]
+        iexclude_files: Vec<PathBuf>,
         /// Writer threads.
         #[arg(long)]
         threads: Option<usize>,
@@ -710,16 +733,8 @@ fn run(cli: Cli) -> Result<u8> {
             } else {
                 Chunking::Cdc
             };
-            for (files, into) in [
-                (&exclude_files, &mut excludes),
-                (&iexclude_files, &mut iexcludes),
-            ] {
-                for f in files {
-                    let text = std::fs::read_to_string(f)
-                        .with_context(|| format!("reading {}", f.display()))?;
-                    into.extend(ExcludeOptions::patterns_in(&text));
-                }
-            }
+            add_pattern_files(&mut excludes, &exclude_files)?;
+            add_pattern_files(&mut iexcludes, &iexclude_files)?;
             let exclude = ExcludeOptions {
                 patterns: excludes,
                 ipatterns: iexcludes,
@@ -887,10 +902,32 @@ fn run(cli: Cli) -> Result<u8> {
             snapshot,
             target,
             target_is_zeroed,
-            include,
+            mut include,
+            mut iinclude,
+            include_files,
+            iinclude_files,
+            mut exclude,
+            mut iexclude,
+            exclude_files,
+            iexclude_files,
             threads,
             filter,
         } => {
+            let mut patterns = Vec::new();
+            add_pattern_files(&mut patterns, &include_files)?;
+            include.extend(patterns.into_iter().map(PathBuf::from));
+            add_pattern_files(&mut iinclude, &iinclude_files)?;
+            add_pattern_files(&mut exclude, &exclude_files)?;
+            add_pattern_files(&mut iexclude, &iexclude_files)?;
+            let opts = RestoreOptions {
+                include,
+                iinclude,
+                exclude,
+                iexclude,
+                threads,
+                target_is_zeroed,
+            };
+            opts.check()?;
             let filter = filter.filter()?;
             let mut repo = open(g)?;
             repo.load_index()?;
@@ -905,17 +942,7 @@ fn run(cli: Cli) -> Result<u8> {
                     HumanBytes(total)
                 )
             });
-            let out = lifeboat::restore(
-                &repo,
-                &snap,
-                &target,
-                &RestoreOptions {
-                    include,
-                    threads,
-                    target_is_zeroed,
-                },
-                &progress,
-            );
+            let out = lifeboat::restore(&repo, &snap, &target, &opts, &progress);
             drop(ticker);
             let out = out?;
             for w in &out.warnings {
@@ -1194,6 +1221,16 @@ fn run(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// Add the patterns of each of `files` (one a line; blank lines and `#` comments skipped).
+fn add_pattern_files(into: &mut Vec<String>, files: &[PathBuf]) -> Result<()> {
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        into.extend(lifeboat::pattern::patterns_in(&text));
+    }
+    Ok(())
 }
 
 /// The `n` newest of `snaps` (oldest first) in each group of host and paths, in their order.

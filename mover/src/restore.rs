@@ -27,6 +27,7 @@ use crate::backend::names;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsmeta;
 use crate::id::Id;
+use crate::pattern::Patterns;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::status::RunStatus;
@@ -36,13 +37,32 @@ use crate::tree::{Node, NodeKind, TreeEntries};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestoreOptions {
-    /// Restore only these snapshot paths (and what is below them).
+    /// Restore only what these select (and what is below it): absolute paths without pattern
+    /// characters name snapshot paths, which must exist; anything else is a restic pattern (see
+    /// [`crate::pattern`]).
     pub include: Vec<PathBuf>,
+    /// Patterns like `include`'s, ignoring case.
+    pub iinclude: Vec<String>,
+    /// Leave out what these patterns match (a directory with everything below it), included or
+    /// not.
+    pub exclude: Vec<String>,
+    /// The same, ignoring case.
+    pub iexclude: Vec<String>,
     /// Writer threads (default: one per core, at least two).
     pub threads: Option<usize>,
     /// Restoring onto a device known to read as zeros (new or discarded): zero ranges are skipped
     /// instead of written with `BLKZEROOUT`.
     pub target_is_zeroed: bool,
+}
+
+impl RestoreOptions {
+    /// Whether the patterns are valid, so a command can refuse them before it starts.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the first pattern that is not valid.
+    pub fn check(&self) -> Result<()> {
+        Selection::new(self).map(drop)
+    }
 }
 
 /// Live restore counters.
@@ -436,6 +456,90 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// What a restore into a directory writes: `RestoreOptions`' includes and excludes.
+struct Selection {
+    /// Included snapshot paths, by component.
+    paths: Vec<Vec<Vec<u8>>>,
+    include: Option<Patterns>,
+    exclude: Option<Patterns>,
+}
+
+/// How a restore treats one entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Choice {
+    /// Not restored, nor anything below it.
+    Skip,
+    /// Restored, with everything below it that is not excluded.
+    Whole,
+    /// A directory that is not selected but may hold something that is: it is walked, and kept
+    /// only if something below it is restored.
+    Probe,
+}
+
+impl Selection {
+    fn new(opts: &RestoreOptions) -> Result<Self> {
+        let mut paths = Vec::new();
+        let mut patterns = Vec::new();
+        for p in &opts.include {
+            let bytes = p.as_os_str().as_bytes();
+            if p.is_absolute() && !bytes.iter().any(|b| b"*?[]{}\\".contains(b)) {
+                paths.push(path_components(p)?);
+            } else {
+                patterns.push(p.to_str().map(str::to_owned).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "include pattern {}: not UTF-8 (name a path by its absolute path)",
+                        p.display()
+                    ))
+                })?);
+            }
+        }
+        Ok(Selection {
+            paths,
+            include: Patterns::new(&patterns, &opts.iinclude, "include pattern")?,
+            exclude: Patterns::new(&opts.exclude, &opts.iexclude, "exclude pattern")?,
+        })
+    }
+
+    fn includes(&self) -> bool {
+        !self.paths.is_empty() || self.include.is_some()
+    }
+
+    /// The choice for the entry at `path`, a directory when `is_dir`, below a directory restored
+    /// whole when `whole`.
+    fn choose(&self, path: &[Vec<u8>], is_dir: bool, whole: bool) -> Choice {
+        let joined = || {
+            let mut j = Vec::with_capacity(path.iter().map(|c| c.len() + 1).sum());
+            for c in path {
+                j.push(b'/');
+                j.extend_from_slice(c);
+            }
+            j
+        };
+        let joined = (self.include.is_some() || self.exclude.is_some()).then(joined);
+        let joined = joined.as_deref().unwrap_or_default();
+        if self.exclude.as_ref().is_some_and(|e| e.matches(joined)) {
+            return Choice::Skip;
+        }
+        if whole
+            || !self.includes()
+            || self.paths.iter().any(|p| path.starts_with(p))
+            || self.include.as_ref().is_some_and(|i| i.matches(joined))
+        {
+            return Choice::Whole;
+        }
+        if is_dir
+            && (self.paths.iter().any(|p| p.starts_with(path))
+                || self
+                    .include
+                    .as_ref()
+                    .is_some_and(|i| i.child_may_match(joined)))
+        {
+            return Choice::Probe;
+        }
+        Choice::Skip
+    }
+}
+
 /// Restore `snap` under `target`: a backed-up path `/a/b/c` lands at `target/a/b/c`.
 ///
 /// # Errors
@@ -447,17 +551,19 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreOutcome> {
-    let includes = opts
-        .include
-        .iter()
-        .map(|p| path_components(p))
-        .collect::<Result<Vec<_>>>()?;
-    for (inc, p) in includes.iter().zip(&opts.include) {
+    let selection = Selection::new(opts)?;
+    for (inc, p) in selection.paths.iter().zip(&opts.include) {
         if !inc.is_empty() {
             find_node(repo, snap, p)?;
         }
     }
     if rustix::fs::stat(target).is_ok_and(|st| fsmeta::kind_of(&st) == NodeKind::Blockdev) {
+        if selection.include.is_some() || selection.exclude.is_some() {
+            return Err(Error::invalid(
+                "a device receives one volume: name it with --include PATH (patterns and excludes \
+                 do not apply)",
+            ));
+        }
         return restore_device(repo, snap, target, opts, progress);
     }
     std::fs::create_dir_all(target).map_err(|e| Error::io(target.display(), e))?;
@@ -486,7 +592,7 @@ pub fn restore(
                     max_links_open: fsmeta::open_file_limit() / 8,
                     target,
                     out: RestoreOutcome::default(),
-                    includes,
+                    selection,
                     batch: Vec::new(),
                     batch_bytes: 0,
                     open_limit: fsmeta::open_file_limit(),
@@ -500,6 +606,7 @@ pub fn restore(
                         root,
                         &mut path,
                         &target.display().to_string(),
+                        false,
                         false,
                     )
                     .and_then(|()| w.finish());
@@ -727,7 +834,7 @@ struct RWalker<'c, 'a> {
     max_links_open: usize,
     target: &'c Path,
     out: RestoreOutcome,
-    includes: Vec<Vec<Vec<u8>>>,
+    selection: Selection,
     /// Small files waiting to be handed to the writers together.
     batch: Job,
     batch_bytes: u64,
@@ -815,17 +922,9 @@ impl RWalker<'_, '_> {
         )?)
     }
 
-    /// Whether `path` is restored: it is inside an included path, or an ancestor of one.
-    fn selected(&self, path: &[Vec<u8>]) -> bool {
-        self.includes.is_empty()
-            || self
-                .includes
-                .iter()
-                .any(|i| path.starts_with(i) || i.starts_with(path))
-    }
-
     /// Restore the entries of `tree` into `dir`; `fresh` when this restore just created `dir`, so
-    /// nothing is in the way of its entries.
+    /// nothing is in the way of its entries; `whole` when `dir` is restored with everything below
+    /// it that is not excluded.
     fn dir(
         &mut self,
         dir: BorrowedFd<'_>,
@@ -833,6 +932,7 @@ impl RWalker<'_, '_> {
         path: &mut Vec<Vec<u8>>,
         shown: &str,
         fresh: bool,
+        whole: bool,
     ) -> Result<()> {
         for node in tree {
             let node = node.map_err(|e| e.context(shown))?;
@@ -840,15 +940,23 @@ impl RWalker<'_, '_> {
                 return Ok(());
             }
             path.push(node.name.clone());
-            let r = if self.selected(path) {
-                self.entry(dir, &node, path, shown, fresh)
-            } else {
+            let choice = self
+                .selection
+                .choose(path, node.kind() == NodeKind::Dir, whole);
+            let r = if choice == Choice::Skip {
                 Ok(())
+            } else {
+                self.entry(dir, &node, path, shown, fresh, choice)
             };
             path.pop();
             r?;
         }
         Ok(())
+    }
+
+    /// Entries restored so far.
+    fn restored(&self) -> u64 {
+        self.out.files + self.out.dirs + self.out.others
     }
 
     fn entry(
@@ -858,6 +966,7 @@ impl RWalker<'_, '_> {
         path: &mut Vec<Vec<u8>>,
         parent_shown: &str,
         fresh: bool,
+        choice: Choice,
     ) -> Result<()> {
         let name = OsStr::from_bytes(&node.name);
         let shown = format!("{parent_shown}/{}", node.display_name());
@@ -888,7 +997,23 @@ impl RWalker<'_, '_> {
                     .repo
                     .read_tree_entries(&node.subtree)
                     .map_err(|e| e.context(&shown))?;
-                self.dir(fd.as_fd(), sub, path, &shown, created)?;
+                let before = self.restored();
+                self.dir(
+                    fd.as_fd(),
+                    sub,
+                    path,
+                    &shown,
+                    created,
+                    choice == Choice::Whole,
+                )?;
+                if choice == Choice::Probe && self.restored() == before {
+                    // Nothing below it was selected: it is not restored.
+                    if created {
+                        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+                            .map_err(|e| io(e.into()))?;
+                    }
+                    return Ok(());
+                }
                 // Post-order: the directory's own times are set after its entries are created.
                 fsmeta::apply_meta(fsmeta::MetaTarget::At(dir), node, &mut warn).map_err(io)?;
                 self.out.dirs += 1;

@@ -19,4 +19,5 @@ mod keys;
 mod lifecycle;
 mod roundtrip;
 mod s3;
+mod select;
 mod stream;

@@ -5,16 +5,13 @@
 //! a deleted file would (nothing of it is carried over from the parent snapshot). Sizes and
 //! filesystems need a stat, so the walker applies those to each entry.
 
-use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsmeta::{self, DirNames};
+use crate::pattern::Patterns;
 
 /// The tag file of the Cache Directory Tagging Specification and the line it must begin with.
 const CACHEDIR_TAG: &str = "CACHEDIR.TAG:Signature: 8a477f597d28d172789f06886806bc55";
@@ -23,10 +20,8 @@ const CACHEDIR_TAG: &str = "CACHEDIR.TAG:Signature: 8a477f597d28d172789f06886806
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExcludeOptions {
-    /// Patterns matched against each entry's absolute path: `*` and `?` match within one path
-    /// component, `[...]` one character of a class, `**` any number of components, `\` escapes.
-    /// A pattern starting with `/` matches from the root; any other matches at any depth
-    /// (`*.log`, `node_modules`, `var/cache`). A matching directory is left out whole.
+    /// restic's patterns (see [`crate::pattern`]) matched against each entry's absolute path. A
+    /// matching directory is left out whole.
     pub patterns: Vec<String>,
     /// The same, ignoring case.
     pub ipatterns: Vec<String>,
@@ -51,20 +46,11 @@ impl ExcludeOptions {
     pub fn check(&self) -> Result<()> {
         Excludes::new(self).map(drop)
     }
-
-    /// The patterns of an exclude file: one a line, surrounding blanks trimmed, empty lines and
-    /// lines starting with `#` skipped.
-    pub fn patterns_in(text: &str) -> impl Iterator<Item = String> + '_ {
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-    }
 }
 
 /// Patterns and tag files, ready to apply to listings.
 pub(super) struct Excludes {
-    globs: GlobSet,
+    patterns: Option<Patterns>,
     tags: Vec<Tag>,
 }
 
@@ -79,18 +65,7 @@ impl Excludes {
     /// # Errors
     /// `InvalidInput` naming the first pattern or tag that is not valid.
     pub fn new(o: &ExcludeOptions) -> Result<Option<Self>> {
-        let mut set = GlobSetBuilder::new();
-        for (p, icase) in o
-            .patterns
-            .iter()
-            .map(|p| (p, false))
-            .chain(o.ipatterns.iter().map(|p| (p, true)))
-        {
-            set.add(glob(p, icase)?);
-        }
-        let globs = set
-            .build()
-            .map_err(|e| Error::invalid(format!("exclude patterns: {e}")))?;
+        let patterns = Patterns::new(&o.patterns, &o.ipatterns, "exclude pattern")?;
         let mut tags = Vec::new();
         for t in o
             .if_present
@@ -109,12 +84,12 @@ impl Excludes {
                 header: header.as_bytes().to_vec(),
             });
         }
-        Ok((!globs.is_empty() || !tags.is_empty()).then_some(Excludes { globs, tags }))
+        Ok((patterns.is_some() || !tags.is_empty()).then_some(Excludes { patterns, tags }))
     }
 
     /// Whether absolute `path` matches a pattern.
     pub fn matches(&self, path: &[u8]) -> bool {
-        !self.globs.is_empty() && self.globs.is_match(Path::new(OsStr::from_bytes(path)))
+        self.patterns.as_ref().is_some_and(|p| p.matches(path))
     }
 
     /// Leave out of the listing of directory `dir`, at absolute `path` (empty for the root), what
@@ -129,7 +104,7 @@ impl Excludes {
         if !tagged.is_empty() {
             names.retain(|n| tagged.contains(&n));
         }
-        if !self.globs.is_empty() {
+        if let Some(patterns) = &self.patterns {
             let mut p = Vec::with_capacity(path.len() + 64);
             p.extend_from_slice(path);
             p.push(b'/');
@@ -137,7 +112,7 @@ impl Excludes {
             names.retain(|n| {
                 p.truncate(base);
                 p.extend_from_slice(n);
-                !self.matches(&p)
+                !patterns.matches(&p)
             });
         }
     }
@@ -157,103 +132,12 @@ impl Tag {
     }
 }
 
-/// restic's pattern `p` as a glob over absolute paths.
-fn glob(p: &str, icase: bool) -> Result<globset::Glob> {
-    let bad = |why: &str| Error::invalid(format!("exclude pattern {p:?}: {why}"));
-    if p.starts_with('!') {
-        return Err(bad("negated patterns ('!') are not supported"));
-    }
-    let trimmed = p.trim_end_matches('/');
-    if trimmed.is_empty() {
-        return Err(bad("it would leave out everything"));
-    }
-    let anchored = if trimmed.starts_with('/') {
-        trimmed.to_owned()
-    } else {
-        format!("**/{trimmed}")
-    };
-    GlobBuilder::new(&anchored)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .case_insensitive(icase)
-        .build()
-        .map_err(|e| bad(&e.kind().to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn set(patterns: &[&str], ipatterns: &[&str]) -> Excludes {
-        Excludes::new(&ExcludeOptions {
-            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
-            ipatterns: ipatterns.iter().map(|p| (*p).to_owned()).collect(),
-            ..ExcludeOptions::default()
-        })
-        .expect("valid patterns")
-        .expect("something to exclude")
-    }
-
     #[test]
-    fn patterns_match_as_restic_does() {
-        let e = set(
-            &[
-                "*.log",
-                "/srv/tmp",
-                "var/cache",
-                "/data/**/scratch",
-                "x?[0-9]",
-                "**/.git/",
-            ],
-            &["*.ISO"],
-        );
-        for yes in [
-            "/a.log",
-            "/srv/app/b.log",
-            "/srv/tmp",
-            "/home/u/var/cache",
-            "/var/cache",
-            "/data/scratch",
-            "/data/a/b/scratch",
-            "/q/xy7",
-            "/dl/disk.iso",
-            "/dl/disk.Iso",
-            "/.git",
-            "/src/repo/.git",
-        ] {
-            assert!(e.matches(yes.as_bytes()), "{yes} should match");
-        }
-        for no in [
-            "/a.log.gz",
-            "/srv/app/tmp",
-            "/srv/tmpx",
-            "/var/cache2",
-            "/cache",
-            "/other/data/scratch",
-            "/q/xyz",
-            "/q/x/y7",
-            "/dl/disk.isos",
-            "/src/.github",
-        ] {
-            assert!(!e.matches(no.as_bytes()), "{no} should not match");
-        }
-        // `*` stays within a component; names need not be UTF-8.
-        let e = set(&["/a/*"], &[]);
-        assert!(e.matches(b"/a/\xff\xfe"));
-        assert!(!e.matches(b"/a/b/c"));
-    }
-
-    #[test]
-    fn bad_patterns_and_tags_are_named() {
-        for (p, why) in [("!keep", "negated"), ("/", "everything"), ("a[b", "a[b")] {
-            let e = Excludes::new(&ExcludeOptions {
-                patterns: vec![p.to_owned()],
-                ..ExcludeOptions::default()
-            })
-            .err()
-            .expect("refused");
-            assert!(e.to_string().contains(why), "{p}: {e}");
-        }
+    fn bad_tags_are_named() {
         let e = Excludes::new(&ExcludeOptions {
             if_present: vec![":header".to_owned()],
             ..ExcludeOptions::default()
@@ -266,12 +150,5 @@ mod tests {
                 .expect("valid")
                 .is_none()
         );
-    }
-
-    #[test]
-    fn exclude_files_skip_blanks_and_comments() {
-        let got: Vec<String> =
-            ExcludeOptions::patterns_in("# caches\n  *.tmp  \n\n/srv/x\n   # indented\n").collect();
-        assert_eq!(got, ["*.tmp", "/srv/x"]);
     }
 }
