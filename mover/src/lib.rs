@@ -30,6 +30,7 @@ pub mod chunker;
 pub mod compress;
 pub mod copy;
 pub mod crypto;
+pub mod diff;
 mod error;
 pub mod forget;
 pub mod fsmeta;

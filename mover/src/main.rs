@@ -3,7 +3,7 @@
 // Doc comments here are clap help text, shown verbatim to users: no Markdown backticks.
 #![allow(clippy::doc_markdown)]
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -275,6 +275,23 @@ enum Command {
         threads: Option<usize>,
         #[command(flatten)]
         filter: FilterArgs,
+    },
+    /// Show what changed between two snapshots: + added, - removed, M contents changed, T type
+    /// changed, U metadata changed (with --metadata); then the entries, blobs and bytes each
+    /// snapshot has that the other has not.
+    Diff {
+        /// The first snapshot (id prefix or `latest`).
+        from: String,
+        /// The second snapshot (id prefix or `latest`).
+        to: String,
+        /// Also show entries whose metadata alone changed (mode, owner, times, xattrs).
+        #[arg(long)]
+        metadata: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// One JSON object per line: each change, then the statistics (restic's format).
+        #[arg(long)]
+        json: bool,
     },
     /// Write one file of a snapshot to standard output.
     Dump {
@@ -880,10 +897,7 @@ fn run(cli: Cli) -> Result<u8> {
             filter,
             json,
         } => {
-            let filter = filter.filter()?;
-            let mut repo = open(g)?;
-            repo.load_index()?;
-            let (_, snap) = repo.find_snapshot_in(&snapshot, &filter)?;
+            let (repo, _, snap) = open_at(g, &snapshot, &filter)?;
             let base = path.unwrap_or_else(|| PathBuf::from("/"));
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             match lifeboat::find_node(&repo, &snap, &base)? {
@@ -928,10 +942,7 @@ fn run(cli: Cli) -> Result<u8> {
                 target_is_zeroed,
             };
             opts.check()?;
-            let filter = filter.filter()?;
-            let mut repo = open(g)?;
-            repo.load_index()?;
-            let (id, snap) = repo.find_snapshot_in(&snapshot, &filter)?;
+            let (repo, id, snap) = open_at(g, &snapshot, &filter)?;
             let progress = std::sync::Arc::new(RestoreProgress::default());
             let p = progress.clone();
             let total = snap.summary.bytes_total;
@@ -958,15 +969,69 @@ fn run(cli: Cli) -> Result<u8> {
                 HumanBytes(progress.bytes.load(Ordering::Relaxed))
             );
         }
+        Command::Diff {
+            from,
+            to,
+            metadata,
+            filter,
+            json,
+        } => {
+            let (repo, a_id, a) = open_at(g, &from, &filter)?;
+            let (b_id, b) = repo.find_snapshot_in(&to, &filter.filter()?)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            if !json {
+                writeln!(
+                    out,
+                    "comparing snapshot {} to {}:\n",
+                    a_id.short(),
+                    b_id.short()
+                )?;
+            }
+            let stats = lifeboat::diff::diff(&repo, &a, &b, metadata, |path, modifier| {
+                let r = if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"message_type": "change", "path": path, "modifier": modifier})
+                    )
+                } else {
+                    writeln!(out, "{modifier:<5}{path}")
+                };
+                r.map_err(|e| lifeboat::Error::new(lifeboat::ErrorKind::Io, e.to_string()))
+            })?;
+            if json {
+                let mut v = serde_json::to_value(&stats)?;
+                v["message_type"] = json!("statistics");
+                v["source_snapshot"] = json!(a_id.to_hex());
+                v["target_snapshot"] = json!(b_id.to_hex());
+                writeln!(out, "{v}")?;
+            } else {
+                let (ad, rm) = (&stats.added, &stats.removed);
+                writeln!(out)?;
+                writeln!(
+                    out,
+                    "Files:      {:>6} new, {:>6} removed, {:>6} changed",
+                    ad.files, rm.files, stats.changed_files
+                )?;
+                for (what, a, r) in [
+                    ("Dirs:", ad.dirs, rm.dirs),
+                    ("Others:", ad.others, rm.others),
+                    ("Data blobs:", ad.data_blobs, rm.data_blobs),
+                    ("Tree blobs:", ad.tree_blobs, rm.tree_blobs),
+                ] {
+                    writeln!(out, "{what:<12}{a:>6} new, {r:>6} removed")?;
+                }
+                writeln!(out, "Added:      {}", HumanBytes(ad.bytes))?;
+                writeln!(out, "Removed:    {}", HumanBytes(rm.bytes))?;
+            }
+            out.flush()?;
+        }
         Command::Dump {
             snapshot,
             path,
             filter,
         } => {
-            let filter = filter.filter()?;
-            let mut repo = open(g)?;
-            repo.load_index()?;
-            let (_, snap) = repo.find_snapshot_in(&snapshot, &filter)?;
+            let (repo, _, snap) = open_at(g, &snapshot, &filter)?;
             let Some(node) = lifeboat::find_node(&repo, &snap, &path)? else {
                 bail!("{} is a directory", path.display())
             };
@@ -1221,6 +1286,19 @@ fn run(cli: Cli) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// The repository, its index loaded, and the snapshot `spec` names (`latest` as `filter` has it).
+fn open_at(
+    g: &Global,
+    spec: &str,
+    filter: &FilterArgs,
+) -> Result<(Repository, lifeboat::Id, Snapshot)> {
+    let filter = filter.filter()?;
+    let mut repo = open(g)?;
+    repo.load_index()?;
+    let (id, snap) = repo.find_snapshot_in(spec, &filter)?;
+    Ok((repo, id, snap))
 }
 
 /// Add the patterns of each of `files` (one a line; blank lines and `#` comments skipped).

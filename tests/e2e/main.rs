@@ -12,6 +12,7 @@ mod block;
 mod copy;
 mod corruption;
 mod crash;
+mod diff;
 mod exclude;
 mod filters;
 mod incremental;
