@@ -45,9 +45,14 @@ struct Global {
         hide_env_values = true
     )]
     repo: Option<String>,
-    /// Read the repository password from this file (default: env LIFEBOAT_PASSWORD).
+    /// Read the repository password from this file (default: env LIFEBOAT_PASSWORD, else asked
+    /// at the terminal).
     #[arg(long, global = true, conflicts_with = "key_file")]
     password_file: Option<PathBuf>,
+    /// Run this shell command and take its output as the repository password, for example a
+    /// secrets manager's CLI (default: env LIFEBOAT_PASSWORD_COMMAND).
+    #[arg(long, global = true, value_name = "COMMAND", conflicts_with_all = ["password_file", "key_file"])]
+    password_command: Option<String>,
     /// Open the repository with a raw 32-byte key file instead of a password.
     #[arg(long, global = true)]
     key_file: Option<PathBuf>,
@@ -624,22 +629,71 @@ fn password_from(bytes: Vec<u8>) -> Result<Secret> {
     Ok(Secret::password(b)?)
 }
 
+/// The repository's secret: `--key-file`, `--password-file`, `--password-command` (or env
+/// `LIFEBOAT_PASSWORD_COMMAND`), env `LIFEBOAT_PASSWORD`, or else typed at the terminal.
 fn secret(g: &Global) -> Result<Secret> {
+    secret_asking(g, "the repository", false)
+}
+
+/// [`secret`], asked twice at the terminal when `confirm` (a new repository).
+fn secret_asking(g: &Global, what: &str, confirm: bool) -> Result<Secret> {
     if let Some(k) = &g.key_file {
         return Ok(Secret::key_file(&read_secret_file(k)?)?);
     }
     if let Some(p) = &g.password_file {
         return password_from(read_secret_file(p)?);
     }
-    match std::env::var_os("LIFEBOAT_PASSWORD") {
-        Some(p) => {
-            use std::os::unix::ffi::OsStringExt;
-            Ok(Secret::password(p.into_vec())?)
-        }
-        None => {
-            bail!("no secret given: set LIFEBOAT_PASSWORD, or use --password-file or --key-file")
-        }
+    let command = g
+        .password_command
+        .clone()
+        .or_else(|| std::env::var("LIFEBOAT_PASSWORD_COMMAND").ok());
+    if let Some(c) = command.filter(|c| !c.trim().is_empty()) {
+        return password_from_command(&c);
     }
+    if let Some(p) = std::env::var_os("LIFEBOAT_PASSWORD") {
+        use std::os::unix::ffi::OsStringExt;
+        return Ok(Secret::password(p.into_vec())?);
+    }
+    match prompt_password(what, confirm)? {
+        Some(s) => Ok(s),
+        None => bail!(
+            "no secret given: set LIFEBOAT_PASSWORD, or use --password-file, --password-command or --key-file"
+        ),
+    }
+}
+
+/// The output of `sh -c COMMAND` as a password (a final newline is not part of it). The command
+/// is never shown: it may hold the secret itself.
+fn password_from_command(command: &str) -> Result<Secret> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the password command")?;
+    let stdout = zeroize::Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        bail!("the password command failed ({})", out.status);
+    }
+    password_from(stdout.to_vec()).context("the password command's output")
+}
+
+/// A password typed at the terminal, with echo off; asked twice when `confirm`. `None` when
+/// standard input is not a terminal (a pod, a pipe, a test), where nobody could answer.
+fn prompt_password(what: &str, confirm: bool) -> Result<Option<Secret>> {
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt)
+            .map(zeroize::Zeroizing::new)
+            .context("reading the password from the terminal")
+    };
+    let p = ask(&format!("enter the password for {what}: "))?;
+    if confirm && *ask("enter the password again: ")? != *p {
+        bail!("the passwords do not match");
+    }
+    Ok(Some(Secret::password(p.as_bytes().to_vec())?))
 }
 
 fn open(g: &Global) -> Result<Repository> {
@@ -711,7 +765,8 @@ fn run(cli: Cli) -> Result<u8> {
                 }),
                 ..InitOptions::default()
             };
-            let repo = Repository::init_with(&loc, &secret(g)?, &opts, &store_options(g))?;
+            let secret = secret_asking(g, "the new repository", true)?;
+            let repo = Repository::init_with(&loc, &secret, &opts, &store_options(g))?;
             println!("created repository {} at {loc}", repo.config().id.short());
         }
         Command::Backup {
@@ -1149,6 +1204,8 @@ fn run(cli: Cli) -> Result<u8> {
             } else if let Some(p) = std::env::var_os("LIFEBOAT_TO_PASSWORD") {
                 use std::os::unix::ffi::OsStringExt;
                 Secret::password(p.into_vec())?
+            } else if let Some(s) = prompt_password("the target repository", false)? {
+                s
             } else {
                 bail!(
                     "no target secret given: use --to-password-file, --to-key-file or env LIFEBOAT_TO_PASSWORD"
@@ -1435,6 +1492,8 @@ fn key(g: &Global, action: KeyAction) -> Result<()> {
             } else if let Some(p) = std::env::var_os("LIFEBOAT_NEW_PASSWORD") {
                 use std::os::unix::ffi::OsStringExt;
                 Secret::password(p.into_vec())?
+            } else if let Some(s) = prompt_password("the new key", true)? {
+                s
             } else {
                 bail!(
                     "no new secret given: use --new-password-file, --new-key-file or env LIFEBOAT_NEW_PASSWORD"

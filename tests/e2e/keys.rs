@@ -126,3 +126,110 @@ fn repository_opened_by_key_file_only() {
     let e = fails_cleanly(run(&["snapshots"]), &["snapshots"]);
     assert!(e.contains("wrong key file"), "{e}");
 }
+
+/// `lifeboat ARGS` in a pseudo-terminal (util-linux `script`), typing `input`; its status and
+/// everything the terminal showed.
+fn at_terminal(env: &Env, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut line = String::from(env!("CARGO_BIN_EXE_lifeboat"));
+    for a in args {
+        line += &[" '", a, "'"].concat();
+    }
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env_remove("LIFEBOAT_PASSWORD")
+        .env("LIFEBOAT_REPO", &env.repo)
+        .env("LIFEBOAT_CACHE_DIR", env.path("cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn passwords_from_the_terminal_and_from_a_command() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    env.backup(&[&src]);
+
+    // Typed at a terminal when nothing else gives it.
+    let (ok, shown) = at_terminal(&env, &["snapshots"], &format!("{PASSWORD}\n"));
+    assert!(ok && shown.contains("1 snapshots"), "{shown}");
+    assert!(
+        shown.contains("enter the password for the repository"),
+        "{shown}"
+    );
+    let (ok, shown) = at_terminal(&env, &["snapshots"], "not it\n");
+    assert!(!ok && shown.contains("wrong password"), "{shown}");
+    // A new repository asks twice, and refuses two different passwords.
+    let fresh = env.path("fresh").to_str().unwrap().to_owned();
+    let (ok, shown) = at_terminal(&env, &["--repo", &fresh, "init"], "typed pw\nother\n");
+    assert!(
+        !ok && shown.contains("the passwords do not match"),
+        "{shown}"
+    );
+    assert!(!std::path::Path::new(&fresh).join("config").exists());
+    let (ok, shown) = at_terminal(&env, &["--repo", &fresh, "init"], "typed pw\ntyped pw\n");
+    assert!(ok && shown.contains("created repository"), "{shown}");
+    let mut c = env.cmd(&["--repo", &fresh, "snapshots"]);
+    c.env("LIFEBOAT_PASSWORD", "typed pw");
+    crate::fixtures::stdout_of_success(c.output().unwrap(), "the typed password opens it");
+    // With no terminal (a pod, a pipe), nobody is asked: one line.
+    let mut c = env.cmd(&["snapshots"]);
+    c.env_remove("LIFEBOAT_PASSWORD");
+    let e = fails_cleanly(c.output().unwrap(), &["snapshots"]);
+    assert!(e.contains("--password-command"), "{e}");
+
+    // From a command, given by flag or environment; the command and its output stay unshown.
+    let mut c = env.cmd(&[
+        "snapshots",
+        "--password-command",
+        &format!("echo '{PASSWORD}'"),
+    ]);
+    c.env_remove("LIFEBOAT_PASSWORD");
+    let out = crate::fixtures::stdout_of_success(c.output().unwrap(), "--password-command");
+    assert!(out.contains("1 snapshots"), "{out}");
+    let mut c = env.cmd(&["snapshots"]);
+    c.env_remove("LIFEBOAT_PASSWORD").env(
+        "LIFEBOAT_PASSWORD_COMMAND",
+        format!("printf '%s\\n' '{PASSWORD}'"),
+    );
+    crate::fixtures::stdout_of_success(c.output().unwrap(), "LIFEBOAT_PASSWORD_COMMAND");
+    let failing = "echo hunter2; exit 3";
+    let mut c = env.cmd(&["snapshots", "--password-command", failing]);
+    c.env_remove("LIFEBOAT_PASSWORD");
+    let o = c.output().unwrap();
+    let e = fails_cleanly(o, &["--password-command", failing]);
+    assert!(
+        e.contains("the password command failed (exit status: 3)"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+    let o = env.run(&[
+        "snapshots",
+        "--password-command",
+        "true",
+        "--key-file",
+        "/k",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.lines().count() == 1 && e.contains("cannot be used with"),
+        "{e}"
+    );
+}
