@@ -1400,7 +1400,7 @@ fn forget_cmd(
 ) -> Result<()> {
     let mut remove = Vec::new();
     for spec in explicit {
-        remove.push(repo.find_snapshot(spec)?.0);
+        remove.push(repo.find_snapshot_in(spec, filter)?.0);
     }
     let plans = if policy.is_empty() && !explicit.is_empty() {
         Vec::new()

@@ -481,8 +481,7 @@ impl Selection {
         let mut paths = Vec::new();
         let mut patterns = Vec::new();
         for p in &opts.include {
-            let bytes = p.as_os_str().as_bytes();
-            if p.is_absolute() && !bytes.iter().any(|b| b"*?[]{}\\".contains(b)) {
+            if is_path(p) {
                 paths.push(path_components(p)?);
             } else {
                 patterns.push(p.to_str().map(str::to_owned).ok_or_else(|| {
@@ -540,6 +539,16 @@ impl Selection {
     }
 }
 
+/// Whether an `include` is a snapshot path: absolute, with no pattern characters.
+fn is_path(p: &Path) -> bool {
+    p.is_absolute()
+        && !p
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .any(|b| b"*?[]{}\\".contains(b))
+}
+
 /// Restore `snap` under `target`: a backed-up path `/a/b/c` lands at `target/a/b/c`.
 ///
 /// # Errors
@@ -552,10 +561,9 @@ pub fn restore(
     progress: &RestoreProgress,
 ) -> Result<RestoreOutcome> {
     let selection = Selection::new(opts)?;
-    for (inc, p) in selection.paths.iter().zip(&opts.include) {
-        if !inc.is_empty() {
-            find_node(repo, snap, p)?;
-        }
+    // Included paths must exist; patterns may match nothing.
+    for p in opts.include.iter().filter(|p| is_path(p)) {
+        find_node(repo, snap, p)?;
     }
     if rustix::fs::stat(target).is_ok_and(|st| fsmeta::kind_of(&st) == NodeKind::Blockdev) {
         if selection.include.is_some() || selection.exclude.is_some() {

@@ -98,6 +98,32 @@ fn patterns_choose_what_a_restore_writes() {
         );
     }
 
+    // Patterns and paths together: each path must exist, wherever it is among the patterns.
+    let keep = format!("{s}/keep");
+    let (_, got) = case.restore(&["-i", "x.conf", "--include", &keep]);
+    let want = [
+        "etc/",
+        "etc/sub/",
+        "etc/sub/x.conf",
+        "keep/",
+        "keep/inner/",
+        "keep/inner/k.txt",
+    ];
+    assert_eq!(got, want);
+    let bad = case.env.path("bad");
+    let missing = format!("{s}/missing");
+    let e = case.env.fails(&[
+        "restore",
+        "latest",
+        "--target",
+        bad.to_str().unwrap(),
+        "-i",
+        "*.conf",
+        "-i",
+        &missing,
+    ]);
+    assert!(e.contains("missing is not in the snapshot"), "{e}");
+
     // Case ignored; an anchored pattern; a matching directory comes whole.
     let (_, got) = case.restore(&["--iinclude", "*.db"]);
     assert_eq!(got, ["data/", "data/db/", "data/db/a.db", "data/db/b.DB"]);
@@ -174,7 +200,6 @@ fn patterns_choose_what_a_restore_writes() {
     assert!(got.is_empty(), "{got:?}");
 
     // Bad patterns: one line, before anything is written.
-    let bad = case.env.path("bad");
     for args in [
         vec!["--exclude", "a[b"],
         vec!["--iinclude", "!x"],
