@@ -101,6 +101,22 @@ pub struct GroupKey {
     pub tags: Option<Vec<String>>,
 }
 
+impl GroupKey {
+    /// The group of `s` under `group_by`.
+    pub fn of(s: &Snapshot, group_by: GroupBy) -> Self {
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        GroupKey {
+            host: group_by.host.then(|| s.host.clone()),
+            paths: group_by.paths.then(|| sorted(&s.paths)),
+            tags: group_by.tags.then(|| sorted(&s.tags)),
+        }
+    }
+}
+
 /// One snapshot's fate.
 #[derive(Debug, Clone, Serialize)]
 pub struct Decision {
@@ -140,17 +156,10 @@ pub fn plan(
     }
     let mut groups: BTreeMap<GroupKey, Vec<&(Id, Snapshot)>> = BTreeMap::new();
     for s in snaps {
-        let sorted = |v: &[String]| {
-            let mut v = v.to_vec();
-            v.sort();
-            v
-        };
-        let key = GroupKey {
-            host: group_by.host.then(|| s.1.host.clone()),
-            paths: group_by.paths.then(|| sorted(&s.1.paths)),
-            tags: group_by.tags.then(|| sorted(&s.1.tags)),
-        };
-        groups.entry(key).or_default().push(s);
+        groups
+            .entry(GroupKey::of(&s.1, group_by))
+            .or_default()
+            .push(s);
     }
     groups
         .into_iter()

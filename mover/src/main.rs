@@ -1373,12 +1373,15 @@ fn newest_of_each_group(
     snaps: Vec<(lifeboat::Id, Snapshot)>,
     n: usize,
 ) -> Vec<(lifeboat::Id, Snapshot)> {
-    let mut seen = std::collections::HashMap::<(String, Vec<String>), usize>::new();
+    let by = forget::GroupBy {
+        host: true,
+        paths: true,
+        tags: false,
+    };
+    let mut seen = std::collections::BTreeMap::<forget::GroupKey, usize>::new();
     let mut keep = vec![false; snaps.len()];
     for (i, (_, s)) in snaps.iter().enumerate().rev() {
-        let mut paths = s.paths.clone();
-        paths.sort();
-        let count = seen.entry((s.host.clone(), paths)).or_default();
+        let count = seen.entry(forget::GroupKey::of(s, by)).or_default();
         keep[i] = *count < n;
         *count += 1;
     }

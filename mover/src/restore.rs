@@ -568,8 +568,8 @@ pub fn restore(
     if rustix::fs::stat(target).is_ok_and(|st| fsmeta::kind_of(&st) == NodeKind::Blockdev) {
         if selection.include.is_some() || selection.exclude.is_some() {
             return Err(Error::invalid(
-                "a device receives one volume: name it with --include PATH (patterns and excludes \
-                 do not apply)",
+                "a device receives one volume: name it by its absolute path with --include (patterns \
+                 and excludes do not apply)",
             ));
         }
         return restore_device(repo, snap, target, opts, progress);

@@ -503,6 +503,13 @@ fn restore_refuses_smaller_or_mounted_devices() {
         read_all(small.path()) == noise(8 << 20, 2),
         "target was written"
     );
+    // A pattern cannot name it: a device takes one volume, named by its absolute path.
+    let line = env.fails(&["restore", "latest", "--target", &small.dev, "-i", "*.img"]);
+    assert!(line.contains("absolute path"), "{line}");
+    assert!(
+        read_all(small.path()) == noise(8 << 20, 2),
+        "target was written"
+    );
     let img = dir.join("disk.img");
     env.ok(&[
         "restore",
