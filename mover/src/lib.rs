@@ -48,6 +48,7 @@ pub mod retention;
 pub mod s3lock;
 mod sink;
 mod snapshot;
+pub mod stats;
 mod status;
 pub mod tree;
 pub mod units;

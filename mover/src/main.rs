@@ -298,6 +298,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Count sizes over snapshots (default: all that the filters select). Modes, as restic's:
+    /// restore-size (every entry, and the bytes a restore writes), files-by-contents (files of
+    /// distinct contents), blobs-per-file (distinct blobs of each path, over files of distinct
+    /// contents), raw-data (the blobs the snapshots use, each once: bytes stored, bytes
+    /// uncompressed, compression).
+    Stats {
+        /// Snapshots by id prefix or "latest".
+        snapshots: Vec<String>,
+        /// Counting mode.
+        #[arg(long, value_enum, default_value_t = StatsMode::RestoreSize)]
+        mode: StatsMode,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// One JSON object (restic's keys).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write one file of a snapshot to standard output.
     Dump {
         /// Snapshot id prefix or `latest`.
@@ -1081,6 +1098,60 @@ fn run(cli: Cli) -> Result<u8> {
             }
             out.flush()?;
         }
+        Command::Stats {
+            snapshots,
+            mode,
+            filter,
+            json,
+        } => {
+            let mut repo = open(g)?;
+            repo.load_index()?;
+            let snaps: Vec<_> = select_snapshots(&repo, &snapshots, &filter)?
+                .into_iter()
+                .map(|s| s.1)
+                .collect();
+            let st = lifeboat::stats::stats(&repo, &snaps, mode.into())?;
+            if json {
+                println!("{}", serde_json::to_string(&st)?);
+            } else {
+                let name = clap::ValueEnum::to_possible_value(&mode).expect("no mode is hidden");
+                println!("Stats in {} mode:", name.get_name());
+                println!("     Snapshots processed:  {}", st.snapshots_count);
+                let lines = [
+                    (
+                        "Total Blob Count",
+                        st.total_blob_count.map(|n| n.to_string()),
+                    ),
+                    (
+                        "Total File Count",
+                        st.total_file_count.map(|n| n.to_string()),
+                    ),
+                    (
+                        "Total Uncompressed Size",
+                        st.total_uncompressed_size
+                            .map(|n| HumanBytes(n).to_string()),
+                    ),
+                    ("Total Size", Some(HumanBytes(st.total_size).to_string())),
+                    (
+                        "Compression Progress",
+                        st.compression_progress.map(|p| format!("{p:.2}%")),
+                    ),
+                    (
+                        "Compression Ratio",
+                        st.compression_ratio.map(|r| format!("{r:.2}x")),
+                    ),
+                    (
+                        "Compression Space Saving",
+                        st.compression_space_saving.map(|p| format!("{p:.2}%")),
+                    ),
+                ];
+                for (label, value) in lines {
+                    if let Some(v) = value {
+                        println!("{label:>24}:  {v}");
+                    }
+                }
+            }
+        }
         Command::Dump {
             snapshot,
             path,
@@ -1218,21 +1289,14 @@ fn run(cli: Cli) -> Result<u8> {
                     .context("opening the target")?;
             src.load_index()?;
             dst.load_index_for_writing()?;
-            let filter = filter.filter()?;
-            let mut ids = Vec::new();
-            for s in &snapshots {
-                ids.push(src.find_snapshot_in(s, &filter)?.0);
-            }
-            if snapshots.is_empty() && !filter.is_empty() {
-                ids = src
-                    .snapshots_in(&filter)?
+            let ids: Vec<_> = if snapshots.is_empty() && filter.filter()?.is_empty() {
+                Vec::new() // all of them
+            } else {
+                select_snapshots(&src, &snapshots, &filter)?
                     .into_iter()
                     .map(|s| s.0)
-                    .collect();
-                if ids.is_empty() {
-                    bail!("no snapshot matches {}", filter.describe());
-                }
-            }
+                    .collect()
+            };
             let r = lifeboat::copy::copy(&src, &dst, &ids)?;
             if json {
                 let line = json!({
@@ -1366,6 +1430,52 @@ fn add_pattern_files(into: &mut Vec<String>, files: &[PathBuf]) -> Result<()> {
         into.extend(lifeboat::pattern::patterns_in(&text));
     }
     Ok(())
+}
+
+/// The snapshots named by `specs` (ids whatever the filters say, `latest` under them), each once;
+/// with no names, every snapshot the filters select (oldest first), at least one when they are
+/// given.
+fn select_snapshots(
+    repo: &Repository,
+    specs: &[String],
+    filter: &FilterArgs,
+) -> Result<Vec<(lifeboat::Id, Snapshot)>> {
+    let filter = filter.filter()?;
+    if specs.is_empty() {
+        let all = repo.snapshots_in(&filter)?;
+        if all.is_empty() && !filter.is_empty() {
+            bail!("no snapshot matches {}", filter.describe());
+        }
+        return Ok(all);
+    }
+    let mut out: Vec<(lifeboat::Id, Snapshot)> = Vec::new();
+    for spec in specs {
+        let (id, s) = repo.find_snapshot_in(spec, &filter)?;
+        if !out.iter().any(|o| o.0 == id) {
+            out.push((id, s));
+        }
+    }
+    Ok(out)
+}
+
+/// `stats --mode`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatsMode {
+    RestoreSize,
+    FilesByContents,
+    BlobsPerFile,
+    RawData,
+}
+
+impl From<StatsMode> for lifeboat::stats::Mode {
+    fn from(m: StatsMode) -> Self {
+        match m {
+            StatsMode::RestoreSize => Self::RestoreSize,
+            StatsMode::FilesByContents => Self::FilesByContents,
+            StatsMode::BlobsPerFile => Self::BlobsPerFile,
+            StatsMode::RawData => Self::RawData,
+        }
+    }
 }
 
 /// The `n` newest of `snaps` (oldest first) in each group of host and paths, in their order.

@@ -21,4 +21,5 @@ mod lifecycle;
 mod roundtrip;
 mod s3;
 mod select;
+mod stats;
 mod stream;
