@@ -66,5 +66,5 @@ pub use keyslot::{KdfParams, KeySlot, Secret, SlotKind};
 pub use repo::{Config, FORMAT_VERSION, InitOptions, LockConfig, Repository};
 pub use restore::{RestoreOptions, RestoreOutcome, RestoreProgress, dump, find_node, restore};
 pub use snapshot::{
-    Snapshot, SnapshotFilter, Summary, absolute_path, has_tags, hostname, parse_tag_list,
+    Snapshot, SnapshotFilter, Summary, TagChange, absolute_path, has_tags, hostname, parse_tag_list,
 };

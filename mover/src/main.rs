@@ -315,6 +315,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change the tags of snapshots (default: every snapshot the filters select). Each changed
+    /// snapshot is written anew with its new tags, then the old one is deleted: its id changes,
+    /// and the new one records the old id as `original`.
+    Tag {
+        /// Snapshots by id prefix or "latest".
+        snapshots: Vec<String>,
+        /// Add these comma-separated tags (repeatable).
+        #[arg(long, value_name = "TAG[,TAG...]")]
+        add: Vec<String>,
+        /// Remove these comma-separated tags (repeatable).
+        #[arg(long, value_name = "TAG[,TAG...]")]
+        remove: Vec<String>,
+        /// Replace the tags with these comma-separated tags (repeatable; "" removes every tag).
+        #[arg(long, value_name = "TAG[,TAG...]", conflicts_with_all = ["add", "remove"])]
+        set: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// One JSON line per changed snapshot, then a summary (restic's format).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write one file of a snapshot to standard output.
     Dump {
         /// Snapshot id prefix or `latest`.
@@ -940,7 +961,8 @@ fn run(cli: Cli) -> Result<u8> {
                     .iter()
                     .map(|(id, s)| {
                         json!({"id": id.to_hex(), "short_id": id.short(), "time": s.time.to_string(), "host": s.host,
-                               "paths": s.paths, "tags": s.tags, "parent": s.parent.map(|p| p.to_hex()), "summary": s.summary})
+                               "paths": s.paths, "tags": s.tags, "parent": s.parent.map(|p| p.to_hex()),
+                               "original": s.original.map(|o| o.to_hex()), "summary": s.summary})
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(v));
@@ -1150,6 +1172,54 @@ fn run(cli: Cli) -> Result<u8> {
                         println!("{label:>24}:  {v}");
                     }
                 }
+            }
+        }
+        Command::Tag {
+            snapshots,
+            add,
+            remove,
+            set,
+            filter,
+            json,
+        } => {
+            let lists = |v: &[String]| v.iter().flat_map(|t| parse_tag_list(t)).collect();
+            let change = lifeboat::TagChange {
+                set: (!set.is_empty()).then(|| lists(&set)),
+                add: lists(&add),
+                remove: lists(&remove),
+            };
+            if change.set.is_none() && add.is_empty() && remove.is_empty() {
+                bail!("nothing to do: give --add, --remove or --set");
+            }
+            let repo = open(g)?;
+            let mut changed = 0;
+            for (old, mut snap) in select_snapshots(&repo, &snapshots, &filter)? {
+                let tags = change.apply(&snap.tags);
+                if tags == snap.tags {
+                    continue;
+                }
+                snap.tags = tags;
+                snap.original = snap.original.or(Some(old));
+                let new = repo.replace_snapshot(&old, &snap)?;
+                changed += 1;
+                if json {
+                    println!(
+                        "{}",
+                        json!({"message_type": "changed", "old_snapshot_id": old.to_hex(), "new_snapshot_id": new.to_hex()})
+                    );
+                } else {
+                    println!("old snapshot {} is now {}", old.short(), new.short());
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    json!({"message_type": "summary", "changed_snapshots": changed})
+                );
+            } else if changed == 0 {
+                println!("no snapshots were modified");
+            } else {
+                println!("modified {changed} snapshots");
             }
         }
         Command::Dump {

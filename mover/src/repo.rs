@@ -503,6 +503,26 @@ impl Repository {
         self.store.delete(&format!("{}{id}", names::SNAPSHOTS))
     }
 
+    /// Replace snapshot `old` by `new` (the same backup with other tags, say): `new` is stored
+    /// and made durable before `old` is deleted, so a crash leaves one of them or both, never
+    /// neither.
+    ///
+    /// # Errors
+    /// Storage errors; when `old` cannot be deleted, `new` stays and the error says so.
+    pub fn replace_snapshot(&self, old: &Id, new: &Snapshot) -> Result<Id> {
+        let json = serde_json::to_vec(new).expect("a snapshot serializes");
+        let (id, _) = self.save_object(ObjectKind::Snapshot, &json)?;
+        self.store.sync()?;
+        self.remove_snapshot(old).map_err(|e| {
+            e.context(format!(
+                "snapshot {} was written; deleting the snapshot {} it replaces",
+                id.short(),
+                old.short()
+            ))
+        })?;
+        Ok(id)
+    }
+
     /// Resolve `latest` or a unique hex prefix of a snapshot id.
     ///
     /// # Errors

@@ -60,7 +60,8 @@ pub struct Snapshot {
     pub summary: Summary,
     /// Lifeboat version that wrote it.
     pub program: String,
-    /// For a snapshot made by `copy`: the id of the snapshot it was copied from.
+    /// For a snapshot made by `copy`: the id of the snapshot it was copied from. For one whose
+    /// tags `tag` changed: the id it had before (kept through later changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<Id>,
 }
@@ -147,6 +148,31 @@ pub fn parse_tag_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// A change of a snapshot's tags (`lifeboat tag`).
+#[derive(Debug, Clone, Default)]
+pub struct TagChange {
+    /// Replace the tags with these.
+    pub set: Option<Vec<String>>,
+    /// Add these (after the tags already there, each once).
+    pub add: Vec<String>,
+    /// Remove these.
+    pub remove: Vec<String>,
+}
+
+impl TagChange {
+    /// The tags after the change, in order, without repeats.
+    pub fn apply(&self, tags: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let from = self.set.as_deref().unwrap_or(tags);
+        for t in from.iter().chain(&self.add) {
+            if !out.contains(t) && !self.remove.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +235,37 @@ mod tests {
             Path::new("/")
         );
         assert_eq!(absolute_path(Path::new("x/../y")).unwrap(), cwd.join("y"));
+    }
+
+    #[test]
+    fn tag_changes_keep_order_and_never_repeat() {
+        let v = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let tags = v(&["daily", "pg"]);
+        let add = TagChange {
+            add: v(&["keep", "daily"]),
+            ..TagChange::default()
+        };
+        assert_eq!(add.apply(&tags), v(&["daily", "pg", "keep"]));
+        let remove = TagChange {
+            remove: v(&["daily", "absent"]),
+            ..TagChange::default()
+        };
+        assert_eq!(remove.apply(&tags), v(&["pg"]));
+        let both = TagChange {
+            add: v(&["keep"]),
+            remove: v(&["pg"]),
+            ..TagChange::default()
+        };
+        assert_eq!(both.apply(&tags), v(&["daily", "keep"]));
+        let set = TagChange {
+            set: Some(v(&["x", "x", "y"])),
+            ..TagChange::default()
+        };
+        assert_eq!(set.apply(&tags), v(&["x", "y"]));
+        let clear = TagChange {
+            set: Some(Vec::new()),
+            ..TagChange::default()
+        };
+        assert!(clear.apply(&tags).is_empty());
     }
 }

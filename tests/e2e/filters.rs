@@ -1,5 +1,6 @@
 //! restic's snapshot filters (`--host`, `--tag`, `--path`): what `latest` means for `restore`,
-//! `ls` and `dump`, and which snapshots `snapshots`, `forget` and `copy` consider.
+//! `ls` and `dump`, and which snapshots `snapshots`, `forget` and `copy` consider; `tag`, which
+//! changes the tags filters select by.
 
 use std::path::Path;
 
@@ -208,4 +209,97 @@ fn filters_choose_latest_and_what_commands_consider() {
     env.ok(&["forget", "--keep-tag", "pg", "--host", "h1"]);
     assert_eq!(listed(&env, &[]), [s2.as_str(), s3.as_str()]);
     assert_eq!(env.ok(&["dump", "latest", &file]), "a on h2");
+}
+
+#[test]
+fn tag_rewrites_snapshots_with_their_new_tags_and_keeps_their_data() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "first").unwrap();
+    let s1 = backup(&env, &src, &["--tag", "daily"]);
+    std::fs::write(src.join("f"), "second").unwrap();
+    let s2 = backup(&env, &src, &["--tag", "daily,pg"]);
+    std::fs::write(src.join("f"), "third").unwrap();
+    let s3 = backup(&env, &src, &[]);
+    let before = json(&env.ok(&["snapshots", "--json"]));
+    let tags = |env: &Env| -> Vec<serde_json::Value> {
+        json(&env.ok(&["snapshots", "--json"]))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["tags"].clone())
+            .collect()
+    };
+
+    // One snapshot by name: written anew under a new id, the old one gone, the rest the same.
+    let out = env.ok(&["tag", "--add", "keep", "latest"]);
+    assert!(
+        out.starts_with(&format!("old snapshot {} is now ", &s3[..8])),
+        "{out}"
+    );
+    let after = json(&env.ok(&["snapshots", "--json"]));
+    let new3 = after[2]["id"].as_str().unwrap().to_owned();
+    assert_ne!(new3, s3);
+    assert_eq!(after[2]["tags"], serde_json::json!(["keep"]));
+    assert_eq!(after[2]["original"], s3.as_str());
+    for key in ["time", "host", "paths", "summary"] {
+        assert_eq!(after[2][key], before[2][key], "{key}");
+    }
+    assert_eq!(listed(&env, &[])[..2], [s1.clone(), s2.clone()]);
+    let e = env.fails(&["ls", &s3]);
+    assert!(e.contains("no snapshot matches"), "{e}");
+
+    // By filter, with --json: add and remove at once; a snapshot already so is not rewritten.
+    let lines: Vec<serde_json::Value> = env
+        .ok(&[
+            "tag", "--tag", "daily", "--remove", "daily", "--add", "weekly", "--json",
+        ])
+        .lines()
+        .map(json)
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["old_snapshot_id"], s1.as_str());
+    assert_eq!(lines[1]["old_snapshot_id"], s2.as_str());
+    assert_eq!(lines[2]["changed_snapshots"], 2);
+    assert_eq!(
+        tags(&env),
+        [
+            serde_json::json!(["weekly"]),
+            serde_json::json!(["pg", "weekly"]),
+            serde_json::json!(["keep"])
+        ]
+    );
+    let out = env.ok(&["tag", "--add", "keep", "latest"]);
+    assert_eq!(out.trim(), "no snapshots were modified");
+
+    // --set replaces; "" clears. The original id survives a second change.
+    env.ok(&["tag", "--set", "", "--tag", "pg"]);
+    env.ok(&["tag", "--set", "a,b", "--set", "c", "latest"]);
+    assert_eq!(
+        tags(&env),
+        [
+            serde_json::json!(["weekly"]),
+            serde_json::json!([]),
+            serde_json::json!(["a", "b", "c"])
+        ]
+    );
+    let last = json(&env.ok(&["snapshots", "--json"]));
+    assert_eq!(last[2]["original"], s3.as_str(), "{last}");
+
+    // The data is untouched: every snapshot restores, and the repository checks clean.
+    for (i, want) in ["first", "second", "third"].iter().enumerate() {
+        let id = last[i]["id"].as_str().unwrap();
+        let f = format!("{}/f", src.to_str().unwrap());
+        let out = env.cmd(&["dump", id, &f]).output().unwrap();
+        assert_eq!(out.stdout, want.as_bytes(), "snapshot {i}");
+    }
+    env.ok(&["check", "--read-data"]);
+
+    // Bad input: nothing to do, or --set with --add.
+    let e = env.fails(&["tag", "latest"]);
+    assert!(e.contains("give --add, --remove or --set"), "{e}");
+    let o = env.run(&["tag", "--set", "x", "--add", "y"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(listed(&env, &[]).len(), 3);
 }
