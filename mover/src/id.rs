@@ -16,6 +16,17 @@ impl Id {
         Id(*blake3::hash(data).as_bytes())
     }
 
+    /// One id for a sequence of byte strings (each length-prefixed, so no two sequences give
+    /// the same input): a directory known by the list of its tree blobs, for example. Not stored.
+    pub(crate) fn of_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut h = blake3::Hasher::new();
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        Id(*h.finalize().as_bytes())
+    }
+
     /// Random id (key slots).
     ///
     /// # Errors

@@ -32,6 +32,7 @@ pub mod copy;
 pub mod crypto;
 pub mod diff;
 mod error;
+pub mod find;
 pub mod forget;
 pub mod fsmeta;
 mod id;

@@ -336,6 +336,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find entries by path pattern, or by the blobs or pack holding their contents (which
+    /// files a damaged pack or blob reported by 'check' affects), in every snapshot the filters
+    /// select or those named.
+    Find {
+        /// Patterns, as restore's (`*.conf`, `/etc/**/x`); an entry matches any of them.
+        patterns: Vec<String>,
+        /// Only this snapshot (id prefix or "latest"; repeatable).
+        #[arg(short = 's', long = "snapshot", value_name = "SNAPSHOT")]
+        snapshots: Vec<String>,
+        /// Match the patterns ignoring case.
+        #[arg(short = 'i', long)]
+        ignore_case: bool,
+        /// Entries whose contents include this blob (id or unique prefix; repeatable).
+        #[arg(long, value_name = "ID")]
+        blob: Vec<String>,
+        /// Entries whose contents include a blob of this pack (id or unique prefix; repeatable).
+        #[arg(long, value_name = "ID")]
+        pack: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// One JSON array: per snapshot with matches, its id, hits and the matches as 'ls --json'
+        /// shows entries.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write one file of a snapshot to standard output.
     Dump {
         /// Snapshot id prefix or `latest`.
@@ -1222,6 +1247,79 @@ fn run(cli: Cli) -> Result<u8> {
                 println!("modified {changed} snapshots");
             }
         }
+        Command::Find {
+            patterns,
+            snapshots,
+            ignore_case,
+            blob,
+            pack,
+            filter,
+            json,
+        } => {
+            if patterns.is_empty() && blob.is_empty() && pack.is_empty() {
+                bail!("nothing to find: give a PATTERN, --blob or --pack");
+            }
+            let (pats, ipats) = if ignore_case {
+                (Vec::new(), patterns)
+            } else {
+                (patterns, Vec::new())
+            };
+            let mut query = lifeboat::find::Query {
+                patterns: lifeboat::pattern::Patterns::new(&pats, &ipats, "pattern")?,
+                ..Default::default()
+            };
+            let mut repo = open(g)?;
+            repo.load_index()?;
+            for b in &blob {
+                query.add_blob(&repo, b)?;
+            }
+            for p in &pack {
+                query.add_pack(&repo, p)?;
+            }
+            let snaps = select_snapshots(&repo, &snapshots, &filter)?;
+            let mut finder = lifeboat::find::Finder::new(&repo, query);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut first = true;
+            if json {
+                write!(out, "[")?;
+            }
+            for (id, snap) in &snaps {
+                let (mut paths, mut entries) = (Vec::new(), Vec::new());
+                let hits = finder.find(snap, &mut |path, node| {
+                    if json {
+                        entries.push(node_json(node, path));
+                    } else {
+                        paths.push(path.to_owned());
+                    }
+                    Ok(())
+                })?;
+                if hits == 0 {
+                    continue;
+                }
+                if json {
+                    let v = json!({"snapshot": id.to_hex(), "hits": hits, "matches": entries});
+                    write!(out, "{}{v}", if first { "" } else { "," })?;
+                } else {
+                    if !first {
+                        writeln!(out)?;
+                    }
+                    let t = snap.time.round(jiff::Unit::Second).unwrap_or(snap.time);
+                    writeln!(
+                        out,
+                        "Found matching entries in snapshot {} from {t}",
+                        id.short()
+                    )?;
+                    for p in &paths {
+                        writeln!(out, "{p}")?;
+                    }
+                }
+                first = false;
+            }
+            if json {
+                writeln!(out, "]")?;
+            }
+            out.flush()?;
+        }
         Command::Dump {
             snapshot,
             path,
@@ -1726,15 +1824,18 @@ fn key(g: &Global, action: KeyAction) -> Result<()> {
     Ok(())
 }
 
+/// An entry as `ls --json` and `find --json` show it.
+fn node_json(node: &Node, path: &str) -> serde_json::Value {
+    let t = jiff::Timestamp::new(node.mtime, node.mtime_ns as i32)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    json!({"path": path, "name": node.display_name(), "type": node.kind(), "size": node.size, "mode": node.mode,
+           "uid": node.uid, "gid": node.gid, "mtime": t})
+}
+
 fn ls_print(node: &Node, path: &str, json: bool, out: &mut impl std::io::Write) -> Result<()> {
     if json {
-        let kind = serde_json::to_value(node.kind())?;
-        let t = jiff::Timestamp::new(node.mtime, node.mtime_ns as i32)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        let v = json!({"path": path, "name": node.display_name(), "type": kind, "size": node.size, "mode": node.mode,
-                       "uid": node.uid, "gid": node.gid, "mtime": t});
-        writeln!(out, "{v}")?;
+        writeln!(out, "{}", node_json(node, path))?;
     } else {
         writeln!(out, "{path}")?;
     }

@@ -143,23 +143,13 @@ struct Walk<'r> {
     raw: RawSums,
 }
 
-/// One id for a sequence of byte strings (each length-prefixed, so no two sequences collide).
-fn key<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Id {
-    let mut h = blake3::Hasher::new();
-    for p in parts {
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    Id(*h.finalize().as_bytes())
-}
-
 impl Walk<'_> {
     /// Walk the directory made of the tree blobs `ids`, at `path`.
     fn dir(&mut self, ids: &[Id], path: &str) -> Result<()> {
         if self.mode == Mode::RawData {
             // Tree blobs are cut anywhere in the encoding, so a directory is known by the whole
             // list of its blobs, not by any one of them.
-            if !self.dirs.insert(key(ids.iter().map(|i| &i.0[..]))) {
+            if !self.dirs.insert(Id::of_parts(ids.iter().map(|i| &i.0[..]))) {
                 return Ok(());
             }
             for id in ids {
@@ -194,11 +184,11 @@ impl Walk<'_> {
                     return Ok(());
                 }
                 let p = format!("{path}/{}", n.display_name());
-                if self.paths.insert(key([p.as_bytes()])) {
+                if self.paths.insert(Id::of_parts([p.as_bytes()])) {
                     self.files += 1;
                 }
                 for b in &n.content {
-                    if self.paths.insert(key([p.as_bytes(), &b.0[..]])) {
+                    if self.paths.insert(Id::of_parts([p.as_bytes(), &b.0[..]])) {
                         self.size += u64::from(self.location(b)?.raw_len);
                         self.blobs += 1;
                     }
@@ -249,5 +239,5 @@ fn contents_key(n: &Node) -> Id {
         .flat_map(|&(o, l)| o.to_le_bytes().into_iter().chain(l.to_le_bytes()))
         .collect();
     let blobs: Vec<u8> = n.content.iter().flat_map(|b| b.0).collect();
-    key([&size[..], &holes, &blobs])
+    Id::of_parts([&size[..], &holes, &blobs])
 }

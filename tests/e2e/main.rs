@@ -15,6 +15,7 @@ mod crash;
 mod diff;
 mod exclude;
 mod filters;
+mod find;
 mod incremental;
 mod keys;
 mod lifecycle;
