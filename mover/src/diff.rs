@@ -7,12 +7,11 @@
 //! (when asked for). The sums count the blobs one snapshot has and the other has not, and their
 //! plaintext bytes.
 
-use std::collections::HashSet;
-
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::id::Id;
+use crate::idset::IdSet;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeKind};
@@ -47,8 +46,8 @@ pub struct DiffStats {
 
 #[derive(Default)]
 struct Blobs {
-    data: HashSet<Id>,
-    trees: HashSet<Id>,
+    data: IdSet,
+    trees: IdSet,
 }
 
 struct Walk<'r, F> {
@@ -99,7 +98,7 @@ pub fn diff(
         (&before, &after, &mut stats.removed),
         (&after, &before, &mut stats.added),
     ] {
-        let only = |mine: &HashSet<Id>, theirs: &HashSet<Id>, common: &HashSet<Id>| {
+        let only = |mine: &IdSet, theirs: &IdSet, common: &IdSet| {
             mine.iter()
                 .filter(|id| !theirs.contains(id) && !common.contains(id))
                 .copied()

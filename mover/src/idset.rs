@@ -66,9 +66,22 @@ impl IdSet {
             .is_some()
     }
 
+    /// The ids, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = &Id> {
+        self.blocks.iter().flatten()
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.table.len()
+    }
+}
+
+impl<'a> Extend<&'a Id> for IdSet {
+    fn extend<I: IntoIterator<Item = &'a Id>>(&mut self, ids: I) {
+        for id in ids {
+            self.insert(*id);
+        }
     }
 }
 
@@ -95,6 +108,8 @@ mod tests {
         for i in n..n + 1000 {
             assert!(!s.contains(&id(i)), "{i} was never added");
         }
+        let listed: Vec<Id> = s.iter().copied().collect();
+        assert_eq!(listed, (0..n).map(id).collect::<Vec<_>>(), "each once, in order");
         assert_eq!(s.len(), n as usize);
     }
 
