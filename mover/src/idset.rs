@@ -109,7 +109,11 @@ mod tests {
             assert!(!s.contains(&id(i)), "{i} was never added");
         }
         let listed: Vec<Id> = s.iter().copied().collect();
-        assert_eq!(listed, (0..n).map(id).collect::<Vec<_>>(), "each once, in order");
+        assert_eq!(
+            listed,
+            (0..n).map(id).collect::<Vec<_>>(),
+            "each once, in order"
+        );
         assert_eq!(s.len(), n as usize);
     }
 

@@ -1590,12 +1590,15 @@ fn open_at(
     Ok((repo, id, snap))
 }
 
-/// Add the patterns of each of `files` (one a line; blank lines and `#` comments skipped).
+/// Add the patterns of each of `files` (one a line; blank lines and `#` comments skipped,
+/// environment variables expanded).
 fn add_pattern_files(into: &mut Vec<String>, files: &[PathBuf]) -> Result<()> {
     for f in files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        into.extend(lifeboat::pattern::patterns_in(&text));
+        into.extend(
+            lifeboat::pattern::patterns_in(&text).with_context(|| f.display().to_string())?,
+        );
     }
     Ok(())
 }

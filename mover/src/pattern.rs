@@ -4,6 +4,11 @@
 //! component, `[...]` one character of a class, `**` any number of components, `\` escapes. A
 //! pattern starting with `/` matches from the root; any other matches at any depth (`*.log`,
 //! `node_modules`, `var/cache`). A trailing `/` is ignored.
+//!
+//! Exclude patterns may be negated, as restic's: `!PATTERN` takes back what an earlier pattern
+//! of the same list excluded (the last pattern that matches a path decides), so `/home/u/*` then
+//! `!/home/u/docs` keeps only `docs` of `/home/u`. What is excluded is not entered, so a negated
+//! pattern cannot bring back anything below an excluded directory.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -16,6 +21,9 @@ use crate::error::{Error, Result};
 /// A set of patterns.
 pub struct Patterns {
     set: GlobSet,
+    /// Per pattern of `set`: whether it is negated, and its list (0 case-sensitive, 1 ignoring
+    /// case). Empty when no pattern is negated.
+    negated: Vec<(bool, u8)>,
     /// Each pattern's components, to tell whether a directory may hold a match.
     parts: Vec<Vec<Part>>,
 }
@@ -34,17 +42,44 @@ impl Patterns {
     /// # Errors
     /// `InvalidInput` naming the first pattern that is not valid.
     pub fn new(patterns: &[String], ipatterns: &[String], what: &str) -> Result<Option<Self>> {
+        Self::build(patterns, ipatterns, what, false)
+    }
+
+    /// Like [`Patterns::new`], and a pattern may be negated (`!PATTERN`): exclude patterns.
+    ///
+    /// # Errors
+    /// `InvalidInput` naming the first pattern that is not valid.
+    pub fn with_negation(
+        patterns: &[String],
+        ipatterns: &[String],
+        what: &str,
+    ) -> Result<Option<Self>> {
+        Self::build(patterns, ipatterns, what, true)
+    }
+
+    fn build(
+        patterns: &[String],
+        ipatterns: &[String],
+        what: &str,
+        negation: bool,
+    ) -> Result<Option<Self>> {
         let mut set = GlobSetBuilder::new();
         let mut parts = Vec::new();
+        let mut negated = Vec::new();
         for (p, icase) in patterns
             .iter()
             .map(|p| (p, false))
             .chain(ipatterns.iter().map(|p| (p, true)))
         {
             let bad = |why: &str| Error::invalid(format!("{what} {p:?}: {why}"));
-            if p.starts_with('!') {
-                return Err(bad("negated patterns ('!') are not supported"));
-            }
+            let (neg, p) = match p.strip_prefix('!') {
+                Some(_) if !negation => {
+                    return Err(bad("negated patterns ('!') are only for excludes"));
+                }
+                Some(rest) => (true, rest),
+                None => (false, p.as_str()),
+            };
+            negated.push((neg, u8::from(icase)));
             let trimmed = p.trim_end_matches('/');
             if trimmed.is_empty() {
                 return Err(bad("it matches everything"));
@@ -80,12 +115,29 @@ impl Patterns {
         let set = set
             .build()
             .map_err(|e| Error::invalid(format!("{what}s: {e}")))?;
-        Ok((!parts.is_empty()).then_some(Patterns { set, parts }))
+        if !negated.iter().any(|n| n.0) {
+            negated.clear();
+        }
+        Ok((!parts.is_empty()).then_some(Patterns {
+            set,
+            negated,
+            parts,
+        }))
     }
 
-    /// Whether absolute `path` matches a pattern.
+    /// Whether absolute `path` matches: in either list, the last pattern that matches it is not
+    /// negated.
     pub fn matches(&self, path: &[u8]) -> bool {
-        self.set.is_match(Path::new(OsStr::from_bytes(path)))
+        let path = Path::new(OsStr::from_bytes(path));
+        if self.negated.is_empty() {
+            return self.set.is_match(path);
+        }
+        let mut last = [None; 2];
+        for i in self.set.matches(path) {
+            let (neg, list) = self.negated[i];
+            last[usize::from(list)] = Some(neg);
+        }
+        last.contains(&Some(false))
     }
 
     /// Whether something below directory `dir` (an absolute path, `/` for the root) may match a
@@ -116,12 +168,24 @@ impl Patterns {
 }
 
 /// The patterns of a pattern file: one a line, surrounding blanks trimmed, empty lines and lines
-/// starting with `#` skipped.
-pub fn patterns_in(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
+/// starting with `#` skipped, environment variables (`$HOME`, `${USER}`) expanded as restic
+/// expands them in these files.
+///
+/// # Errors
+/// `InvalidInput` naming the line of a variable that is not set (an exclude that silently lost
+/// a part of its path would exclude something else).
+pub fn patterns_in(text: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let p = shellexpand::env(l)
+            .map_err(|e| Error::invalid(format!("line {}: ${} is not set", i + 1, e.var_name)))?;
+        out.push(p.into_owned());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -218,9 +282,59 @@ mod tests {
     }
 
     #[test]
-    fn pattern_files_skip_blanks_and_comments() {
-        let got: Vec<String> =
-            patterns_in("# caches\n  *.tmp  \n\n/srv/x\n   # indented\n").collect();
+    fn pattern_files_skip_blanks_and_comments_and_expand_variables() {
+        let got = patterns_in("# caches\n  *.tmp  \n\n/srv/x\n   # indented\n").unwrap();
         assert_eq!(got, ["*.tmp", "/srv/x"]);
+        let home = std::env::var("HOME").expect("HOME is set in tests");
+        let got = patterns_in("$HOME/.cache\n${HOME}/x\n").unwrap();
+        assert_eq!(got, [format!("{home}/.cache"), format!("{home}/x")]);
+        let e = patterns_in("*.tmp\n$LIFEBOAT_SURELY_UNSET_VAR/x\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 2: $LIFEBOAT_SURELY_UNSET_VAR is not set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_last_matching_pattern_of_a_list_decides() {
+        let v = |p: &[&str]| p.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>();
+        let e = Patterns::with_negation(
+            &v(&[
+                "/home/u/*",
+                "!/home/u/docs",
+                "*.tmp",
+                "!keep.tmp",
+                "/home/u/docs/x",
+            ]),
+            &v(&["*.ISO", "!/dl/ok.iso"]),
+            "exclude pattern",
+        )
+        .unwrap()
+        .unwrap();
+        for yes in [
+            "/home/u/music",
+            "/home/u/docs/x",
+            "/a/b.tmp",
+            "/dl/disk.iso",
+        ] {
+            assert!(e.matches(yes.as_bytes()), "{yes} is excluded");
+        }
+        for no in [
+            "/home/u/docs",
+            "/home/u/docs/y",
+            "/srv/keep.tmp",
+            "/dl/ok.iso",
+            "/home/u/keep.tmp",
+        ] {
+            assert!(!e.matches(no.as_bytes()), "{no} is kept");
+        }
+        // Each list decides for itself: a negation in one does not take back the other's match.
+        let e = Patterns::with_negation(&v(&["!/dl/disk.iso"]), &v(&["*.iso"]), "exclude pattern")
+            .unwrap()
+            .unwrap();
+        assert!(e.matches(b"/dl/disk.iso"));
+        let e = Patterns::new(&v(&["!x"]), &[], "include pattern");
+        assert!(e.is_err_and(|e| e.to_string().contains("only for excludes")));
     }
 }

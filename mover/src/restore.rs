@@ -495,7 +495,7 @@ impl Selection {
         Ok(Selection {
             paths,
             include: Patterns::new(&patterns, &opts.iinclude, "include pattern")?,
-            exclude: Patterns::new(&opts.exclude, &opts.iexclude, "exclude pattern")?,
+            exclude: Patterns::with_negation(&opts.exclude, &opts.iexclude, "exclude pattern")?,
         })
     }
 

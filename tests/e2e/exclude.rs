@@ -232,7 +232,7 @@ fn bad_exclude_options_are_one_line() {
     write(&src.join("x"), b"x");
     let s = src.to_str().unwrap();
     for (args, says) in [
-        (vec!["-e", "!keep"], "negated"),
+        (vec!["-e", "!"], "it matches everything"),
         (vec!["-e", "a[b"], "a[b"),
         (vec!["--exclude-if-present", ":H"], "file name"),
         (
@@ -250,4 +250,73 @@ fn bad_exclude_options_are_one_line() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a size"));
     // Nothing was saved.
     assert!(env.ok(&["snapshots"]).contains("0 snapshots"));
+}
+
+/// restic's negated excludes (the last matching pattern of a list decides) and environment
+/// variables in exclude files, in backup and in restore.
+#[test]
+fn negated_excludes_and_variables_in_exclude_files() {
+    let mut env = Env::new();
+    let src = env.path("src");
+    for f in [
+        "u/docs/a",
+        "u/docs/b.tmp",
+        "u/music/b",
+        "u/keep.tmp",
+        "u/x.tmp",
+        "u/y",
+    ] {
+        write(&src.join(f), f.as_bytes());
+    }
+    env.vars
+        .push(("LB_SRC".into(), src.to_str().unwrap().to_owned()));
+    let list = env.path("excludes");
+    std::fs::write(
+        &list,
+        "$LB_SRC/u/*\n!${LB_SRC}/u/docs\n!keep.tmp\n# a comment\n",
+    )
+    .unwrap();
+    let s = src.to_str().unwrap();
+    let l = list.to_str().unwrap();
+    env.ok(&["backup", s, "--exclude-file", l]);
+    let want: BTreeSet<String> = ["u", "u/docs", "u/docs/a", "u/docs/b.tmp", "u/keep.tmp"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed(&env, &src), want);
+
+    // In restore too: every .tmp but keep.tmp is left out.
+    env.ok(&["backup", s]);
+    let target = env.path("target");
+    let t = target.to_str().unwrap();
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "-e",
+        "*.tmp",
+        "-e",
+        "!keep.tmp",
+    ]);
+    let mut got: Vec<String> = crate::fixtures::walk_files(&target.join(s.trim_start_matches('/')))
+        .iter()
+        .map(|p| {
+            p.strip_prefix(target.join(s.trim_start_matches('/')))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["u/docs/a", "u/keep.tmp", "u/music/b", "u/y"]);
+
+    // A variable that is not set: one line naming the file and the line; nothing saved.
+    std::fs::write(&list, "*.tmp\n$LB_NOT_SET_ANYWHERE/x\n").unwrap();
+    let e = env.fails(&["backup", s, "--exclude-file", l]);
+    assert!(
+        e.contains(l) && e.contains("line 2: $LB_NOT_SET_ANYWHERE is not set"),
+        "{e}"
+    );
+    assert!(env.ok(&["snapshots"]).contains("2 snapshots"));
 }

@@ -65,7 +65,7 @@ impl Excludes {
     /// # Errors
     /// `InvalidInput` naming the first pattern or tag that is not valid.
     pub fn new(o: &ExcludeOptions) -> Result<Option<Self>> {
-        let patterns = Patterns::new(&o.patterns, &o.ipatterns, "exclude pattern")?;
+        let patterns = Patterns::with_negation(&o.patterns, &o.ipatterns, "exclude pattern")?;
         let mut tags = Vec::new();
         for t in o
             .if_present
