@@ -87,6 +87,18 @@ struct Global {
     verbose: u8,
 }
 
+/// How `prune` (and `forget --prune`) deletes.
+#[derive(Args)]
+struct PruneArgs {
+    /// How old a deletion plan must be before its packs are deleted (0s deletes at once: only
+    /// safe when nothing else uses the repository).
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    grace: String,
+    /// Repack a pack when less than this percentage of it is still used.
+    #[arg(long, default_value_t = 50.0, value_name = "PERCENT")]
+    repack_below: f64,
+}
+
 /// restic's snapshot filters. They choose what `latest` means and which snapshots `snapshots`,
 /// `forget` and `copy` consider; a snapshot named by its id is taken whatever they say.
 #[derive(Args, Default)]
@@ -420,10 +432,16 @@ enum Command {
         /// Group snapshots by these fields: any of host,paths,tags ("" for one group).
         #[arg(long, default_value = "host,paths")]
         group_by: String,
-        /// Show what would be kept and removed, and why; remove nothing.
+        /// Show what would be kept and removed, and why; remove nothing (with --prune: what
+        /// prune would do too).
         #[arg(long)]
         dry_run: bool,
-        /// Print the plan as JSON.
+        /// Then run prune (its --grace and --repack-below apply).
+        #[arg(long)]
+        prune: bool,
+        #[command(flatten)]
+        prune_args: PruneArgs,
+        /// Print the plan as JSON (with --prune, then prune's line).
         #[arg(long)]
         json: bool,
     },
@@ -432,13 +450,8 @@ enum Command {
     /// plan is older than the grace period (set it longer than your longest backup plus clock
     /// skew). One prune at a time (a lease that expires if its holder dies).
     Prune {
-        /// How old a deletion plan must be before its packs are deleted (0s deletes at once:
-        /// only safe when nothing else uses the repository).
-        #[arg(long, default_value = "24h", value_name = "DURATION")]
-        grace: String,
-        /// Repack a pack when less than this percentage of it is still used.
-        #[arg(long, default_value_t = 50.0, value_name = "PERCENT")]
-        repack_below: f64,
+        #[command(flatten)]
+        prune: PruneArgs,
         /// Report what would be planned and deleted; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -1490,58 +1503,12 @@ fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Prune {
-            grace,
-            repack_below,
+            prune,
             dry_run,
             json,
         } => {
-            let span = forget::parse_span(&grace)?;
-            let grace = jiff::SignedDuration::try_from(span)
-                .or_else(|_| {
-                    span.to_duration(
-                        jiff::Timestamp::now()
-                            .to_zoned(jiff::tz::TimeZone::UTC)
-                            .date(),
-                    )
-                })
-                .with_context(|| format!("--grace {grace}"))?;
-            if !(0.0..=100.0).contains(&repack_below) {
-                bail!("--repack-below {repack_below}: give a percentage from 0 to 100");
-            }
-            let mut repo = open(g)?;
-            let r = lifeboat::prune::prune(
-                &mut repo,
-                &lifeboat::prune::PruneOptions {
-                    grace,
-                    repack_below: repack_below / 100.0,
-                    dry_run,
-                    ..Default::default()
-                },
-            )?;
-            if json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                println!("{} snapshots use {} blobs", r.snapshots, r.blobs_used);
-                println!(
-                    "{}planned {} packs ({}) for deletion, {} of them repacked ({} blobs copied)",
-                    if dry_run { "would have " } else { "" },
-                    r.packs_planned,
-                    HumanBytes(r.bytes_planned),
-                    r.packs_repacked,
-                    r.blobs_repacked
-                );
-                println!(
-                    "deleted {} packs ({}) from plans past the grace period; {} kept because new snapshots use them; {} under retention",
-                    r.packs_deleted,
-                    HumanBytes(r.bytes_deleted),
-                    r.packs_rescued,
-                    r.packs_locked
-                );
-                println!(
-                    "{} deletion plans waiting for their grace period",
-                    r.plans_waiting
-                );
-            }
+            let opts = prune.options(dry_run)?;
+            prune_cmd(&mut open(g)?, &opts, json)?;
         }
         Command::Forget {
             snapshots,
@@ -1556,6 +1523,8 @@ fn run(cli: Cli) -> Result<u8> {
             filter,
             group_by,
             dry_run,
+            prune,
+            prune_args,
             json,
         } => {
             let policy = forget::Policy {
@@ -1570,8 +1539,13 @@ fn run(cli: Cli) -> Result<u8> {
             };
             let group_by = forget::GroupBy::parse(&group_by)?;
             let filter = filter.filter()?;
-            let repo = open(g)?;
+            // Checked before anything is removed.
+            let prune = prune.then(|| prune_args.options(dry_run)).transpose()?;
+            let mut repo = open(g)?;
             forget_cmd(&repo, &snapshots, &filter, &policy, group_by, dry_run, json)?;
+            if let Some(opts) = prune {
+                prune_cmd(&mut repo, &opts, json)?;
+            }
         }
     }
     Ok(0)
@@ -1598,6 +1572,66 @@ fn add_pattern_files(into: &mut Vec<String>, files: &[PathBuf]) -> Result<()> {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         into.extend(
             lifeboat::pattern::patterns_in(&text).with_context(|| f.display().to_string())?,
+        );
+    }
+    Ok(())
+}
+
+impl PruneArgs {
+    fn options(&self, dry_run: bool) -> Result<lifeboat::prune::PruneOptions> {
+        let span =
+            forget::parse_span(&self.grace).with_context(|| format!("--grace {}", self.grace))?;
+        let grace = jiff::SignedDuration::try_from(span)
+            .or_else(|_| {
+                span.to_duration(
+                    jiff::Timestamp::now()
+                        .to_zoned(jiff::tz::TimeZone::UTC)
+                        .date(),
+                )
+            })
+            .with_context(|| format!("--grace {}", self.grace))?;
+        let repack_below = self.repack_below;
+        if !(0.0..=100.0).contains(&repack_below) {
+            bail!("--repack-below {repack_below}: give a percentage from 0 to 100");
+        }
+        Ok(lifeboat::prune::PruneOptions {
+            grace,
+            repack_below: repack_below / 100.0,
+            dry_run,
+            ..Default::default()
+        })
+    }
+}
+
+fn prune_cmd(
+    repo: &mut Repository,
+    opts: &lifeboat::prune::PruneOptions,
+    json: bool,
+) -> Result<()> {
+    let dry_run = opts.dry_run;
+    let r = lifeboat::prune::prune(repo, opts)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{} snapshots use {} blobs", r.snapshots, r.blobs_used);
+        println!(
+            "{}planned {} packs ({}) for deletion, {} of them repacked ({} blobs copied)",
+            if dry_run { "would have " } else { "" },
+            r.packs_planned,
+            HumanBytes(r.bytes_planned),
+            r.packs_repacked,
+            r.blobs_repacked
+        );
+        println!(
+            "deleted {} packs ({}) from plans past the grace period; {} kept because new snapshots use them; {} under retention",
+            r.packs_deleted,
+            HumanBytes(r.bytes_deleted),
+            r.packs_rescued,
+            r.packs_locked
+        );
+        println!(
+            "{} deletion plans waiting for their grace period",
+            r.plans_waiting
         );
     }
     Ok(())

@@ -62,6 +62,63 @@ fn forget_by_policy_and_by_id() {
     env.fails(&["forget", "--keep-last", "1", "--group-by", "colour"]);
 }
 
+/// `forget --prune`: the forgotten snapshots' data goes in the same run (with `--grace 0s`), and
+/// a bad prune option stops the command before anything is forgotten.
+#[test]
+fn forget_with_prune_deletes_the_data_of_what_it_forgets() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3u64 {
+        std::fs::write(src.join("f"), noise(2 << 20, 2 * i + 1)).unwrap();
+        env.ok(&["backup", src.to_str().unwrap()]);
+    }
+    let pack_bytes = |env: &Env| -> u64 {
+        env.objects("data")
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    let before = pack_bytes(&env);
+    assert!(before > 6 << 20, "{before}");
+
+    let e = env.fails(&["forget", "--keep-last", "1", "--prune", "--grace", "soon"]);
+    assert!(e.contains("--grace soon"), "{e}");
+    assert_eq!(snapshot_ids(&env).len(), 3, "nothing forgotten");
+
+    // A dry run reports both steps and changes nothing.
+    let out = env.ok(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--grace",
+        "0s",
+        "--dry-run",
+    ]);
+    assert!(out.contains("would have planned"), "{out}");
+    assert_eq!(snapshot_ids(&env).len(), 3);
+    assert_eq!(pack_bytes(&env), before);
+
+    let out = env.ok(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--grace",
+        "0s",
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["removed"].as_array().unwrap().len(), 2, "{out}");
+    assert_eq!(lines[1]["snapshots"], 1, "{out}");
+    assert_eq!(snapshot_ids(&env).len(), 1);
+    let after = pack_bytes(&env);
+    assert!(after < 3 << 20, "{after} bytes of packs left of {before}");
+    env.ok(&["check", "--read-data"]);
+}
+
 /// `prune --grace 0s` killed with SIGKILL at pseudo-random points: after each kill the repository
 /// checks clean and the kept snapshots restore; the next prune (the dead one's lease does not
 /// block it) finishes the job.
