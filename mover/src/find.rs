@@ -139,9 +139,12 @@ impl<'r> Finder<'r> {
         path: &str,
         hit: &mut impl FnMut(&str, &Node) -> Result<()>,
     ) -> Result<u64> {
-        let memo = self.query.patterns.is_none();
-        let key = Id::of_parts(ids.iter().map(|i| &i.0[..]));
-        if memo && self.no_hits.contains(&key) {
+        let key = self
+            .query
+            .patterns
+            .is_none()
+            .then(|| Id::of_parts(ids.iter().map(|i| &i.0[..])));
+        if key.is_some_and(|k| self.no_hits.contains(&k)) {
             return Ok(0);
         }
         let mut hits = 0;
@@ -160,8 +163,10 @@ impl<'r> Finder<'r> {
                 hits += self.dir(&n.subtree, &p, hit)?;
             }
         }
-        if memo && hits == 0 {
-            self.no_hits.insert(key);
+        if let Some(k) = key
+            && hits == 0
+        {
+            self.no_hits.insert(k);
         }
         Ok(hits)
     }
