@@ -87,28 +87,13 @@ fn forget_with_prune_deletes_the_data_of_what_it_forgets() {
     assert_eq!(snapshot_ids(&env).len(), 3, "nothing forgotten");
 
     // A dry run reports both steps and changes nothing.
-    let out = env.ok(&[
-        "forget",
-        "--keep-last",
-        "1",
-        "--prune",
-        "--grace",
-        "0s",
-        "--dry-run",
-    ]);
+    let forget = ["forget", "--keep-last", "1", "--prune", "--grace", "0s"];
+    let out = env.ok(&[&forget[..], &["--dry-run"]].concat());
     assert!(out.contains("would have planned"), "{out}");
     assert_eq!(snapshot_ids(&env).len(), 3);
     assert_eq!(pack_bytes(&env), before);
 
-    let out = env.ok(&[
-        "forget",
-        "--keep-last",
-        "1",
-        "--prune",
-        "--grace",
-        "0s",
-        "--json",
-    ]);
+    let out = env.ok(&[&forget[..], &["--json"]].concat());
     let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert_eq!(lines[0]["removed"].as_array().unwrap().len(), 2, "{out}");
