@@ -24,7 +24,8 @@ pub struct CheckReport {
     pub snapshots: usize,
     /// Packs named by the index.
     pub packs: usize,
-    /// Packs in storage that no index names (left by an interrupted backup; prune removes them).
+    /// Packs in storage that no index names (left by an interrupted backup, or by `repair index`
+    /// as damaged; prune removes them).
     pub unindexed_packs: usize,
     /// Blobs in the index.
     pub blobs: usize,
@@ -266,7 +267,7 @@ pub fn check(
 
 /// Bytes read first from a pack's end, where its header is: a 16 MiB pack of 1 MiB chunks has a
 /// header of under 1 KiB; one of 65 536 tiny blobs has 3 MiB, read with a second request.
-const TAIL: u64 = 256 << 10;
+pub(crate) const TAIL: u64 = 256 << 10;
 /// Packs streamed at once from a remote store, at most: each holds a blob and what the network
 /// delivered past it, not a whole pack. A single stream from S3 is often slower than one core
 /// verifies, so more streams than cores keep the cores busy.
@@ -337,7 +338,7 @@ fn listing_digest(size: u64, salt: &[u8; SALT_LEN], mut entries: Vec<BlobEntry>)
 
 /// A reader's buffers, reused from pack to pack.
 #[derive(Default)]
-struct Buffers {
+pub(crate) struct Buffers {
     /// The bytes received and still needed: the next blob's, from its start.
     body: Vec<u8>,
     /// A blob that overlaps the next one is opened in a copy.
@@ -346,7 +347,11 @@ struct Buffers {
 
 /// The read of pack `p`'s last `tail_len` bytes (at least the header's length, the last four),
 /// where its header is; and where they start.
-fn start_tail<'r>(repo: &'r Repository, p: &PackInfo, tail_len: u64) -> (PendingRead<'r>, u64) {
+pub(crate) fn start_tail<'r>(
+    repo: &'r Repository,
+    p: &PackInfo,
+    tail_len: u64,
+) -> (PendingRead<'r>, u64) {
     let t = tail_len.max(4).min(p.size);
     let from = p.size - t;
     (repo.store().start_read(&names::pack(&p.id), from, t), from)
@@ -354,51 +359,73 @@ fn start_tail<'r>(repo: &'r Repository, p: &PackInfo, tail_len: u64) -> (Pending
 
 /// Verify a whole pack as it streams in: its name must be its hash, its header must
 /// authenticate and agree with the index (`listed`), and every blob must authenticate,
-/// decompress and match its id. The header (at the end) comes first, from the `tail` read
-/// ([`start_tail`]) or a second one when longer; then each blob is opened in place once its last
-/// byte arrives, and only the next blob's bytes are kept.
+/// decompress and match its id.
 fn verify_pack(
     repo: &Repository,
     p: &PackInfo,
     listed: Option<&Id>,
     bufs: &mut Buffers,
-    (tail, mut from): (PendingRead<'_>, u64),
+    tail: (PendingRead<'_>, u64),
 ) -> std::result::Result<(), String> {
+    let scan = scan_pack(repo, p, bufs, tail).map_err(|e| e.to_string())?;
+    if !scan.intact {
+        return Err("content does not match its name (damaged)".into());
+    }
+    let (salt, entries) = scan.header.map_err(|e| format!("header: {e}"))?;
+    if listed != Some(&listing_digest(p.size, &salt, entries)) {
+        return Err("header disagrees with the index".into());
+    }
+    match scan.bad.into_iter().next() {
+        Some((id, e)) => Err(format!("blob {}: {e}", id.short())),
+        None => Ok(()),
+    }
+}
+
+/// What reading a whole pack found.
+pub(crate) struct PackScan {
+    /// Whether its bytes hash to its name.
+    pub intact: bool,
+    /// Its salt and header entries (in offset order), or why the header does not open.
+    pub header: std::result::Result<([u8; SALT_LEN], Vec<BlobEntry>), String>,
+    /// The blobs of the header that fail to open, each with its error.
+    pub bad: Vec<(Id, String)>,
+}
+
+/// Read a whole pack of `p.size` bytes as it streams in, hashing every byte, opening its header
+/// and every blob the header lists. The header (at the end) comes first, from the `tail` read
+/// ([`start_tail`]) or a second one when longer; then each blob is opened in place once its last
+/// byte arrives, and only the next blob's bytes are kept.
+///
+/// # Errors
+/// Reading errors (a pack shorter than `p.size` is `Corrupt`, a missing one `Missing`).
+pub(crate) fn scan_pack(
+    repo: &Repository,
+    p: &PackInfo,
+    bufs: &mut Buffers,
+    tail: (PendingRead<'_>, u64),
+) -> Result<PackScan> {
     let store = repo.store();
     let name = names::pack(&p.id);
     let Buffers { body, scratch } = bufs;
-    let mut tail = tail.wait().map_err(|e| e.to_string())?;
-    if let Ok(h) = pack::header_start(&tail, p.size)
-        && h < from
-    {
-        let rest = store
-            .read_range(&name, h, from - h)
-            .map_err(|e| e.to_string())?;
-        tail.splice(0..0, rest);
-        from = h;
-    }
+    let (tail, from) = whole_tail(repo, p, tail)?;
     body.clear();
     let mut v = Streamed {
         repo,
         pack: p,
-        listed,
         tail: &tail,
         hasher: blake3::Hasher::new(),
         head: Vec::with_capacity(pack::PACK_HEAD_LEN),
+        header: None,
         entries: Vec::new(),
         next: 0,
         cipher: None,
         base: 0,
         received: 0,
-        failed: None,
+        bad: Vec::new(),
     };
-    let mut stream = store
-        .start_stream(&name, 0, from)
-        .map_err(|e| e.to_string())?;
+    let mut stream = store.start_stream(&name, 0, from)?;
     loop {
-        let n = stream
-            .read_more(body, v.want())
-            .map_err(|e| e.to_string())?;
+        let n = stream.read_more(body, v.want())?;
         if n == 0 {
             break;
         }
@@ -406,29 +433,51 @@ fn verify_pack(
     }
     body.extend_from_slice(v.tail);
     v.took(body, scratch, v.tail.len());
-    v.finish()
+    Ok(v.finish())
+}
+
+/// The `tail` read of pack `p` ([`start_tail`]), extended to the whole header when that is
+/// longer, and where it starts. A header whose length is out of range is left for the caller to
+/// find, with the tail as read.
+///
+/// # Errors
+/// Reading errors.
+pub(crate) fn whole_tail(
+    repo: &Repository,
+    p: &PackInfo,
+    (tail, from): (PendingRead<'_>, u64),
+) -> Result<(Vec<u8>, u64)> {
+    let mut tail = tail.wait()?;
+    match pack::header_start(&tail, p.size) {
+        Ok(h) if h < from => {
+            let rest = repo.store().read_range(&names::pack(&p.id), h, from - h)?;
+            tail.splice(0..0, rest);
+            Ok((tail, h))
+        }
+        _ => Ok((tail, from)),
+    }
 }
 
 /// A pack being verified as its bytes arrive ([`verify_pack`]).
 struct Streamed<'a> {
     repo: &'a Repository,
     pack: &'a PackInfo,
-    listed: Option<&'a Id>,
     /// The pack's last bytes, header included.
     tail: &'a [u8],
     hasher: blake3::Hasher,
     /// The pack's first bytes (magic and salt): the header is opened with the pack's own salt.
     head: Vec<u8>,
-    /// The header's entries in offset order, once the head arrived; `next` is the first not
-    /// yet opened.
+    /// The header once the head arrived: its salt and entries in offset order, or its error.
+    header: Option<std::result::Result<[u8; SALT_LEN], String>>,
+    /// The header's entries in offset order; `next` is the first not yet opened.
     entries: Vec<BlobEntry>,
     next: usize,
     cipher: Option<crate::crypto::ObjectCipher>,
     /// The offset in the pack of the body buffer's first byte, and the bytes received so far.
     base: u64,
     received: u64,
-    /// The first problem found (reported unless the pack's hash is wrong).
-    failed: Option<String>,
+    /// The blobs that failed to open.
+    bad: Vec<(Id, String)>,
 }
 
 impl Streamed<'_> {
@@ -465,9 +514,6 @@ impl Streamed<'_> {
                 break;
             }
             self.next += 1;
-            if self.failed.is_some() {
-                continue;
-            }
             let Some(cipher) = &self.cipher else { break };
             let range = (start - self.base) as usize..(end - self.base) as usize;
             // Opened in place, unless the next blob starts inside this one (no writer does that,
@@ -481,7 +527,7 @@ impl Streamed<'_> {
                 _ => &mut body[range],
             };
             if let Err(err) = pack::open_blob_in(keys, cipher, e, ct) {
-                self.failed = Some(format!("blob {}: {err}", e.id.short()));
+                self.bad.push((e.id, err.to_string()));
             }
         }
         let keep = self
@@ -492,34 +538,39 @@ impl Streamed<'_> {
         self.base = keep;
     }
 
-    /// The head has arrived: open the header with its salt and compare it with the index.
+    /// The head has arrived: open the header with its salt.
     fn open_header(&mut self) {
         let header = pack::salt_of(&self.head).and_then(|salt| {
             pack::read_header_tail(self.repo.keys(), &salt, self.tail, self.pack.size)
                 .map(|entries| (salt, entries))
         });
         match header {
-            Err(e) => self.failed = Some(format!("header: {e}")),
+            Err(e) => self.header = Some(Err(e.to_string())),
             Ok((salt, mut entries)) => {
-                if self.listed != Some(&listing_digest(self.pack.size, &salt, entries.clone())) {
-                    self.failed = Some("header disagrees with the index".into());
-                }
                 entries.sort_by_key(|e| e.offset);
                 self.entries = entries;
                 self.cipher = Some(self.repo.keys().object_cipher(&salt));
+                self.header = Some(Ok(salt));
             }
         }
     }
 
     /// Every byte arrived: the verdict.
-    fn finish(mut self) -> std::result::Result<(), String> {
-        if Id(*self.hasher.finalize().as_bytes()) != self.pack.id {
-            return Err("content does not match its name (damaged)".into());
-        }
-        if self.head.len() < pack::PACK_HEAD_LEN {
+    fn finish(mut self) -> PackScan {
+        if self.header.is_none() {
             self.open_header();
         }
-        self.failed.map_or(Ok(()), Err)
+        let intact = Id(*self.hasher.finalize().as_bytes()) == self.pack.id;
+        let header = match self.header {
+            Some(Ok(salt)) => Ok((salt, self.entries)),
+            Some(Err(e)) => Err(e),
+            None => Err("pack is truncated".into()),
+        };
+        PackScan {
+            intact,
+            header,
+            bad: self.bad,
+        }
     }
 }
 

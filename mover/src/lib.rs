@@ -43,6 +43,7 @@ pub mod pack;
 pub mod pattern;
 pub mod prune;
 pub mod recover;
+pub mod repair;
 mod repo;
 mod restore;
 pub mod retention;

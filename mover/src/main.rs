@@ -155,6 +155,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Repair a damaged repository (after 'check' reported lost or damaged packs or index
+    /// objects).
+    Repair {
+        #[command(subcommand)]
+        what: RepairWhat,
+    },
     /// Back up files, directories and block devices (a device given by path is backed up as a
     /// volume: its contents, with all-zero ranges recorded, not stored).
     Backup {
@@ -491,6 +497,26 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum RepairWhat {
+    /// Rebuild the index from the packs that are stored: leave out packs that are lost or
+    /// damaged, so the next backup stores their data again, and index packs no index object
+    /// names from their own headers. Holds the prune lease.
+    Index {
+        /// Read every pack whole and verify every blob; copy the intact blobs of a damaged pack
+        /// into new packs and leave it out of the index (default: read only the headers of
+        /// packs the index does not list right).
+        #[arg(long)]
+        read_all_packs: bool,
+        /// Report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON line with the result.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyAction {
     /// Add a key: a password (from --new-password-file or env LIFEBOAT_NEW_PASSWORD) or a key file.
     Add {
@@ -670,6 +696,18 @@ fn check_cache(g: &Global, loc: &Location) -> Option<tempfile::TempDir> {
         .and_then(|()| tempfile::Builder::new().prefix(PREFIX).tempdir_in(&root))
         .inspect_err(|e| tracing::warn!("check: no cache under {}: {e}", root.display()))
         .ok()
+}
+
+/// The repository with a fresh cache ([`check_cache`]), for commands that judge what the store
+/// holds (`check`, `repair`); the cache lives as long as the second value.
+fn open_uncached(g: &Global) -> Result<(Repository, Option<tempfile::TempDir>)> {
+    let loc = location(g)?;
+    let fresh = check_cache(g, &loc);
+    let opts = StoreOptions {
+        cache_dir: fresh.as_ref().map(|d| d.path().to_owned()),
+        ..store_options(g)
+    };
+    Ok((Repository::open_with(&loc, &secret(g)?, &opts)?, fresh))
 }
 
 /// `--cache-dir`, else the user's cache directory; none with `--no-cache`.
@@ -1355,13 +1393,7 @@ fn run(cli: Cli) -> Result<u8> {
                 (true, None) => lifeboat::ReadData::All,
                 (false, None) => lifeboat::ReadData::None,
             };
-            let loc = location(g)?;
-            let fresh = check_cache(g, &loc);
-            let opts = StoreOptions {
-                cache_dir: fresh.as_ref().map(|d| d.path().to_owned()),
-                ..store_options(g)
-            };
-            let mut repo = Repository::open_with(&loc, &secret(g)?, &opts)?;
+            let (mut repo, _fresh) = open_uncached(g)?;
             let progress = std::sync::Arc::new(CheckProgress::default());
             let p = progress.clone();
             let ticker = Ticker::start(move || {
@@ -1401,7 +1433,7 @@ fn run(cli: Cli) -> Result<u8> {
                 );
                 if rep.unindexed_packs > 0 {
                     println!(
-                        "{} packs are not indexed (left by an interrupted backup; prune removes them)",
+                        "{} packs are not indexed (left by an interrupted backup, or by repair index as damaged; prune removes them)",
                         rep.unindexed_packs
                     );
                 }
@@ -1435,6 +1467,23 @@ fn run(cli: Cli) -> Result<u8> {
                     r.snapshots
                 );
             }
+        }
+        Command::Repair {
+            what:
+                RepairWhat::Index {
+                    read_all_packs,
+                    dry_run,
+                    json,
+                },
+        } => {
+            let opts = lifeboat::repair::RepairOptions {
+                read_all_packs,
+                dry_run,
+                ..Default::default()
+            };
+            // What the store holds is judged, not the cache of earlier runs.
+            let (mut repo, _fresh) = open_uncached(g)?;
+            repair_index_cmd(&mut repo, &opts, json)?;
         }
         Command::Copy {
             snapshots,
@@ -1632,6 +1681,57 @@ fn prune_cmd(
         println!(
             "{} deletion plans waiting for their grace period",
             r.plans_waiting
+        );
+    }
+    Ok(())
+}
+
+fn repair_index_cmd(
+    repo: &mut Repository,
+    opts: &lifeboat::repair::RepairOptions,
+    json: bool,
+) -> Result<()> {
+    let progress = std::sync::Arc::new(lifeboat::repair::RepairProgress::default());
+    let p = progress.clone();
+    let ticker =
+        Ticker::start(move || format!("{} packs read", p.packs_read.load(Ordering::Relaxed)));
+    let r = lifeboat::repair::repair_index(repo, opts, &progress);
+    drop(ticker);
+    let r = r?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    for p in &r.problems {
+        println!("{}: {}", p.object, p.problem);
+    }
+    let would = if opts.dry_run { "would have " } else { "" };
+    println!(
+        "read {} packs: {} indexed from their headers, {} missing, {} damaged ({} intact blobs {} out of them)",
+        r.packs_read,
+        r.packs_indexed,
+        r.packs_missing,
+        r.packs_damaged,
+        r.blobs_salvaged,
+        if opts.dry_run { "to copy" } else { "copied" }
+    );
+    println!(
+        "{would}replaced {} of {} index objects ({} damaged) with {}; {} packs indexed",
+        r.index_objects_replaced,
+        r.index_objects,
+        r.index_objects_damaged,
+        r.index_objects_written,
+        r.packs
+    );
+    if r.blobs_lost > 0 {
+        println!(
+            "{} blobs are in no pack {}: back up their sources again to store them anew, or forget the snapshots that use them ('lifeboat check' names them)",
+            r.blobs_lost,
+            if opts.dry_run {
+                "(after the repair)"
+            } else {
+                "now"
+            }
         );
     }
     Ok(())

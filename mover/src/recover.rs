@@ -5,19 +5,16 @@
 //! stays as an older version, and Object Lock refuses to delete locked versions for good. So
 //! removing the delete markers restores every object that still has a version. Objects that
 //! prune deleted on purpose come back too; the only ones that matter are old index objects that
-//! name packs whose versions are gone, and those are rewritten without them. Everything else that
-//! comes back (packs and snapshots removed by prune and forget) is harmless: the next `forget`
-//! and `prune` remove it again.
+//! name packs whose versions are gone, and the index is repaired as `repair index` does (they
+//! are rewritten without them). Everything else that comes back (packs and snapshots removed by
+//! prune and forget) is harmless: the next `forget` and `prune` remove it again.
 
 use std::collections::HashSet;
 
 use serde::Serialize;
 
 use crate::backend::{Location, Store, StoreOptions, names};
-use crate::crypto::ObjectKind;
-use crate::error::{ErrorKind, Result};
-use crate::id::Id;
-use crate::index::{self, PackRecord};
+use crate::error::Result;
 use crate::keyslot::Secret;
 use crate::repo::Repository;
 
@@ -49,28 +46,15 @@ pub fn recover(location: &Location, secret: &Secret, opts: &StoreOptions) -> Res
         (report.objects_restored, report.objects_lost) = store.undelete()?;
     }
     let mut repo = Repository::open_with(location, secret, opts)?;
-    let stored: HashSet<Id> = repo.store().list_ids(names::DATA)?.into_iter().collect();
-    for id in repo.store().list_ids(names::INDEX)? {
-        let recs = match repo.read_index_object(&id) {
-            Ok(r) => r,
-            Err(e) if e.kind() == ErrorKind::Missing => continue,
-            Err(e) => return Err(e),
-        };
-        let gone = recs.iter().filter(|r| !stored.contains(&r.id)).count() as u64;
-        if gone == 0 {
-            continue;
-        }
-        report.packs_missing += gone;
-        let keep: Vec<PackRecord> = recs
-            .into_iter()
-            .filter(|r| stored.contains(&r.id))
-            .collect();
-        if !keep.is_empty() {
-            repo.save_object(ObjectKind::Index, &index::encode(&keep))?;
-        }
-        repo.store().delete(&format!("{}{id}", names::INDEX))?;
-        report.index_repaired += 1;
-    }
+    // No lease: the repository was just brought back, and nothing else should run on it yet.
+    let r = crate::repair::repair_holding(
+        &mut repo,
+        &crate::repair::RepairOptions::default(),
+        None,
+        &crate::repair::RepairProgress::default(),
+    )?;
+    report.index_repaired = r.index_objects_replaced;
+    report.packs_missing = r.packs_missing;
     repo.load_index()?;
     report.snapshots = repo.store().list_ids(names::SNAPSHOTS)?.len() as u64;
     crate::retention::upkeep(&repo, &HashSet::new())?;

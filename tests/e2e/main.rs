@@ -19,6 +19,7 @@ mod find;
 mod incremental;
 mod keys;
 mod lifecycle;
+mod repair;
 mod roundtrip;
 mod s3;
 mod select;

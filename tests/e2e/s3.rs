@@ -964,3 +964,70 @@ fn copy_dir(from: &Path, to: &Path) {
         write(&to.join(n), &std::fs::read(p).unwrap());
     }
 }
+
+/// `repair index` on a bucket judges what the bucket holds, not the user's cache: an index
+/// object overwritten in the bucket (its cached copy still good) is replaced, the packs it named
+/// are indexed from their headers over ranged reads, a deleted pack leaves the index, and the
+/// next backup makes the snapshot whole again.
+#[test]
+fn repair_index_on_s3_judges_the_bucket_not_the_cache() {
+    let s3 = S3Server::start();
+    s3.bucket("lifeboat-repair");
+    let env = Env::at("s3://lifeboat-repair/r", s3_vars(s3.port));
+    let src = env.path("src");
+    write(&src.join("big.bin"), &noise(40 << 20, 11));
+    write(&src.join("small.txt"), b"small\n");
+    let snap = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
+    env.ok(&["ls", &snap]);
+    let listing = boto3(
+        s3.port,
+        "for o in s3.list_objects_v2(Bucket='lifeboat-repair', Prefix='r/')['Contents']:\n    print(o['Key'], o['Size'])",
+    );
+    let objects: Vec<(&str, u64)> = listing
+        .lines()
+        .map(|l| {
+            let (k, s) = l.split_once(' ').unwrap();
+            (k, s.parse().unwrap())
+        })
+        .collect();
+    let index: Vec<&str> = objects
+        .iter()
+        .filter(|(k, _)| k.starts_with("r/index/"))
+        .map(|(k, _)| *k)
+        .collect();
+    let (lost, _) = objects
+        .iter()
+        .filter(|(k, _)| k.starts_with("r/data/"))
+        .max_by_key(|(_, s)| *s)
+        .unwrap();
+    let packs = objects
+        .iter()
+        .filter(|(k, _)| k.starts_with("r/data/"))
+        .count();
+    assert!(packs >= 3 && index.len() == 1, "{listing}");
+    boto3(
+        s3.port,
+        &format!(
+            "s3.put_object(Bucket='lifeboat-repair', Key='{}', Body=b'not an index object')\n\
+             s3.delete_object(Bucket='lifeboat-repair', Key='{lost}')",
+            index[0]
+        ),
+    );
+    let r = json(&env.ok(&["repair", "index", "--json"]));
+    assert_eq!(r["index_objects_damaged"], 1, "{r}");
+    assert_eq!(r["index_objects_replaced"], 1, "{r}");
+    assert_eq!(r["packs_indexed"], packs - 1, "{r}");
+    assert_eq!(r["packs"], packs - 1, "{r}");
+    let o = env.run(&["check"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("/big.bin") && !err.contains("index/"),
+        "{err}"
+    );
+    env.backup(&[&src]);
+    assert!(
+        env.ok(&["check", "--read-data"])
+            .contains("no errors found")
+    );
+    restore_matches(&env, &snap, &src);
+}

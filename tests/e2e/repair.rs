@@ -1,0 +1,199 @@
+//! `repair index` after damage: lost and damaged packs leave the index, packs no index object
+//! names are indexed from their headers, and the next backup stores what was lost again, which
+//! makes the older snapshots whole.
+
+use std::path::Path;
+
+use crate::fixtures::{Env, flip_byte, noise, scan};
+
+fn json(out: &str) -> serde_json::Value {
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line expected: {out}");
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+/// The lines `check` prints on stderr naming damage (it fails when there is any).
+fn check_problems(env: &Env, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["check"];
+    a.extend_from_slice(args);
+    let o = env.run(&a);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<String> = err
+        .lines()
+        .filter(|l| l.starts_with("lifeboat: damaged: "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(o.status.success(), lines.is_empty(), "{err}");
+    lines
+}
+
+/// Snapshot `id` restores to exactly `src`.
+fn restores_exactly(env: &Env, id: &str, src: &Path, tag: &str) {
+    let t = env.path(&format!("restore-{tag}"));
+    env.ok(&["restore", id, "--target", t.to_str().unwrap()]);
+    assert_eq!(
+        scan(src),
+        scan(&t.join(src.strip_prefix("/").unwrap())),
+        "{tag}: snapshot {id} does not restore its source"
+    );
+}
+
+fn names(env: &Env, prefix: &str) -> Vec<String> {
+    env.objects(prefix)
+        .iter()
+        .map(|p| p.strip_prefix(&env.repo).unwrap().display().to_string())
+        .collect()
+}
+
+fn everything(env: &Env) -> Vec<String> {
+    let mut v = names(env, "data");
+    v.extend(names(env, "index"));
+    v
+}
+
+#[test]
+fn repair_index_heals_damaged_and_lost_packs_and_index_objects() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Twelve files of one blob each, in one data pack.
+    for i in 0..12u64 {
+        std::fs::write(src.join(format!("f{i:02}")), noise(300_000, 2 * i + 101)).unwrap();
+    }
+    let first = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
+    let data_pack = env
+        .objects("data")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let data_name = data_pack
+        .strip_prefix(&env.repo)
+        .unwrap()
+        .display()
+        .to_string();
+
+    // A flipped byte inside one of its blobs: only reading the data shows it, and the default
+    // repair (which trusts the index's listing of a pack of the right size) changes nothing.
+    flip_byte(&data_pack, 0.5);
+    assert_eq!(check_problems(&env, &[]), Vec::<String>::new());
+    let p = check_problems(&env, &["--read-data"]);
+    assert!(p.len() == 1 && p[0].contains(&data_name), "{p:?}");
+    let before = everything(&env);
+    let r = json(&env.ok(&["repair", "index", "--json"]));
+    assert_eq!(r["packs_damaged"], 0, "{r}");
+    assert_eq!(r["index_objects_replaced"], 0, "{r}");
+    assert_eq!(everything(&env), before);
+
+    // Read whole: the pack is damaged, eleven blobs are intact and one is lost. A dry run says
+    // so and changes nothing.
+    let dry = json(&env.ok(&["repair", "index", "--read-all-packs", "--dry-run", "--json"]));
+    assert_eq!(everything(&env), before, "a dry run changed the repository");
+    let r = json(&env.ok(&["repair", "index", "--read-all-packs", "--json"]));
+    for k in [
+        "packs_damaged",
+        "blobs_salvaged",
+        "blobs_lost",
+        "index_objects_replaced",
+    ] {
+        assert_eq!(dry[k], r[k], "{k}: the dry run said otherwise");
+    }
+    assert_eq!(r["packs_damaged"], 1, "{r}");
+    assert_eq!(r["blobs_salvaged"], 11, "{r}");
+    assert_eq!(r["blobs_lost"], 1, "{r}");
+    assert_eq!(r["packs_missing"], 0, "{r}");
+    assert_eq!(r["problems"][0]["object"], data_name.as_str(), "{r}");
+    // The damaged pack stays, unindexed; exactly one file of the snapshot lacks its data.
+    assert!(data_pack.exists());
+    let p = check_problems(&env, &["--read-data"]);
+    assert!(
+        p.len() == 1 && p[0].contains(&format!("snapshot {}", &first[..8])) && p[0].contains("/f"),
+        "{p:?}"
+    );
+
+    // The next backup re-reads the file whose blob is gone (its parent entry is unchanged) and
+    // stores it again under the same id: the first snapshot is whole again.
+    let b = env.backup(&[&src]);
+    assert_eq!(b["files_unmodified"], 11, "{b}");
+    assert_eq!(check_problems(&env, &["--read-data"]), Vec::<String>::new());
+    restores_exactly(&env, &first, &src, "healed");
+    // Prune deletes the damaged pack as an unindexed one.
+    env.ok(&["prune", "--grace", "0s"]);
+    assert!(!data_pack.exists(), "prune left the damaged pack");
+    assert_eq!(check_problems(&env, &["--read-data"]), Vec::<String>::new());
+
+    // A large file over several packs; then one of its packs is lost and every index object is
+    // damaged: nothing can be listed or restored until the repair.
+    std::fs::write(src.join("large"), noise(40 << 20, 7)).unwrap();
+    let second = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
+    let packs = env.objects("data");
+    assert!(packs.len() >= 4, "{packs:?}");
+    let lost = packs
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+        .clone();
+    std::fs::remove_file(&lost).unwrap();
+    let objects = env.objects("index");
+    for o in &objects {
+        flip_byte(o, 0.5);
+    }
+    env.fails(&["ls", &second]);
+    // Another prune holds the lease: the repair is refused, and changes nothing.
+    let lease = env.repo.join("locks/prune-0000000000000099");
+    std::fs::create_dir_all(lease.parent().unwrap()).unwrap();
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    std::fs::write(
+        &lease,
+        serde_json::json!({
+            "holder": "elsewhere pid 1 (test)",
+            "host": "elsewhere",
+            "pid": 1,
+            "acquired": jiff::Timestamp::now().to_string(),
+            "expires": expires.to_string(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let before = everything(&env);
+    let e = env.fails(&["repair", "index"]);
+    assert!(e.contains("prune lease") && e.contains("elsewhere"), "{e}");
+    assert_eq!(everything(&env), before);
+    std::fs::remove_file(&lease).unwrap();
+
+    let stored = env.objects("data").len();
+    let out = env.ok(&["repair", "index"]);
+    for o in &objects {
+        let name = o.strip_prefix(&env.repo).unwrap().display().to_string();
+        assert!(
+            out.contains(&format!("{name}: ")),
+            "{name} not named: {out}"
+        );
+    }
+    assert!(
+        out.contains(&format!(
+            "read {stored} packs: {stored} indexed from their headers, 0 missing"
+        )),
+        "{out}"
+    );
+    let r = json(&env.ok(&["repair", "index", "--json"]));
+    assert_eq!(
+        r["index_objects_replaced"], 0,
+        "a second repair changed more: {r}"
+    );
+    assert_eq!(r["packs"], stored, "{r}");
+    // The lost pack's blobs are not in the index: check names the large file, nothing else.
+    let p = check_problems(&env, &["--read-data"]);
+    assert!(!p.is_empty(), "nothing reported lost");
+    assert!(p.iter().all(|l| l.contains("/large")), "{p:?}");
+    env.ok(&["ls", &second]);
+    // A backup stores the lost chunks again; both snapshots restore exactly.
+    let b = env.backup(&[&src]);
+    assert_eq!(
+        b["files_changed"].as_u64().unwrap() + b["files_new"].as_u64().unwrap(),
+        1,
+        "{b}"
+    );
+    assert_eq!(check_problems(&env, &["--read-data"]), Vec::<String>::new());
+    restores_exactly(&env, &second, &src, "second");
+}
