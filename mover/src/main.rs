@@ -1442,6 +1442,18 @@ fn run(cli: Cli) -> Result<u8> {
                 for e in &rep.errors {
                     eprintln!("lifeboat: damaged: {e}");
                 }
+                let storage = |e: &String| e.starts_with("data/") || e.starts_with("index/");
+                if rep.errors.iter().any(storage) {
+                    bail!(
+                        "the repository has {} problems; 'lifeboat repair index{}' takes lost or damaged packs and index objects out of the index, and the next backup stores their data again",
+                        rep.errors.len(),
+                        if read == lifeboat::ReadData::None {
+                            ""
+                        } else {
+                            " --read-all-packs"
+                        }
+                    );
+                }
                 bail!("the repository has {} problems", rep.errors.len());
             }
             if !json {

@@ -79,6 +79,14 @@ fn repair_index_heals_damaged_and_lost_packs_and_index_objects() {
     assert_eq!(check_problems(&env, &[]), Vec::<String>::new());
     let p = check_problems(&env, &["--read-data"]);
     assert!(p.len() == 1 && p[0].contains(&data_name), "{p:?}");
+    let checked = env.run(&["check", "--read-data"]);
+    let err = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        err.lines()
+            .last()
+            .is_some_and(|l| l.contains("'lifeboat repair index --read-all-packs'")),
+        "check does not point at the repair: {err}"
+    );
     let before = everything(&env);
     let r = json(&env.ok(&["repair", "index", "--json"]));
     assert_eq!(r["packs_damaged"], 0, "{r}");
