@@ -31,6 +31,8 @@ pub struct BlobWriter<'r> {
     pub bytes_written: u64,
     /// Blobs stored.
     pub blobs_written: u64,
+    /// Packs stored.
+    pub packs_written: u64,
 }
 
 impl<'r> BlobWriter<'r> {
@@ -49,6 +51,7 @@ impl<'r> BlobWriter<'r> {
             pending_since: None,
             bytes_written: 0,
             blobs_written: 0,
+            packs_written: 0,
         })
     }
 
@@ -113,6 +116,7 @@ impl<'r> BlobWriter<'r> {
             self.repo.store().cache_pack(&name, p.bytes());
         }
         self.bytes_written += p.bytes().len() as u64;
+        self.packs_written += 1;
         self.pending.push(PackRecord {
             id: p.id,
             size: p.bytes().len() as u64,

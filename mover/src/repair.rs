@@ -37,6 +37,7 @@ use crate::check::{Buffers, TAIL, scan_pack, start_tail, whole_tail};
 use crate::crypto::{ObjectKind, SALT_LEN};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
+use crate::idset::IdSet;
 use crate::index::{self, PackInfo, PackRecord};
 use crate::pack::{self, BlobEntry};
 use crate::prune::Lease;
@@ -218,12 +219,9 @@ pub(crate) fn repair_holding(
     let verdicts = read_packs(repo, &to_read, opts.read_all_packs, lease, progress)?;
     rep.packs_read = to_read.len() as u64;
 
-    // The packs indexed afterwards, and the blobs that were listed before.
+    // The packs indexed afterwards; the blobs of those left out.
     let mut keep: HashMap<Id, PackRecord> = HashMap::new();
-    let mut before: HashSet<Id> = listed
-        .values()
-        .flat_map(|r| r.blobs.iter().map(|b| b.id))
-        .collect();
+    let mut dropped: Vec<Id> = Vec::new();
     let mut damaged: Vec<(Id, [u8; SALT_LEN], Vec<BlobEntry>)> = Vec::new();
     let mut missing: Vec<Id> = listed
         .keys()
@@ -267,23 +265,24 @@ pub(crate) fn repair_holding(
                     object: names::pack(&id),
                     problem: format!("{why}; left out of the index"),
                 });
-                before.extend(entries.iter().map(|e| e.id));
+                dropped.extend(entries.iter().map(|e| e.id));
                 damaged.push((id, *salt, salvage.clone()));
             }
         }
     }
     missing.sort();
     for id in &missing {
+        dropped.extend(listed[id].blobs.iter().map(|b| b.id));
         rep.packs_missing += 1;
         rep.problems.push(Problem {
             object: names::pack(id),
             problem: "missing (the index names it); left out of the index".into(),
         });
     }
-    let mut after: HashSet<Id> = keep
-        .values()
-        .flat_map(|r| r.blobs.iter().map(|b| b.id))
-        .collect();
+    let mut after = IdSet::new();
+    for b in keep.values().flat_map(|r| &r.blobs) {
+        after.insert(b.id);
+    }
 
     // Intact blobs of damaged packs that no sound pack holds, into new packs (indexed by the
     // writer as it stores them).
@@ -314,12 +313,15 @@ pub(crate) fn repair_holding(
             rep.blobs_salvaged += 1;
         }
     }
-    if let Some(w) = writer {
-        w.finish()?;
-    }
-    rep.blobs_lost = before.difference(&after).count() as u64;
-    rep.problems.sort_by(|a, b| a.object.cmp(&b.object));
     rep.packs = keep.len() as u64;
+    if let Some(mut w) = writer {
+        w.flush()?;
+        rep.packs += w.packs_written;
+    }
+    dropped.sort_unstable();
+    dropped.dedup();
+    rep.blobs_lost = dropped.iter().filter(|b| !after.contains(b)).count() as u64;
+    rep.problems.sort_by(|a, b| a.object.cmp(&b.object));
 
     // Replace every object that names a pack otherwise than it is kept, and the damaged ones.
     let replaced: Vec<&(Id, Vec<PackRecord>)> = objects
