@@ -1494,8 +1494,8 @@ fn run(cli: Cli) -> Result<u8> {
                 ..Default::default()
             };
             // What the store holds is judged, not the cache of earlier runs.
-            let (mut repo, _fresh) = open_uncached(g)?;
-            repair_index_cmd(&mut repo, &opts, json)?;
+            let (repo, _fresh) = open_uncached(g)?;
+            repair_index_cmd(&repo, &opts, json)?;
         }
         Command::Copy {
             snapshots,
@@ -1699,7 +1699,7 @@ fn prune_cmd(
 }
 
 fn repair_index_cmd(
-    repo: &mut Repository,
+    repo: &Repository,
     opts: &lifeboat::repair::RepairOptions,
     json: bool,
 ) -> Result<()> {

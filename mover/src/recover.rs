@@ -48,7 +48,7 @@ pub fn recover(location: &Location, secret: &Secret, opts: &StoreOptions) -> Res
     let mut repo = Repository::open_with(location, secret, opts)?;
     // No lease: the repository was just brought back, and nothing else should run on it yet.
     let r = crate::repair::repair_holding(
-        &mut repo,
+        &repo,
         &crate::repair::RepairOptions::default(),
         None,
         &crate::repair::RepairProgress::default(),

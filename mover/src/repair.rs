@@ -133,7 +133,7 @@ enum Verdict {
 /// `Refused` when a prune holds the lease; storage errors (a pack that cannot be read for any
 /// reason but damage stops the repair, and nothing is changed for it).
 pub fn repair_index(
-    repo: &mut Repository,
+    repo: &Repository,
     opts: &RepairOptions,
     progress: &RepairProgress,
 ) -> Result<RepairReport> {
@@ -145,7 +145,13 @@ pub fn repair_index(
                 .map_err(|e| e.context("repair index takes the prune lease"))?,
         ))
     };
-    let r = repair_holding(repo, opts, lease.as_ref(), progress);
+    let r = repair_holding(repo, opts, lease.as_ref(), progress).and_then(|r| {
+        // Object Lock: record the packs a salvage wrote, keep the new index objects locked.
+        if !opts.dry_run {
+            crate::retention::upkeep(repo, &HashSet::new())?;
+        }
+        Ok(r)
+    });
     if let Some(l) = lease {
         l.into_inner()
             .unwrap_or_else(PoisonError::into_inner)
@@ -154,9 +160,10 @@ pub fn repair_index(
     r
 }
 
-/// [`repair_index`] by a caller that holds the lease (or needs none: `recover`).
+/// [`repair_index`] by a caller that holds the lease (or needs none: `recover`), without the
+/// Object Lock upkeep that follows it.
 pub(crate) fn repair_holding(
-    repo: &mut Repository,
+    repo: &Repository,
     opts: &RepairOptions,
     lease: Option<&Mutex<Lease>>,
     progress: &RepairProgress,
@@ -265,7 +272,12 @@ pub(crate) fn repair_holding(
                     object: names::pack(&id),
                     problem: format!("{why}; left out of the index"),
                 });
+                // What its header lists, and what the index said it holds (a pack whose header
+                // does not open lists nothing).
                 dropped.extend(entries.iter().map(|e| e.id));
+                if let Some(l) = listed.get(&id) {
+                    dropped.extend(l.blobs.iter().map(|b| b.id));
+                }
                 damaged.push((id, *salt, salvage.clone()));
             }
         }
@@ -324,13 +336,11 @@ pub(crate) fn repair_holding(
     rep.problems.sort_by(|a, b| a.object.cmp(&b.object));
 
     // Replace every object that names a pack otherwise than it is kept, and the damaged ones.
-    let replaced: Vec<&(Id, Vec<PackRecord>)> = objects
+    let (replaced, staying): (Vec<_>, Vec<_>) = objects
         .iter()
-        .filter(|(_, recs)| recs.iter().any(|r| keep.get(&r.id) != Some(r)))
-        .collect();
-    let staying: HashSet<Id> = objects
+        .partition(|(_, recs)| recs.iter().any(|r| keep.get(&r.id) != Some(r)));
+    let staying: HashSet<Id> = staying
         .iter()
-        .filter(|(id, _)| !replaced.iter().any(|(r, _)| r == id))
         .flat_map(|(_, recs)| recs.iter().map(|r| r.id))
         .collect();
     let mut fresh: Vec<&PackRecord> = keep.values().filter(|r| !staying.contains(&r.id)).collect();
@@ -357,9 +367,6 @@ pub(crate) fn repair_holding(
     for id in replaced.iter().map(|(id, _)| id).chain(&damaged_objects) {
         repo.store().delete(&format!("{}{id}", names::INDEX))?;
     }
-    repo.load_index()?;
-    // Object Lock: the new index objects stay locked as the old ones were.
-    crate::retention::upkeep(repo, &HashSet::new())?;
     Ok(rep)
 }
 
