@@ -274,12 +274,7 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
 /// Open local object `name` at `path` for reading: `Missing` when absent. Out of file
 /// descriptors, it waits for the process's other threads to give theirs back.
 fn open_local(path: &Path, name: &str) -> Result<std::fs::File> {
-    crate::fsmeta::waiting_for_descriptors(
-        crate::fsmeta::DESCRIPTOR_WAIT,
-        || {},
-        || std::fs::File::open(path),
-    )
-    .map_err(|e| {
+    crate::fsmeta::waiting_for_descriptors(|| {}, || std::fs::File::open(path)).map_err(|e| {
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ErrorKind::Missing
         } else {

@@ -987,7 +987,6 @@ impl<'a> Walker<'_, 'a> {
     ) -> std::io::Result<OwnedFd> {
         let mut first = true;
         fsmeta::waiting_for_descriptors(
-            fsmeta::DESCRIPTOR_WAIT,
             || {
                 if std::mem::take(&mut first) {
                     self.ahead.out_of_descriptors();

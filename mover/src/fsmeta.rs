@@ -134,30 +134,56 @@ pub fn out_of_descriptors(e: &io::Error) -> bool {
 
 /// How long an open or a listing that finds no file descriptor waits for the process's other
 /// threads to give theirs back ([`waiting_for_descriptors`]): they hold them for the time it
-/// takes to read or write a file.
-pub const DESCRIPTOR_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// takes to read or write a file, and a pack's `fsync` on a busy disk can take a good part of a
+/// second (500 ms once ran out in a test run beside many others).
+pub const DESCRIPTOR_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// `op()`, retried while it fails for want of a file descriptor, for up to `wait` (the process's
-/// other threads give theirs back as they finish: files being read, directories being scanned);
-/// `short` runs before each retry. The error stands once `wait` is over.
+/// How long a wait lasts once a shortage has outlasted [`DESCRIPTOR_WAIT`]: the descriptors are
+/// then held by what is waiting for them (a walk deeper than the limit), and every open past
+/// that depth would otherwise pay the whole wait.
+const LASTING_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Set when a wait ran out, cleared when a wait ends in success.
+static SHORTAGE_LASTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `op()`, retried while it fails for want of a file descriptor (the process's other threads
+/// give theirs back as they finish: files being read, directories being scanned); `short` runs
+/// before each retry. The error stands after [`DESCRIPTOR_WAIT`], or after a few milliseconds
+/// while the last shortage has outlasted that wait and none has ended since.
 ///
 /// # Errors
 /// `op`'s last error.
 pub fn waiting_for_descriptors<T>(
-    wait: std::time::Duration,
     mut short: impl FnMut(),
     op: impl Fn() -> io::Result<T>,
 ) -> io::Result<T> {
+    use std::sync::atomic::Ordering;
     let start = std::time::Instant::now();
     let mut pause = std::time::Duration::from_micros(50);
+    let mut waited = false;
     loop {
         match op() {
-            Err(e) if out_of_descriptors(&e) && start.elapsed() < wait => {
+            Err(e) if out_of_descriptors(&e) => {
+                let wait = if SHORTAGE_LASTS.load(Ordering::Relaxed) {
+                    LASTING_WAIT
+                } else {
+                    DESCRIPTOR_WAIT
+                };
+                if start.elapsed() >= wait {
+                    SHORTAGE_LASTS.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                waited = true;
                 short();
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(std::time::Duration::from_millis(5));
             }
-            r => return r,
+            r => {
+                if waited && r.is_ok() {
+                    SHORTAGE_LASTS.store(false, Ordering::Relaxed);
+                }
+                return r;
+            }
         }
     }
 }
@@ -499,4 +525,68 @@ pub fn apply_meta(
         MetaTarget::Fd(fd) => rustix::fs::futimens(fd, &times)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn emfile() -> io::Error {
+        io::Error::from_raw_os_error(libc::EMFILE)
+    }
+
+    /// A shortage that ends is waited out; one that outlasts the wait fails, and so does the next
+    /// one at once, until a wait ends in success. (One test: the state is the process's.)
+    #[test]
+    fn descriptor_waits_end_with_the_shortage_and_stay_short_once_it_lasts() {
+        let calls = Cell::new(0);
+        let shorts = Cell::new(0);
+        let got = waiting_for_descriptors(
+            || shorts.set(shorts.get() + 1),
+            || {
+                calls.set(calls.get() + 1);
+                if calls.get() < 4 {
+                    Err(emfile())
+                } else {
+                    Ok(7)
+                }
+            },
+        );
+        assert_eq!(got.unwrap(), 7);
+        assert_eq!((calls.get(), shorts.get()), (4, 3));
+
+        let other = waiting_for_descriptors(|| {}, || Err::<(), _>(io::Error::other("x")));
+        assert!(!out_of_descriptors(&other.unwrap_err()));
+
+        let start = std::time::Instant::now();
+        let lasting = waiting_for_descriptors(|| {}, || Err::<(), _>(emfile()));
+        assert!(out_of_descriptors(&lasting.unwrap_err()));
+        assert!(start.elapsed() >= DESCRIPTOR_WAIT);
+
+        let start = std::time::Instant::now();
+        let again = waiting_for_descriptors(|| {}, || Err::<(), _>(emfile()));
+        assert!(out_of_descriptors(&again.unwrap_err()));
+        assert!(start.elapsed() < DESCRIPTOR_WAIT);
+
+        calls.set(0);
+        let ended = waiting_for_descriptors(
+            || {},
+            || {
+                calls.set(calls.get() + 1);
+                if calls.get() < 2 {
+                    Err(emfile())
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert!(ended.is_ok());
+        let start = std::time::Instant::now();
+        let _ = waiting_for_descriptors(|| {}, || Err::<(), _>(emfile()));
+        assert!(
+            start.elapsed() >= DESCRIPTOR_WAIT,
+            "a shortage that ended is waited for again"
+        );
+    }
 }

@@ -888,7 +888,6 @@ impl RWalker<'_, '_> {
         open: impl Fn() -> std::io::Result<OwnedFd>,
     ) -> std::io::Result<OwnedFd> {
         fsmeta::waiting_for_descriptors(
-            fsmeta::DESCRIPTOR_WAIT,
             || {
                 // Writers that stopped make the next send fail, and that reports it.
                 let _ = self.finish();

@@ -304,20 +304,16 @@ pub(super) fn scan<'r>(
     path: &[u8],
 ) -> Scanned<'r> {
     // Listing takes a descriptor of its own.
-    let entries = fsmeta::waiting_for_descriptors(
-        fsmeta::DESCRIPTOR_WAIT,
-        || {},
-        || fsmeta::read_dir(fd.as_fd()),
-    )
-    .map(|mut names| {
-        if let Some(x) = excludes {
-            x.listing(fd.as_fd(), path, &mut names);
-        }
-        let stats = (0..names.len().min(SCAN_WINDOW))
-            .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
-            .collect();
-        Listing { names, stats }
-    });
+    let entries =
+        fsmeta::waiting_for_descriptors(|| {}, || fsmeta::read_dir(fd.as_fd())).map(|mut names| {
+            if let Some(x) = excludes {
+                x.listing(fd.as_fd(), path, &mut names);
+            }
+            let stats = (0..names.len().min(SCAN_WINDOW))
+                .map(|i| Some(fsmeta::stat_at(fd.as_fd(), names.name(i))))
+                .collect();
+            Listing { names, stats }
+        });
     let ptree = subtree.and_then(|ids| ParentDir::open(repo, ids));
     Scanned { fd, entries, ptree }
 }
