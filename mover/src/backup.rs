@@ -1109,8 +1109,9 @@ impl<'a> Walker<'_, 'a> {
             self.links.insert(k);
         }
         if top && let Some(ranges) = self.sh.changed_ranges {
+            // A repaired parent's lost ranges are holes: they must be read, not taken as zeros.
             let layout = pnode
-                .filter(|p| p.kind() == node.kind() && p.has_data())
+                .filter(|p| p.kind() == node.kind() && p.has_data() && !p.repaired)
                 .and_then(|p| parent_layout(self.sh.repo, p));
             if let Some(parent) = layout {
                 let file = Arc::new(OpenFile {
@@ -1122,9 +1123,16 @@ impl<'a> Walker<'_, 'a> {
                 });
                 return self.delta(node, &file, parent, ranges, link);
             }
-            self.sh.notices.lock().expect("notice lock").push(format!(
-                "{shown}: no parent snapshot of it to apply changed ranges to: read in full"
-            ));
+            let why = if pnode.is_some_and(|p| p.repaired) {
+                "its copy in the parent snapshot was repaired (ranges of it were lost)"
+            } else {
+                "no parent snapshot of it to apply changed ranges to"
+            };
+            self.sh
+                .notices
+                .lock()
+                .expect("notice lock")
+                .push(format!("{shown}: {why}: read in full"));
         }
         let sparse = !device && (st.st_blocks as u64).saturating_mul(512) < node.size;
         let regions = match data_regions(fd.as_fd(), node.size, sparse) {
@@ -1300,8 +1308,12 @@ fn delta_windows(
     out
 }
 
+/// Whether file `n` can take parent `p`'s content without being read: the same metadata, and
+/// `p` not cut short by `repair snapshots` (its lost ranges read as zeros; the source still has
+/// them).
 fn unchanged(p: &Node, n: &Node) -> bool {
     p.kind() == NodeKind::File
+        && !p.repaired
         && p.size == n.size
         && p.mtime == n.mtime
         && p.mtime_ns == n.mtime_ns

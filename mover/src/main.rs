@@ -514,6 +514,27 @@ enum RepairWhat {
         #[arg(long)]
         json: bool,
     },
+    /// Write snapshots anew without the data that is lost (run 'repair index' first): a file's
+    /// lost ranges read as zeros, every other byte stays at its offset; a directory keeps the
+    /// entries that can still be read. The new snapshot is tagged 'repaired'. Only for data the
+    /// source no longer has: otherwise back up again, which stores it and heals every snapshot.
+    /// Holds the prune lease.
+    Snapshots {
+        /// Snapshots to repair (default: every snapshot the filters select).
+        snapshots: Vec<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Delete each damaged snapshot once its repaired copy is stored, and those that
+        /// cannot be repaired (their root directory is lost).
+        #[arg(long)]
+        forget: bool,
+        /// Report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON line with the result.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1497,6 +1518,25 @@ fn run(cli: Cli) -> Result<u8> {
             let (repo, _fresh) = open_uncached(g)?;
             repair_index_cmd(&repo, &opts, json)?;
         }
+        Command::Repair {
+            what:
+                RepairWhat::Snapshots {
+                    snapshots,
+                    filter,
+                    forget,
+                    dry_run,
+                    json,
+                },
+        } => {
+            let opts = lifeboat::repair::snapshots::SnapshotsOptions {
+                forget,
+                dry_run,
+                ..Default::default()
+            };
+            let mut repo = open(g)?;
+            let snaps = select_snapshots(&repo, &snapshots, &filter)?;
+            repair_snapshots_cmd(&mut repo, &snaps, &opts, json)?;
+        }
         Command::Copy {
             snapshots,
             filter,
@@ -1693,6 +1733,80 @@ fn prune_cmd(
         println!(
             "{} deletion plans waiting for their grace period",
             r.plans_waiting
+        );
+    }
+    Ok(())
+}
+
+fn repair_snapshots_cmd(
+    repo: &mut Repository,
+    snaps: &[(lifeboat::Id, Snapshot)],
+    opts: &lifeboat::repair::snapshots::SnapshotsOptions,
+    json: bool,
+) -> Result<()> {
+    let progress = std::sync::Arc::new(lifeboat::repair::snapshots::SnapshotsProgress::default());
+    let p = progress.clone();
+    let total = snaps.len();
+    let ticker = Ticker::start(move || {
+        format!(
+            "{} of {total} snapshots, {} directories",
+            p.snapshots.load(Ordering::Relaxed),
+            p.dirs.load(Ordering::Relaxed)
+        )
+    });
+    let r = lifeboat::repair::snapshots::repair_snapshots(repo, snaps, opts, &progress);
+    drop(ticker);
+    let r = r?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    let short = |hex: &str| hex[..8.min(hex.len())].to_owned();
+    for p in &r.problems {
+        println!("snapshot {}: {}: {}", short(&p.snapshot), p.path, p.problem);
+    }
+    let would = if opts.dry_run { "would be " } else { "" };
+    for w in &r.rewritten {
+        let old = short(&w.old);
+        let line = match &w.new {
+            Some(new) if w.forgotten => {
+                format!("snapshot {old} is repaired as {} and forgotten", short(new))
+            }
+            Some(new) => format!("snapshot {old} is repaired as {}", short(new)),
+            None if w.unrepairable && w.forgotten => {
+                format!("snapshot {old} cannot be repaired: forgotten")
+            }
+            None if w.unrepairable && opts.forget => {
+                format!("snapshot {old} cannot be repaired: {would}forgotten")
+            }
+            None if w.unrepairable => {
+                format!("snapshot {old} cannot be repaired: forget it ('lifeboat forget {old}')")
+            }
+            None if opts.forget => format!("snapshot {old} {would}repaired and forgotten"),
+            None => format!("snapshot {old} {would}repaired"),
+        };
+        println!("{line}");
+    }
+    if r.rewritten.is_empty() {
+        println!(
+            "examined {} snapshots: nothing is lost in them",
+            r.snapshots
+        );
+        return Ok(());
+    }
+    println!(
+        "examined {} snapshots: {} {}repaired ({} files with {} lost, {} directories), {} cannot be repaired",
+        r.snapshots,
+        r.snapshots_repaired,
+        would,
+        r.files_repaired,
+        HumanBytes(r.bytes_zeroed),
+        r.dirs_repaired,
+        r.snapshots_unrepairable
+    );
+    if !opts.forget && !opts.dry_run && r.snapshots_repaired > 0 {
+        println!(
+            "the damaged snapshots are kept: forget them once the repaired ones restore as expected, or run again with --forget"
         );
     }
     Ok(())
@@ -1978,8 +2092,13 @@ fn node_json(node: &Node, path: &str) -> serde_json::Value {
     let t = jiff::Timestamp::new(node.mtime, node.mtime_ns as i32)
         .map(|t| t.to_string())
         .unwrap_or_default();
-    json!({"path": path, "name": node.display_name(), "type": node.kind(), "size": node.size, "mode": node.mode,
-           "uid": node.uid, "gid": node.gid, "mtime": t})
+    let mut v = json!({"path": path, "name": node.display_name(), "type": node.kind(), "size": node.size, "mode": node.mode,
+           "uid": node.uid, "gid": node.gid, "mtime": t});
+    if node.repaired {
+        // Part of it was lost: see `repair snapshots`.
+        v["repaired"] = json!(true);
+    }
+    v
 }
 
 fn ls_print(node: &Node, path: &str, json: bool, out: &mut impl std::io::Write) -> Result<()> {

@@ -25,6 +25,8 @@
 //! objects, or the old and the new side by side (which list the same packs). The prune lease is
 //! held throughout: no prune deletes packs or rewrites index objects meanwhile.
 
+pub mod snapshots;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};

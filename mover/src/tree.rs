@@ -96,6 +96,11 @@ pub struct Node {
     /// Extended attributes, sorted by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub xattrs: Vec<Xattr>,
+    /// Written by `repair snapshots`: part of what the backup stored was lost (a file's lost
+    /// ranges are holes now, a directory lost the entries it could not read). A backup never
+    /// takes such a node as unchanged, nor as the base of changed ranges.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repaired: bool,
 }
 
 impl Node {

@@ -554,3 +554,45 @@ fn a_device_that_shrinks_mid_read_fails_without_a_snapshot() {
     assert_eq!(snaps.as_array().unwrap().len(), 0, "a snapshot was written");
     env.ok(&["check"]);
 }
+
+/// A device snapshot that `repair snapshots` cut short (its lost chunk reads as zeros) is never
+/// the base of a changed-ranges backup, which would take the zeros for the device's content.
+#[test]
+fn changed_ranges_never_build_on_a_repaired_snapshot() {
+    let env = Env::new();
+    let data = noise(12 << 20, 5);
+    std::fs::write(env.path("vol.img"), &data).unwrap();
+    let a = Loop::new(&env.path("vol.img"));
+    env.ok(&["backup", &a.dev]);
+    let pack = env
+        .objects("data")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    crate::fixtures::flip_byte(&pack, 0.5);
+    env.ok(&["repair", "index", "--read-all-packs"]);
+    let r: serde_json::Value = serde_json::from_str(
+        env.ok(&["repair", "snapshots", "--forget", "--json"])
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(r["files_repaired"], 1, "{r}");
+    let repaired = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
+    assert!(repaired.status.success() && repaired.stdout != data);
+    std::fs::write(env.path("ranges"), "0 4096\n").unwrap();
+    let o = env.run(&[
+        "backup",
+        "--json",
+        &a.dev,
+        "--changed-ranges",
+        env.path("ranges").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("parent snapshot was repaired"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert!(v["bytes_read"].as_u64().unwrap() >= 12 << 20, "{v}");
+    let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
+    assert!(dump.stdout == data);
+}

@@ -224,3 +224,179 @@ fn repair_index_heals_damaged_and_lost_packs_and_index_objects() {
         "{p:?}"
     );
 }
+
+/// The data packs stored now that were not in `before`.
+fn new_packs(env: &Env, before: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = env
+        .objects("data")
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    v.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    v
+}
+
+/// The snapshots, as `snapshots --json` lists them.
+fn snapshots(env: &Env) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(env.ok(&["snapshots", "--json"]).trim())
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// `repair snapshots` after `repair index`: a snapshot whose root is lost cannot be repaired
+/// and `--forget` removes it; one that lost a directory's tree keeps the rest and restores the
+/// directory empty; a file that lost blobs keeps every other byte at its offset, the lost range
+/// reading as zeros. The repaired copies are new snapshots tagged `repaired`, and the next
+/// backup reads a repaired file again instead of taking its zeros as unchanged.
+#[test]
+fn repair_snapshots_keeps_what_is_left_and_the_next_backup_reads_the_rest() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("keep")).unwrap();
+    std::fs::write(src.join("keep/a"), noise(300_000, 201)).unwrap();
+    std::fs::write(src.join("keep/b"), noise(300_000, 203)).unwrap();
+    std::fs::write(src.join("top"), noise(200_000, 205)).unwrap();
+    let first = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
+    // Its packs: one of data, one of trees (the smaller).
+    let packs = new_packs(&env, &[]);
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    let first_trees = packs[0].clone();
+    // `keep` is unchanged in the second snapshot: its tree stays in the first tree pack only.
+    std::fs::write(src.join("top"), noise(200_000, 207)).unwrap();
+    let second = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
+    std::fs::remove_file(&first_trees).unwrap();
+    let r = json(&env.ok(&["repair", "index", "--json"]));
+    assert_eq!(r["packs_missing"], 1, "{r}");
+
+    // A dry run says what a repair does, and changes nothing.
+    let before = everything(&env);
+    let listed = snapshots(&env);
+    let dry = env.ok(&["repair", "snapshots", "--dry-run"]);
+    assert!(
+        dry.contains(&format!("snapshot {}: ", &second[..8]))
+            && dry.contains("/src/keep: directory cannot be read")
+            && dry.contains(&format!("snapshot {} would be repaired", &second[..8])),
+        "{dry}"
+    );
+    assert_eq!(everything(&env), before, "a dry run changed the repository");
+    assert_eq!(snapshots(&env), listed);
+
+    let r = json(&env.ok(&["repair", "snapshots", "--json"]));
+    assert_eq!(r["snapshots"], 2, "{r}");
+    assert_eq!(r["snapshots_unrepairable"], 1, "{r}");
+    assert_eq!(r["snapshots_repaired"], 1, "{r}");
+    assert_eq!(r["dirs_repaired"], 1, "{r}");
+    assert_eq!(r["files_repaired"], 0, "{r}");
+    let rewritten = r["rewritten"].as_array().unwrap();
+    assert_eq!(rewritten.len(), 2, "{r}");
+    assert_eq!(rewritten[0]["old"], first.as_str(), "{r}");
+    assert!(rewritten[0]["new"].is_null(), "{r}");
+    assert_eq!(rewritten[1]["old"], second.as_str(), "{r}");
+    let repaired = rewritten[1]["new"].as_str().unwrap().to_owned();
+    // Both damaged snapshots are kept; the new one is tagged and knows its original.
+    let listed = snapshots(&env);
+    assert_eq!(listed.len(), 3);
+    let new = listed
+        .iter()
+        .find(|s| s["id"] == repaired.as_str())
+        .unwrap();
+    assert_eq!(new["tags"], serde_json::json!(["repaired"]), "{new}");
+    assert_eq!(new["original"], second.as_str(), "{new}");
+    // It restores: `top` as it was, `keep` empty; check finds nothing lost in it.
+    let t = env.path("restore-repaired");
+    env.ok(&["restore", &repaired, "--target", t.to_str().unwrap()]);
+    let got = t.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(got.join("top")).unwrap(), noise(200_000, 207));
+    assert_eq!(std::fs::read_dir(got.join("keep")).unwrap().count(), 0);
+    let p = check_problems(&env, &[]);
+    assert!(!p.is_empty(), "the damaged snapshots are still there");
+    assert!(!p.iter().any(|l| l.contains(&repaired[..8])), "{p:?}");
+    // The snapshot that cannot be repaired is forgotten with --forget; the other damaged one
+    // by hand. Then the repository checks clean.
+    let r = json(&env.ok(&["repair", "snapshots", "--forget", "--json", &first]));
+    assert_eq!(r["snapshots_forgotten"], 1, "{r}");
+    assert_eq!(r["rewritten"][0]["forgotten"], true, "{r}");
+    env.ok(&["forget", &second]);
+    assert_eq!(check_problems(&env, &[]), Vec::<String>::new());
+    assert_eq!(snapshots(&env).len(), 1);
+    // With the repaired snapshot as parent, the next backup reads `keep` again.
+    let b = env.backup(&[&src]);
+    assert_eq!(b["files_new"], 2, "{b}");
+    restores_exactly(&env, b["snapshot"].as_str().unwrap(), &src, "after-dir");
+
+    // A byte of one blob of a large file is flipped: the index repair salvages the rest of its
+    // pack, and exactly that blob is lost.
+    let large = noise(40 << 20, 209);
+    std::fs::write(src.join("large"), &large).unwrap();
+    let before = env.objects("data");
+    let third = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
+    flip_byte(&new_packs(&env, &before).pop().unwrap(), 0.5);
+    let r = json(&env.ok(&["repair", "index", "--read-all-packs", "--json"]));
+    assert_eq!(r["blobs_lost"], 1, "{r}");
+    let r = json(&env.ok(&["repair", "snapshots", "--forget", "--json"]));
+    assert_eq!(r["snapshots_repaired"], 1, "{r}");
+    assert_eq!(r["snapshots_forgotten"], 1, "{r}");
+    assert_eq!(r["files_repaired"], 1, "{r}");
+    assert_eq!(r["rewritten"][0]["old"], third.as_str(), "{r}");
+    let repaired = r["rewritten"][0]["new"].as_str().unwrap().to_owned();
+    let problem = &r["problems"][0];
+    assert!(
+        problem["path"].as_str().unwrap().ends_with("/src/large"),
+        "{r}"
+    );
+    // "1 of its N blobs lost: bytes FROM..TO (…) read as zeros": one chunk's range, every other
+    // blob kept in place.
+    let what = problem["problem"].as_str().unwrap();
+    assert!(
+        what.starts_with("1 of its ") && !what.contains("dropped"),
+        "{what}"
+    );
+    let range = what
+        .split("bytes ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let (from, to) = range.split_once("..").unwrap();
+    let (from, to): (usize, usize) = (from.parse().unwrap(), to.parse().unwrap());
+    assert!(from < to && to <= large.len(), "{what}");
+    assert!(to - from <= 8 << 20, "more than a chunk: {what}");
+    assert_eq!(r["bytes_zeroed"], to - from, "{r}");
+    assert_eq!(
+        snapshots(&env).len(),
+        3,
+        "the damaged snapshot was not forgotten"
+    );
+    assert_eq!(check_problems(&env, &[]), Vec::<String>::new());
+    let t = env.path("restore-large");
+    env.ok(&["restore", &repaired, "--target", t.to_str().unwrap()]);
+    let got = std::fs::read(t.join(src.strip_prefix("/").unwrap()).join("large")).unwrap();
+    assert_eq!(got.len(), large.len());
+    assert_eq!(
+        got[..from],
+        large[..from],
+        "bytes before the lost range moved"
+    );
+    assert_eq!(got[to..], large[to..], "bytes after the lost range moved");
+    assert!(got[from..to].iter().all(|&b| b == 0));
+    // `ls --json` marks the repaired file, and only it.
+    let marked: Vec<String> = env
+        .ok(&["ls", "--json", &repaired])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["repaired"] == true)
+        .map(|v| v["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        marked.len() == 1 && marked[0].ends_with("/src/large"),
+        "{marked:?}"
+    );
+    // The repaired file looks unchanged to a backup, but its zeros are not its content: it is
+    // read again, and the snapshot restores exactly.
+    let b = env.backup(&[&src]);
+    assert_eq!(b["files_changed"], 1, "{b}");
+    restores_exactly(&env, b["snapshot"].as_str().unwrap(), &src, "after-file");
+}
