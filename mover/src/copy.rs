@@ -61,6 +61,9 @@ pub struct CopyReport {
     pub bytes_read: u64,
     /// Source id → target id of each snapshot copied by this run.
     pub copied: Vec<(Id, Id)>,
+    /// Source snapshots that were to be copied but are damaged (they do not authenticate or
+    /// decode): not copied, and the others are.
+    pub damaged: Vec<(Id, String)>,
 }
 
 /// What is known of a source data blob.
@@ -702,10 +705,17 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
             have.insert(o, (id, s));
         }
     }
-    let mut snaps = src.snapshots()?;
+    let all = src.snapshots_readable()?;
+    let mut snaps = all.readable;
+    report.damaged = all
+        .damaged
+        .into_iter()
+        .map(|(id, e)| (id, e.to_string()))
+        .collect();
     if !which.is_empty() {
         let want: HashSet<&Id> = which.iter().collect();
         snaps.retain(|(id, _)| want.contains(id));
+        report.damaged.retain(|(id, _)| want.contains(id));
     }
     let mut c = Copier {
         src,

@@ -65,7 +65,7 @@ pub use chunker::Chunking;
 pub use error::{Error, ErrorKind, Result, Retry};
 pub use id::Id;
 pub use keyslot::{KdfParams, KeySlot, Secret, SlotKind};
-pub use repo::{Config, FORMAT_VERSION, InitOptions, LockConfig, Repository};
+pub use repo::{Config, FORMAT_VERSION, InitOptions, LockConfig, Repository, SnapshotList};
 pub use restore::{RestoreOptions, RestoreOutcome, RestoreProgress, dump, find_node, restore};
 pub use snapshot::{
     Snapshot, SnapshotFilter, Summary, TagChange, absolute_path, has_tags, hostname, parse_tag_list,

@@ -1049,7 +1049,7 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let filter = filter.filter()?;
             let repo = open(g)?;
-            let mut snaps = repo.snapshots_in(&filter)?;
+            let mut snaps = readable_snapshots(&repo, &filter)?;
             if let Some(n) = latest {
                 snaps = newest_of_each_group(snaps, n);
             }
@@ -1463,19 +1463,34 @@ fn run(cli: Cli) -> Result<u8> {
                 for e in &rep.errors {
                     eprintln!("lifeboat: damaged: {e}");
                 }
-                let storage = |e: &String| e.starts_with("data/") || e.starts_with("index/");
-                if rep.errors.iter().any(storage) {
-                    bail!(
-                        "the repository has {} problems; 'lifeboat repair index{}' takes lost or damaged packs and index objects out of the index, and the next backup stores their data again",
-                        rep.errors.len(),
+                let any = |p: &str| rep.errors.iter().any(|e| e.starts_with(p));
+                let mut what = Vec::new();
+                if any("data/") || any("index/") {
+                    what.push(format!(
+                        "'lifeboat repair index{}' takes lost or damaged packs and index objects out of the index, and the next backup stores their data again",
                         if read == lifeboat::ReadData::None {
                             ""
                         } else {
                             " --read-all-packs"
                         }
+                    ));
+                } else if any("snapshot ") {
+                    what.push(
+                        "backing up those snapshots' sources again stores the lost data; 'lifeboat repair snapshots' keeps what is left of those whose source is gone"
+                            .to_owned(),
                     );
                 }
-                bail!("the repository has {} problems", rep.errors.len());
+                if any("snapshots/") {
+                    what.push("'lifeboat forget ID' removes a damaged snapshot object".to_owned());
+                }
+                let n = match rep.errors.len() {
+                    1 => "1 problem".to_owned(),
+                    n => format!("{n} problems"),
+                };
+                if what.is_empty() {
+                    bail!("the repository has {n}");
+                }
+                bail!("the repository has {n}; {}", what.join("; "));
             }
             if !json {
                 println!("no errors found");
@@ -1588,6 +1603,7 @@ fn run(cli: Cli) -> Result<u8> {
                     "blobs_transferred": r.blobs_transferred,
                     "bytes_read": r.bytes_read,
                     "copied": r.copied.iter().map(|(s, t)| json!({"source": s.to_hex(), "target": t.to_hex()})).collect::<Vec<_>>(),
+                    "damaged": r.damaged.iter().map(|(s, _)| s.to_hex()).collect::<Vec<_>>(),
                 });
                 println!("{line}");
             } else {
@@ -1601,6 +1617,15 @@ fn run(cli: Cli) -> Result<u8> {
                     HumanBytes(r.bytes_transferred),
                     r.blobs_transferred
                 );
+            }
+            for (id, e) in &r.damaged {
+                eprintln!(
+                    "lifeboat: warning: source snapshot {} is damaged and was not copied ({e})",
+                    id.short()
+                );
+            }
+            if !r.damaged.is_empty() {
+                return Ok(EXIT_PARTIAL);
             }
         }
         Command::Prune {
@@ -1863,6 +1888,27 @@ fn repair_index_cmd(
     Ok(())
 }
 
+/// The readable snapshots `filter` selects, oldest first; each damaged snapshot gets a warning
+/// line, which says how to remove it.
+fn readable_snapshots(
+    repo: &Repository,
+    filter: &SnapshotFilter,
+) -> Result<Vec<(lifeboat::Id, Snapshot)>> {
+    let lifeboat::SnapshotList {
+        readable: mut all,
+        damaged,
+    } = repo.snapshots_readable()?;
+    for (id, e) in &damaged {
+        eprintln!(
+            "lifeboat: warning: snapshot {} is damaged and left out ({e}); 'lifeboat forget {}' removes it",
+            id.short(),
+            id.short()
+        );
+    }
+    all.retain(|(_, s)| filter.matches(s));
+    Ok(all)
+}
+
 /// The snapshots named by `specs` (ids whatever the filters say, `latest` under them), each once;
 /// with no names, every snapshot the filters select (oldest first), at least one when they are
 /// given.
@@ -1873,7 +1919,7 @@ fn select_snapshots(
 ) -> Result<Vec<(lifeboat::Id, Snapshot)>> {
     let filter = filter.filter()?;
     if specs.is_empty() {
-        let all = repo.snapshots_in(&filter)?;
+        let all = readable_snapshots(repo, &filter)?;
         if all.is_empty() && !filter.is_empty() {
             bail!("no snapshot matches {}", filter.describe());
         }
@@ -1944,12 +1990,17 @@ fn forget_cmd(
 ) -> Result<()> {
     let mut remove = Vec::new();
     for spec in explicit {
-        remove.push(repo.find_snapshot_in(spec, filter)?.0);
+        // An id is not read (a damaged snapshot can be forgotten); `latest` is.
+        remove.push(if spec == "latest" {
+            repo.find_snapshot_in(spec, filter)?.0
+        } else {
+            repo.snapshot_id(spec)?
+        });
     }
     let plans = if policy.is_empty() && !explicit.is_empty() {
         Vec::new()
     } else {
-        let snaps = repo.snapshots_in(filter)?;
+        let snaps = readable_snapshots(repo, filter)?;
         forget::plan(&snaps, policy, group_by, &jiff::tz::TimeZone::system())?
     };
     for p in &plans {

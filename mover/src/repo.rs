@@ -85,6 +85,14 @@ impl Default for InitOptions {
     }
 }
 
+/// The snapshots of a repository as [`Repository::snapshots_readable`] finds them.
+pub struct SnapshotList {
+    /// Those that can be read, oldest first.
+    pub readable: Vec<(Id, Snapshot)>,
+    /// Those that do not authenticate or decode, with why.
+    pub damaged: Vec<(Id, Error)>,
+}
+
 /// An open, unlocked repository.
 pub struct Repository {
     store: Store,
@@ -478,21 +486,47 @@ impl Repository {
             .map_err(|e| Error::corrupt(format!("{name} does not decode: {e}")))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every snapshot that can be read, oldest first; one that is damaged is left out with a
+    /// log line ([`Repository::snapshots_readable`] names them).
     ///
     /// # Errors
-    /// The first damaged snapshot.
+    /// Storage errors.
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let all = self.snapshots_readable()?;
+        for (id, e) in all.damaged {
+            tracing::warn!("skipping damaged snapshot {}: {e}", id.short());
+        }
+        Ok(all.readable)
+    }
+
+    /// Every snapshot that can be read, oldest first, and those that are damaged (they do not
+    /// authenticate or decode) with why: one damaged snapshot object must not hide the others,
+    /// nor keep `forget` from removing it. (`prune` and `check` read every snapshot themselves
+    /// and stop at a damaged one.)
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn snapshots_readable(&self) -> Result<SnapshotList> {
         let ids = self.store.list_ids(names::SNAPSHOTS)?;
         if let Some(c) = self.store.cache() {
             c.retain(names::SNAPSHOTS, |id| ids.binary_search(id).is_ok());
         }
-        let mut v = ids
-            .into_iter()
-            .map(|id| self.load_snapshot(&id).map(|s| (id, s)))
-            .collect::<Result<Vec<_>>>()?;
+        let mut v = Vec::with_capacity(ids.len());
+        let mut damaged = Vec::new();
+        for id in ids {
+            match self.load_snapshot(&id) {
+                Ok(s) => v.push((id, s)),
+                // Removed by `forget` since the listing.
+                Err(e) if e.kind() == ErrorKind::Missing => {}
+                Err(e) if e.kind() == ErrorKind::Corrupt => damaged.push((id, e)),
+                Err(e) => return Err(e),
+            }
+        }
         v.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
-        Ok(v)
+        Ok(SnapshotList {
+            readable: v,
+            damaged,
+        })
     }
 
     /// Delete one snapshot object (its data stays until `prune`).
@@ -531,10 +565,10 @@ impl Repository {
         self.find_snapshot_in(spec, &SnapshotFilter::default())
     }
 
-    /// The snapshots `filter` selects, oldest first.
+    /// The readable snapshots `filter` selects, oldest first.
     ///
     /// # Errors
-    /// The first damaged snapshot.
+    /// Storage errors.
     pub fn snapshots_in(&self, filter: &SnapshotFilter) -> Result<Vec<(Id, Snapshot)>> {
         let mut v = self.snapshots()?;
         v.retain(|(_, s)| filter.matches(s));
@@ -556,6 +590,16 @@ impl Repository {
                 }
             });
         }
+        let id = self.snapshot_id(spec)?;
+        Ok((id, self.load_snapshot(&id)?))
+    }
+
+    /// The snapshot a unique hex prefix of its id names, without reading it (a damaged one can
+    /// be forgotten by its id).
+    ///
+    /// # Errors
+    /// `InvalidInput` when none or several match.
+    pub fn snapshot_id(&self, spec: &str) -> Result<Id> {
         let p = spec.to_ascii_lowercase();
         if p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::invalid(format!(
@@ -570,7 +614,7 @@ impl Repository {
             .collect();
         match ids.as_slice() {
             [] => Err(Error::invalid(format!("no snapshot matches {spec:?}"))),
-            [id] => Ok((*id, self.load_snapshot(id)?)),
+            [id] => Ok(*id),
             _ => Err(Error::invalid(format!(
                 "{spec:?} is ambiguous: it matches {} snapshots",
                 ids.len()

@@ -145,3 +145,40 @@ fn copy_from_a_damaged_source_fails_and_leaves_the_target_consistent() {
     );
     assert_same_tree(&scan(&src), &scan(&t.join(src.strip_prefix("/").unwrap())));
 }
+
+/// A damaged source snapshot object is not copied, every other snapshot is, and the copy says
+/// so: a warning naming it and exit code 3.
+#[test]
+fn copy_past_a_damaged_snapshot_object_copies_the_rest_and_says_so() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), noise(1 << 20, 23)).unwrap();
+    let first = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
+    std::fs::write(src.join("b.bin"), noise(1 << 20, 25)).unwrap();
+    env.backup(&[&src]);
+    let off = env.path("offsite");
+    offsite(&env, &off, &["init"]);
+    let object = env.repo.join("snapshots").join(&first);
+    flip_byte(&object, 0.5);
+    let mut c = env.cmd(&["copy", "--to", off.to_str().unwrap(), "--json"]);
+    c.env("LIFEBOAT_TO_PASSWORD", TO_PW);
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.lines().count() == 1 && err.contains(&first[..8]) && err.contains("not copied"),
+        "{err}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(r["snapshots_copied"], 1, "{r}");
+    assert_eq!(r["damaged"], serde_json::json!([first]), "{r}");
+    let t = env.path("restored");
+    offsite(
+        &env,
+        &off,
+        &["restore", "latest", "--target", t.to_str().unwrap()],
+    );
+    assert_same_tree(&scan(&src), &scan(&t.join(src.strip_prefix("/").unwrap())));
+}

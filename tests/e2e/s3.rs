@@ -944,7 +944,7 @@ fn check_fetches_tree_packs_once_and_ignores_the_cache() {
     flip();
     for args in [&["check"][..], &["check", "--read-data"]] {
         let e = env.fails(args);
-        assert!(e.contains("problems"), "{args:?}: {e}");
+        assert!(e.contains("problem"), "{args:?}: {e}");
         let o = env.run(args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
