@@ -58,16 +58,25 @@ fn read_all(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-/// `lifeboat backup --json DEV --changed-ranges <env>/RANGES`, its summary.
-fn delta_backup(env: &Env, dev: &Loop, ranges: &str) -> serde_json::Value {
-    let out = env.ok(&[
+/// `lifeboat backup --json DEV --changed-ranges <env>/RANGES`: whether it succeeded, its
+/// summary (when it did) and its standard error.
+fn delta_run(env: &Env, dev: &Loop, ranges: &str) -> (serde_json::Value, String) {
+    let o = env.run(&[
         "backup",
         "--json",
         &dev.dev,
         "--changed-ranges",
         env.path(ranges).to_str().unwrap(),
     ]);
-    serde_json::from_str(out.trim()).unwrap()
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    (serde_json::from_str(out.trim()).unwrap(), err)
+}
+
+/// `lifeboat backup --json DEV --changed-ranges <env>/RANGES`, its summary.
+fn delta_backup(env: &Env, dev: &Loop, ranges: &str) -> serde_json::Value {
+    delta_run(env, dev, ranges).0
 }
 
 /// Write `change` at `at` of the device and of `data` (the bytes it should hold), back it up with
@@ -373,17 +382,8 @@ fn changed_ranges_without_a_parent_read_everything() {
     std::fs::write(env.path("vol.img"), noise(12 << 20, 3)).unwrap();
     let a = Loop::new(&env.path("vol.img"));
     std::fs::write(env.path("ranges"), "0 4096\n").unwrap();
-    let o = env.run(&[
-        "backup",
-        "--json",
-        &a.dev,
-        "--changed-ranges",
-        env.path("ranges").to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("read in full"));
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    let (v, err) = delta_run(&env, &a, "ranges");
+    assert!(err.contains("read in full"), "{err}");
     assert!(v["bytes_read"].as_u64().unwrap() >= 12 << 20);
     let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
     assert!(dump.stdout == noise(12 << 20, 3));
@@ -580,18 +580,8 @@ fn changed_ranges_never_build_on_a_repaired_snapshot() {
     let repaired = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
     assert!(repaired.status.success() && repaired.stdout != data);
     std::fs::write(env.path("ranges"), "0 4096\n").unwrap();
-    let o = env.run(&[
-        "backup",
-        "--json",
-        &a.dev,
-        "--changed-ranges",
-        env.path("ranges").to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    let (v, err) = delta_run(&env, &a, "ranges");
     assert!(err.contains("parent snapshot was repaired"), "{err}");
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     assert!(v["bytes_read"].as_u64().unwrap() >= 12 << 20, "{v}");
     let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
     assert!(dump.stdout == data);

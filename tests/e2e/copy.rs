@@ -24,6 +24,17 @@ fn offsite(env: &Env, off: &Path, args: &[&str]) -> String {
     crate::fixtures::stdout_of_success(c.output().unwrap(), &format!("offsite {args:?}"))
 }
 
+/// The offsite repository's latest snapshot restores exactly to `src`.
+fn latest_offsite_restores(env: &Env, off: &Path, src: &Path) {
+    let t = env.path("restored");
+    offsite(
+        env,
+        off,
+        &["restore", "latest", "--target", t.to_str().unwrap()],
+    );
+    assert_same_tree(&scan(src), &scan(&t.join(src.strip_prefix("/").unwrap())));
+}
+
 fn data_bytes(repo: &Path) -> u64 {
     crate::fixtures::walk_files(&repo.join("data"))
         .iter()
@@ -137,13 +148,7 @@ fn copy_from_a_damaged_source_fails_and_leaves_the_target_consistent() {
     // Repaired, the copy completes and restores exactly.
     std::fs::write(&pack, good).unwrap();
     assert_eq!(copy(&env, &off)["snapshots_copied"], 1);
-    let t = env.path("restored");
-    offsite(
-        &env,
-        &off,
-        &["restore", "latest", "--target", t.to_str().unwrap()],
-    );
-    assert_same_tree(&scan(&src), &scan(&t.join(src.strip_prefix("/").unwrap())));
+    latest_offsite_restores(&env, &off, &src);
 }
 
 /// A damaged source snapshot object is not copied, every other snapshot is, and the copy says
@@ -174,11 +179,5 @@ fn copy_past_a_damaged_snapshot_object_copies_the_rest_and_says_so() {
         serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
     assert_eq!(r["snapshots_copied"], 1, "{r}");
     assert_eq!(r["damaged"], serde_json::json!([first]), "{r}");
-    let t = env.path("restored");
-    offsite(
-        &env,
-        &off,
-        &["restore", "latest", "--target", t.to_str().unwrap()],
-    );
-    assert_same_tree(&scan(&src), &scan(&t.join(src.strip_prefix("/").unwrap())));
+    latest_offsite_restores(&env, &off, &src);
 }
