@@ -503,8 +503,8 @@ enum RepairWhat {
     /// names from their own headers. Holds the prune lease.
     Index {
         /// Read every pack whole and verify every blob; copy the intact blobs of a damaged pack
-        /// into new packs and leave it out of the index (default: read only the headers of
-        /// packs the index does not list right).
+        /// into new packs, then delete it (default: read only the headers of packs the index
+        /// does not list right).
         #[arg(long)]
         read_all_packs: bool,
         /// Report what would change; change nothing.
@@ -514,11 +514,12 @@ enum RepairWhat {
         #[arg(long)]
         json: bool,
     },
-    /// Write snapshots anew without the data that is lost (run 'repair index' first): a file's
-    /// lost ranges read as zeros, every other byte stays at its offset; a directory keeps the
-    /// entries that can still be read. The new snapshot is tagged 'repaired'. Only for data the
-    /// source no longer has: otherwise back up again, which stores it and heals every snapshot.
-    /// Holds the prune lease.
+    /// Write snapshots anew without the data that is lost: a file's lost ranges read as zeros,
+    /// every other byte stays at its offset; a directory keeps the entries that can still be
+    /// read. The new snapshot is tagged 'repaired'. Only for data the source no longer has:
+    /// otherwise back up again, which stores it and heals every snapshot. Lost packs count as
+    /// lost before 'repair index' too (and are repaired most exactly then); damaged packs only
+    /// after 'repair index --read-all-packs'. Holds the prune lease.
     Snapshots {
         /// Snapshots to repair (default: every snapshot the filters select).
         snapshots: Vec<String>,
@@ -1817,18 +1818,24 @@ fn repair_snapshots_cmd(
             "examined {} snapshots: nothing is lost in them",
             r.snapshots
         );
-        return Ok(());
+    } else {
+        println!(
+            "examined {} snapshots: {} {}repaired ({} files with {} lost, {} directories), {} cannot be repaired",
+            r.snapshots,
+            r.snapshots_repaired,
+            would,
+            r.files_repaired,
+            HumanBytes(r.bytes_zeroed),
+            r.dirs_repaired,
+            r.snapshots_unrepairable
+        );
     }
-    println!(
-        "examined {} snapshots: {} {}repaired ({} files with {} lost, {} directories), {} cannot be repaired",
-        r.snapshots,
-        r.snapshots_repaired,
-        would,
-        r.files_repaired,
-        HumanBytes(r.bytes_zeroed),
-        r.dirs_repaired,
-        r.snapshots_unrepairable
-    );
+    if r.packs_lost > 0 {
+        println!(
+            "{} packs the index names are lost: run 'lifeboat repair index' next, so that no backup builds on them",
+            r.packs_lost
+        );
+    }
     if !opts.forget && !opts.dry_run && r.snapshots_repaired > 0 {
         println!(
             "the damaged snapshots are kept: forget them once the repaired ones restore as expected, or run again with --forget"
@@ -1858,13 +1865,18 @@ fn repair_index_cmd(
     }
     let would = if opts.dry_run { "would have " } else { "" };
     println!(
-        "read {} packs: {} indexed from their headers, {} missing, {} damaged ({} intact blobs {} out of them)",
+        "read {} packs: {} indexed from their headers, {} missing, {} damaged ({} intact blobs {} out of them{})",
         r.packs_read,
         r.packs_indexed,
         r.packs_missing,
         r.packs_damaged,
         r.blobs_salvaged,
-        if opts.dry_run { "to copy" } else { "copied" }
+        if opts.dry_run { "to copy" } else { "copied" },
+        match (r.packs_deleted, opts.dry_run) {
+            (0, _) => String::new(),
+            (n, true) => format!(", {n} to delete then"),
+            (n, false) => format!(", {n} deleted then"),
+        }
     );
     println!(
         "{would}replaced {} of {} index objects ({} damaged) with {}; {} packs indexed",

@@ -12,8 +12,10 @@
 //!   indexed from its own header once that authenticates;
 //! - with `read_all_packs`, every pack is read whole: one whose bytes do not hash to its name, or
 //!   with a blob that fails to open, is left out of the index, and its intact blobs are first
-//!   copied into new packs (unless a sound pack holds them too). The damaged pack stays stored,
-//!   unindexed, and prune deletes it as it deletes any unindexed pack.
+//!   copied into new packs (unless a sound pack holds them too), and the damaged pack is
+//!   deleted once the new index is durable (left stored, a later repair reading only headers
+//!   would index it again from its intact header). Without `read_all_packs`, a pack found
+//!   damaged (truncated, say) stays stored, unindexed, for a repair that reads it whole.
 //!
 //! A blob no pack holds any more is then missing from the index, so the next backup of its
 //! source stores it again, under the same id (an id depends only on the content): every
@@ -100,6 +102,9 @@ pub struct RepairReport {
     pub packs_damaged: u64,
     /// Intact blobs of damaged packs copied into new packs.
     pub blobs_salvaged: u64,
+    /// Damaged packs deleted once their intact blobs were copied (`read_all_packs` only:
+    /// without it, nothing is salvaged and a damaged pack stays, unindexed).
+    pub packs_deleted: u64,
     /// Blobs the index listed that no pack holds any more: the next backup of their source
     /// stores them again.
     pub blobs_lost: u64,
@@ -358,16 +363,29 @@ pub(crate) fn repair_holding(
     groups.retain(|g| !g.is_empty());
     rep.index_objects_written = groups.len() as u64;
     rep.index_objects_replaced = (replaced.len() + damaged_objects.len()) as u64;
-    if opts.dry_run || rep.index_objects_replaced + rep.index_objects_written == 0 {
+    // Read whole, a damaged pack has given up everything it can: it is deleted, or a later
+    // repair that reads only headers would index it again from its intact header.
+    if opts.read_all_packs {
+        rep.packs_deleted = damaged.len() as u64;
+    }
+    if opts.dry_run {
         return Ok(rep);
     }
-    for g in &groups {
-        repo.save_object(ObjectKind::Index, &index::encode(g))?;
+    if rep.index_objects_replaced + rep.index_objects_written > 0 {
+        for g in &groups {
+            repo.save_object(ObjectKind::Index, &index::encode(g))?;
+        }
+        repo.store().sync()?;
+        renew(repo, lease)?;
+        for id in replaced.iter().map(|(id, _)| id).chain(&damaged_objects) {
+            repo.store().delete(&format!("{}{id}", names::INDEX))?;
+        }
     }
-    repo.store().sync()?;
-    renew(repo, lease)?;
-    for id in replaced.iter().map(|(id, _)| id).chain(&damaged_objects) {
-        repo.store().delete(&format!("{}{id}", names::INDEX))?;
+    if opts.read_all_packs {
+        renew(repo, lease)?;
+        for (id, _, _) in &damaged {
+            repo.store().delete(&names::pack(id))?;
+        }
     }
     Ok(rep)
 }

@@ -2,13 +2,17 @@
 //! them restores, for when the source no longer has what was lost (otherwise the next backup
 //! stores it again and heals every snapshot: see [`super`]).
 //!
-//! It depends on a correct index: run `repair index` first. Then, for each snapshot:
+//! A blob is lost when the index does not list it, or lists it in a pack that is not stored (or
+//! not at its size). Packs that are stored but damaged are found only by reading them: run
+//! `repair index --read-all-packs` first for those. Lost packs are best repaired before `repair
+//! index`, while the index still knows the lengths of their blobs. Then, for each snapshot:
 //!
-//! - a file (or backed-up device) whose data blobs are not all in the index keeps every blob whose
-//!   place in the file is still known, and the bytes between the first and the last missing one
-//!   become a hole: they read as zeros, and every byte before and after stays at its offset (a
-//!   database file or a disk image with a zeroed range is more use than one whose tail has moved,
-//!   which is what cutting the lost blobs out would give). Sizes never change.
+//! - a file (or backed-up device) with lost blobs keeps every blob whose place in the file is
+//!   known, and each lost range becomes a hole: it reads as zeros, and every other byte stays at
+//!   its offset (a database file or a disk image with a zeroed range is more use than one whose
+//!   tail has moved, which is what cutting the lost blobs out would give). Sizes never change.
+//!   A lost blob of known length is a hole of its own; between lost blobs of unknown length
+//!   (the index was repaired) the stored blobs' places are unknown too, and the hole spans them.
 //! - a directory whose tree blobs cannot all be read keeps the entries decoded before the first
 //!   one that cannot (none when its first blob is gone).
 //!
@@ -31,15 +35,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use indicatif::HumanBytes;
 use serde::Serialize;
 
+use crate::backend::names;
 use crate::blobwriter::BlobWriter;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Id;
+use crate::index::PackInfo;
 use crate::pack::BlobType;
 use crate::prune::Lease;
 use crate::repo::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::{Node, NodeKind, TreeWriter};
+use crate::tree::{Node, NodeKind, TreeEntries, TreeWriter};
 
 /// The tag every repaired snapshot carries.
 pub const REPAIRED_TAG: &str = "repaired";
@@ -107,6 +113,9 @@ pub struct SnapshotsReport {
     pub bytes_zeroed: u64,
     /// Directories that lost entries they could not read.
     pub dirs_repaired: u64,
+    /// Packs the index names that are not stored (or not at their size): their blobs count
+    /// as lost. `repair index` then takes them out of the index.
+    pub packs_lost: u64,
     /// Each snapshot written anew or forgotten.
     pub rewritten: Vec<Rewritten>,
     /// Every loss, by snapshot and path.
@@ -149,8 +158,23 @@ pub fn repair_snapshots(
         return Err(e);
     }
     let repo = &*repo;
+    // What is stored, as `repair index` judges it: a pack the index names that is not stored,
+    // or not at its size, is lost, and its blobs with it (their lengths still known).
+    let stored: HashMap<Id, u64> = match repo.store().list(names::DATA) {
+        Ok(list) => list
+            .into_iter()
+            .filter_map(|(n, size)| Some((n.rsplit('/').next()?.parse().ok()?, size)))
+            .collect(),
+        Err(e) => {
+            if let Some(l) = lease {
+                l.release(repo.store());
+            }
+            return Err(e);
+        }
+    };
     let mut walker = Walker {
         repo,
+        stored: &stored,
         writer: if opts.dry_run {
             None
         } else {
@@ -182,7 +206,16 @@ fn repair_all(
     snapshots: &[(Id, Snapshot)],
     opts: &SnapshotsOptions,
 ) -> Result<SnapshotsReport> {
-    let mut rep = SnapshotsReport::default();
+    let mut rep = SnapshotsReport {
+        packs_lost: w
+            .repo
+            .index()
+            .packs()
+            .iter()
+            .filter(|p| !sound(w.stored, p))
+            .count() as u64,
+        ..SnapshotsReport::default()
+    };
     for (old, snap) in snapshots {
         rep.snapshots += 1;
         let root = w.dir(&snap.tree)?;
@@ -284,6 +317,8 @@ struct Fixed {
 
 struct Walker<'r, 'l> {
     repo: &'r Repository,
+    /// The packs stored, with their sizes.
+    stored: &'r HashMap<Id, u64>,
     /// `None` in a dry run: tree ids are computed, nothing is stored.
     writer: Option<BlobWriter<'r>>,
     lease: Option<&'l mut Lease>,
@@ -305,11 +340,7 @@ impl Walker<'_, '_> {
         if let Some(l) = self.lease.as_deref_mut() {
             l.renew(self.repo.store())?;
         }
-        for id in ids {
-            if let Some(l) = self.repo.index().get(id) {
-                self.used.insert(l.pack.id);
-            }
-        }
+        self.note_used(ids);
         // First pass: whether anything below needs a change (sub-directories are examined and
         // remembered on the way).
         let mut changed = false;
@@ -384,7 +415,18 @@ impl Walker<'_, '_> {
             ErrorKind::Missing | ErrorKind::Corrupt => Ok(e),
             _ => Err(e),
         };
-        let mut entries = match self.repo.read_tree_entries(ids) {
+        let (repo, stored) = (self.repo, self.stored);
+        let blobs = ids
+            .iter()
+            .copied()
+            .map(move |id| match repo.index().get(&id) {
+                Some(l) if !sound(stored, l.pack) => Err(Error::new(
+                    ErrorKind::Missing,
+                    format!("blob {} is in lost pack {}", id.short(), l.pack.id.short()),
+                )),
+                _ => repo.read_blob(&id),
+            });
+        let mut entries = match TreeEntries::new(Box::new(blobs)) {
             Ok(it) => it,
             Err(e) => return Ok(Some((0, lost(e)?))),
         };
@@ -403,23 +445,47 @@ impl Walker<'_, '_> {
 
     /// File `node` without its lost blobs, when any are lost.
     fn file(&mut self, node: &Node) -> Option<FileFix> {
-        let index = self.repo.index();
-        for id in &node.content {
-            if let Some(l) = index.get(id) {
+        self.note_used(&node.content);
+        let (index, stored) = (self.repo.index(), self.stored);
+        fix_file(node, |id| match index.get(id) {
+            None => Blob::Lost(None),
+            Some(l) if sound(stored, l.pack) => Blob::Kept(u64::from(l.entry.raw_len)),
+            Some(l) => Blob::Lost(Some(u64::from(l.entry.raw_len))),
+        })
+    }
+
+    /// Remember the stored packs of `ids` (Object Lock upkeep).
+    fn note_used(&mut self, ids: &[Id]) {
+        for id in ids {
+            if let Some(l) = self.repo.index().get(id)
+                && sound(self.stored, l.pack)
+            {
                 self.used.insert(l.pack.id);
             }
         }
-        fix_file(node, |id| index.get(id).map(|l| u64::from(l.entry.raw_len)))
     }
 
-    /// Store a tree blob (not in a dry run); its id.
+    /// Store a tree blob (not in a dry run); its id. One the index lists in a lost pack is
+    /// stored again.
     fn put_tree(&mut self, bytes: &[u8]) -> Result<Id> {
         let id = self.repo.keys().blob_id(bytes);
         if let Some(w) = self.writer.as_mut() {
-            w.add(BlobType::Tree, id, bytes)?;
+            match self.repo.index().get(&id) {
+                Some(l) if !sound(self.stored, l.pack) && !w.has_added(&id) => {
+                    w.add_unchecked(BlobType::Tree, id, bytes)?;
+                }
+                _ => {
+                    w.add(BlobType::Tree, id, bytes)?;
+                }
+            }
         }
         Ok(id)
     }
+}
+
+/// Whether `pack` is stored at the size the index has for it.
+fn sound(stored: &HashMap<Id, u64>, pack: &PackInfo) -> bool {
+    stored.get(&pack.id) == Some(&pack.size)
 }
 
 /// `dir/path`, or `dir` for the directory itself.
@@ -441,21 +507,41 @@ fn digest(ids: &[Id]) -> Id {
     Id(*h.finalize().as_bytes())
 }
 
+/// What the repair knows of one data blob of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blob {
+    /// Stored, this long.
+    Kept(u64),
+    /// Lost: its length when the index still knows it (its pack is gone but the index was not
+    /// repaired yet), so its place in the file stays known.
+    Lost(Option<u64>),
+}
+
+impl Blob {
+    fn len(self) -> Option<u64> {
+        match self {
+            Self::Kept(l) | Self::Lost(Some(l)) => Some(l),
+            Self::Lost(None) => None,
+        }
+    }
+}
+
 /// A file node repaired by [`fix_file`].
 #[derive(Debug)]
 pub(crate) struct FileFix {
     /// The node with its content and holes made consistent, marked `repaired`.
     pub node: Node,
-    /// Blobs the index does not have.
+    /// Blobs lost.
     pub missing: usize,
     /// Blobs of the file.
     pub blobs: usize,
     /// Blobs still stored but dropped: their place in the file is lost with their neighbours.
     pub dropped: usize,
-    /// The range `[from, to)` that now reads as zeros.
+    /// Ranges that now read as zeros, and the span `[from, to)` they cover.
+    pub ranges: usize,
     pub from: u64,
     pub to: u64,
-    /// Bytes of data (not holes already) in that range.
+    /// Bytes of data (not holes already) in those ranges.
     pub zeroed: u64,
 }
 
@@ -466,12 +552,22 @@ impl FileFix {
         } else {
             format!("{} of its {} blobs lost", self.missing, self.blobs)
         };
-        let mut s = format!(
-            "{what}: bytes {}..{} ({} of data) read as zeros",
-            self.from,
-            self.to,
-            HumanBytes(self.zeroed)
-        );
+        let mut s = if self.ranges == 1 {
+            format!(
+                "{what}: bytes {}..{} ({} of data) read as zeros",
+                self.from,
+                self.to,
+                HumanBytes(self.zeroed)
+            )
+        } else {
+            format!(
+                "{what}: {} in {} ranges between bytes {} and {} read as zeros",
+                HumanBytes(self.zeroed),
+                self.ranges,
+                self.from,
+                self.to
+            )
+        };
         if self.dropped > 0 {
             let _ = write!(
                 s,
@@ -483,24 +579,31 @@ impl FileFix {
     }
 }
 
-/// File `node` with the blobs whose length `len_of` does not know (not in the index) made zeros,
-/// or `None` when every blob is there and they fill its data exactly.
+/// File `node` with its lost blobs made zeros, or `None` when every blob is stored and they fill
+/// its data exactly.
 ///
 /// Blobs fill the file's data regions (the parts that are not holes) in order, each inside one
-/// region, and only the index knows their lengths. The blobs before the first lost one are
-/// placed from the start and those after the last lost one from the end, so they keep their
-/// offsets; what lies between becomes a hole. Blobs that do not fit (a tree that disagrees with
-/// the index) are treated as lost.
-pub(crate) fn fix_file(node: &Node, len_of: impl Fn(&Id) -> Option<u64>) -> Option<FileFix> {
+/// region, and only the index knows their lengths. Placed from the start up to the first lost
+/// blob of unknown length, and from the end down to the last one, every blob keeps its offset,
+/// and each lost blob of known length becomes a hole of its own; what lies between the two
+/// (lost blobs of unknown length, and stored blobs whose place depends on them) becomes one
+/// hole. Blobs that do not fit (a tree that disagrees with the index) count as lost there.
+pub(crate) fn fix_file(node: &Node, blob: impl Fn(&Id) -> Blob) -> Option<FileFix> {
     let regions = node.data_regions();
-    let lens: Vec<Option<u64>> = node
+    let blobs: Vec<Blob> = node
         .content
         .iter()
-        .map(|id| len_of(id).filter(|&l| l > 0))
+        .map(|id| match blob(id) {
+            // No blob is empty.
+            Blob::Kept(0) | Blob::Lost(Some(0)) => Blob::Lost(None),
+            b => b,
+        })
         .collect();
+    // Lost ranges placed exactly.
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
     // From the start.
     let (mut r, mut pos, mut head) = (0, regions.first().map_or(0, |g| g.0), 0);
-    while let Some(&Some(len)) = lens.get(head) {
+    while let Some(len) = blobs.get(head).and_then(|b| b.len()) {
         let Some(&(off, rlen)) = regions.get(r) else {
             break;
         };
@@ -514,6 +617,9 @@ pub(crate) fn fix_file(node: &Node, len_of: impl Fn(&Id) -> Option<u64>) -> Opti
         if pos + len > off + rlen {
             break;
         }
+        if blobs[head] != Blob::Kept(len) {
+            ranges.push((pos, len));
+        }
         pos += len;
         head += 1;
     }
@@ -522,10 +628,12 @@ pub(crate) fn fix_file(node: &Node, len_of: impl Fn(&Id) -> Option<u64>) -> Opti
     let (mut r, mut pos, mut tail) = (
         regions.len(),
         regions.last().map_or(0, |g| g.0 + g.1),
-        lens.len(),
+        blobs.len(),
     );
     while tail > head {
-        let Some(len) = lens[tail - 1] else { break };
+        let Some(len) = blobs[tail - 1].len() else {
+            break;
+        };
         let Some(&(off, _)) = r.checked_sub(1).and_then(|i| regions.get(i)) else {
             break;
         };
@@ -538,6 +646,9 @@ pub(crate) fn fix_file(node: &Node, len_of: impl Fn(&Id) -> Option<u64>) -> Opti
         }
         match pos.checked_sub(len) {
             Some(start) if start >= off && start >= from => {
+                if blobs[tail - 1] != Blob::Kept(len) {
+                    ranges.push((start, len));
+                }
                 pos = start;
                 tail -= 1;
             }
@@ -545,46 +656,55 @@ pub(crate) fn fix_file(node: &Node, len_of: impl Fn(&Id) -> Option<u64>) -> Opti
         }
     }
     let to = pos.max(from);
-    if head == lens.len() && from == to {
+    if to > from {
+        ranges.push((from, to - from));
+    }
+    if ranges.is_empty() && head == blobs.len() {
         return None;
     }
-    let zeroed = regions
+    let ranges = merge(ranges);
+    let zeroed = ranges
         .iter()
-        .map(|&(off, len)| (off + len).min(to).saturating_sub(off.max(from)))
+        .flat_map(|&(a, l)| {
+            regions
+                .iter()
+                .map(move |&(off, len)| (off + len).min(a + l).saturating_sub(off.max(a)))
+        })
         .sum();
     let mut holes = node.holes.clone();
-    if to > from {
-        holes.push((from, to - from));
-        holes.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(holes.len());
-        for (off, len) in holes {
-            match merged.last_mut() {
-                Some(last) if off <= last.0 + last.1 => {
-                    last.1 = last.1.max(off + len - last.0);
-                }
-                _ => merged.push((off, len)),
-            }
-        }
-        holes = merged;
-    }
+    holes.extend_from_slice(&ranges);
+    let kept = |i: usize| matches!(blobs[i], Blob::Kept(_));
     let mut fixed = node.clone();
-    fixed.content = node.content[..head]
-        .iter()
-        .chain(&node.content[tail..])
-        .copied()
+    fixed.content = (0..head)
+        .chain(tail..blobs.len())
+        .filter(|&i| kept(i))
+        .map(|i| node.content[i])
         .collect();
-    fixed.holes = holes;
+    fixed.holes = merge(holes);
     fixed.repaired = true;
-    let missing = lens.iter().filter(|l| l.is_none()).count();
     Some(FileFix {
         node: fixed,
-        missing,
-        blobs: lens.len(),
-        dropped: tail - head - missing,
-        from,
-        to,
+        missing: blobs.iter().filter(|b| !matches!(b, Blob::Kept(_))).count(),
+        blobs: blobs.len(),
+        dropped: (head..tail).filter(|&i| kept(i)).count(),
+        ranges: ranges.len(),
+        from: ranges.first().map_or(from, |g| g.0),
+        to: ranges.iter().map(|g| g.0 + g.1).max().unwrap_or(to),
         zeroed,
     })
+}
+
+/// `(offset, length)` ranges sorted, with those that overlap or touch made one.
+fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (off, len) in v {
+        match out.last_mut() {
+            Some(last) if off <= last.0 + last.1 => last.1 = last.1.max(off + len - last.0),
+            _ => out.push((off, len)),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -629,9 +749,29 @@ mod tests {
         (n, len)
     }
 
+    /// Blobs `lost` of `n` lost with their lengths unknown (the index was repaired).
     fn repair(n: &Node, len: &HashMap<Id, u64>, lost: &[usize]) -> Option<FileFix> {
+        repair_knowing(n, len, lost, &[])
+    }
+
+    /// Blobs `lost` lost with their lengths unknown, `known` lost with their lengths known.
+    fn repair_knowing(
+        n: &Node,
+        len: &HashMap<Id, u64>,
+        lost: &[usize],
+        known: &[usize],
+    ) -> Option<FileFix> {
         let lost: HashSet<Id> = lost.iter().map(|&i| n.content[i]).collect();
-        fix_file(n, |id| (!lost.contains(id)).then(|| len[id]))
+        let known: HashSet<Id> = known.iter().map(|&i| n.content[i]).collect();
+        fix_file(n, |id| {
+            if lost.contains(id) {
+                Blob::Lost(None)
+            } else if known.contains(id) {
+                Blob::Lost(Some(len[id]))
+            } else {
+                Blob::Kept(len[id])
+            }
+        })
     }
 
     /// Every blob that stays is where it was before, and restore accepts the result.
@@ -690,24 +830,49 @@ mod tests {
     }
 
     #[test]
+    fn lost_blobs_of_known_length_become_holes_of_their_own() {
+        // Regions [0,40) [50,120): blobs 0..15 15..40 | 50..80 80..100 100..120. Lost 1 and 3
+        // with their lengths known: the stored blob between them stays.
+        let (n, len) = file(120, &[(40, 10)], &[15, 25, 30, 20, 20]);
+        let f = repair_knowing(&n, &len, &[], &[1, 3]).unwrap();
+        assert_eq!((f.missing, f.dropped, f.ranges, f.zeroed), (2, 0, 2, 45));
+        assert_eq!(f.node.holes, vec![(15, 35), (80, 20)]);
+        assert_eq!(
+            f.node.content,
+            vec![n.content[0], n.content[2], n.content[4]]
+        );
+        assert_kept_in_place(&n, &f, &len);
+        assert!(
+            f.describe().contains("2 ranges between bytes 15 and 100"),
+            "{}",
+            f.describe()
+        );
+        // One of unknown length among them: the span between it and its neighbours of known
+        // place is one hole, and the rest stays exact.
+        let f = repair_knowing(&n, &len, &[3], &[1]).unwrap();
+        assert_eq!(f.node.holes, vec![(15, 35), (80, 20)]);
+        assert_kept_in_place(&n, &f, &len);
+    }
+
+    #[test]
     fn blobs_that_do_not_fit_their_file_are_dropped() {
         // The index says blob 1 is longer than its tree left room for: the first blob that no
         // longer fits (from either end) is where the loss starts.
         let (n, mut len) = file(100, &[], &[40, 30, 30]);
         len.insert(n.content[1], 35);
-        let f = fix_file(&n, |id| Some(len[id])).unwrap();
+        let f = fix_file(&n, |id| Blob::Kept(len[id])).unwrap();
         assert_eq!((f.from, f.to, f.missing, f.dropped), (75, 100, 0, 1));
         assert_eq!(f.node.content, vec![n.content[0], n.content[1]]);
         assert!(layout(&f.node, &len).is_some());
         // Fewer blobs than the size: the rest is zeros.
         let (mut n, len) = file(100, &[], &[40, 30, 30]);
         n.size = 130;
-        let f = fix_file(&n, |id| Some(len[id])).unwrap();
+        let f = fix_file(&n, |id| Blob::Kept(len[id])).unwrap();
         assert_eq!((f.from, f.to, f.zeroed), (100, 130, 30));
         assert!(layout(&f.node, &len).is_some());
         // Blobs in a file with no data left: dropped.
         n.size = 0;
-        let f = fix_file(&n, |id| Some(len[id])).unwrap();
+        let f = fix_file(&n, |id| Blob::Kept(len[id])).unwrap();
         assert!(f.node.content.is_empty() && f.node.holes.is_empty());
     }
 
@@ -736,11 +901,18 @@ mod tests {
             }
             let (n, len) = file(pos, &holes, &lens);
             let lost: Vec<usize> = (0..lens.len()).filter(|_| next(4) == 0).collect();
-            match repair(&n, &len, &lost) {
+            let (known, unknown): (Vec<usize>, Vec<usize>) =
+                lost.iter().partition(|_| next(2) == 0);
+            match repair_knowing(&n, &len, &unknown, &known) {
                 None => assert!(lost.is_empty()),
                 Some(f) => {
                     assert!(!lost.is_empty());
                     assert_eq!(f.missing, lost.len());
+                    if unknown.is_empty() {
+                        assert_eq!(f.dropped, 0, "every blob's place is known");
+                        let lost_bytes: u64 = known.iter().map(|&i| lens[i]).sum();
+                        assert_eq!(f.zeroed, lost_bytes);
+                    }
                     assert_kept_in_place(&n, &f, &len);
                     let kept = f.node.content.len() + f.missing + f.dropped;
                     assert_eq!(kept, lens.len());
