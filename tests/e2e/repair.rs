@@ -57,9 +57,10 @@ fn repair_index_heals_damaged_and_lost_packs_and_index_objects() {
     let env = Env::new();
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    // Twelve files of one blob each, in one data pack.
+    // Twelve files of one blob each (below the chunker's 256 KiB minimum: never cut, whatever
+    // the repository's gear seed), in one data pack.
     for i in 0..12u64 {
-        std::fs::write(src.join(format!("f{i:02}")), noise(300_000, 2 * i + 101)).unwrap();
+        std::fs::write(src.join(format!("f{i:02}")), noise(250_000, 2 * i + 101)).unwrap();
     }
     let first = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
     let data_pack = env
@@ -256,8 +257,8 @@ fn repair_snapshots_keeps_what_is_left_and_the_next_backup_reads_the_rest() {
     let env = Env::new();
     let src = env.path("src");
     std::fs::create_dir_all(src.join("keep")).unwrap();
-    std::fs::write(src.join("keep/a"), noise(300_000, 201)).unwrap();
-    std::fs::write(src.join("keep/b"), noise(300_000, 203)).unwrap();
+    std::fs::write(src.join("keep/a"), noise(250_000, 201)).unwrap();
+    std::fs::write(src.join("keep/b"), noise(250_000, 203)).unwrap();
     std::fs::write(src.join("top"), noise(200_000, 205)).unwrap();
     let first = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
     // Its packs: one of data, one of trees (the smaller).
