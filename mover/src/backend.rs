@@ -1159,6 +1159,19 @@ impl Store {
         Ok(ids)
     }
 
+    /// Every stored pack (`data/`): its id and size, from one listing (not a request per pack).
+    /// Names that are not ids are skipped.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn list_packs(&self) -> Result<Vec<(Id, u64)>> {
+        Ok(self
+            .list(names::DATA)?
+            .into_iter()
+            .filter_map(|(name, size)| Some((name.rsplit('/').next()?.parse().ok()?, size)))
+            .collect())
+    }
+
     /// Every object under a prefix, recursively: its name relative to the repository and its size.
     ///
     /// # Errors

@@ -176,12 +176,7 @@ pub fn check(
     rep.packs = idx.packs().len();
     rep.blobs = idx.len();
     // One listing gives every pack's size (not a request per pack).
-    let stored: HashMap<Id, u64> = repo
-        .store()
-        .list(names::DATA)?
-        .into_iter()
-        .filter_map(|(n, size)| Some((n.rsplit('/').next()?.parse().ok()?, size)))
-        .collect();
+    let stored: HashMap<Id, u64> = repo.store().list_packs()?.into_iter().collect();
     for p in idx.packs() {
         let name = names::pack(&p.id);
         match stored.get(&p.id) {

@@ -550,12 +550,7 @@ fn plan_unused(
     // The index first, then the snapshots: a backup finishing in between has its packs indexed
     // and its snapshot seen, or its packs unknown to us and thus left alone.
     let objects = index_objects(repo)?;
-    let stored: Vec<(Id, u64)> = repo
-        .store()
-        .list(names::DATA)?
-        .into_iter()
-        .filter_map(|(n, s)| Some((n.rsplit('/').next()?.parse().ok()?, s)))
-        .collect();
+    let stored = repo.store().list_packs()?;
     let used = used_blobs(repo, report)?;
     let mut indexed: HashMap<Id, &PackRecord> = HashMap::new();
     for rec in objects.iter().flat_map(|(_, r)| r) {

@@ -211,11 +211,7 @@ pub(crate) fn repair_holding(
             conflicting.insert(rec.id);
         }
     }
-    let stored: HashMap<Id, u64> = store
-        .list(names::DATA)?
-        .into_iter()
-        .filter_map(|(n, size)| Some((n.rsplit('/').next()?.parse().ok()?, size)))
-        .collect();
+    let stored: HashMap<Id, u64> = store.list_packs()?.into_iter().collect();
     let mut to_read: Vec<PackInfo> = stored
         .iter()
         .filter(|(id, size)| {

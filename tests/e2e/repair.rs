@@ -238,6 +238,21 @@ fn new_packs(env: &Env, before: &[std::path::PathBuf]) -> Vec<std::path::PathBuf
     v
 }
 
+/// Write 40 MiB of noise to `src/name` and back `src` up: the bytes, the snapshot's id, and the
+/// largest pack the backup stored.
+fn back_up_large(
+    env: &Env,
+    src: &Path,
+    name: &str,
+    seed: u64,
+) -> (Vec<u8>, String, std::path::PathBuf) {
+    let bytes = noise(40 << 20, seed);
+    std::fs::write(src.join(name), &bytes).unwrap();
+    let before = env.objects("data");
+    let id = env.backup(&[src])["snapshot"].as_str().unwrap().to_owned();
+    (bytes, id, new_packs(env, &before).pop().unwrap())
+}
+
 /// The snapshots, as `snapshots --json` lists them.
 fn snapshots(env: &Env) -> Vec<serde_json::Value> {
     serde_json::from_str::<serde_json::Value>(env.ok(&["snapshots", "--json"]).trim())
@@ -330,11 +345,8 @@ fn repair_snapshots_keeps_what_is_left_and_the_next_backup_reads_the_rest() {
 
     // A byte of one blob of a large file is flipped: the index repair salvages the rest of its
     // pack, and exactly that blob is lost.
-    let large = noise(40 << 20, 209);
-    std::fs::write(src.join("large"), &large).unwrap();
-    let before = env.objects("data");
-    let third = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
-    flip_byte(&new_packs(&env, &before).pop().unwrap(), 0.5);
+    let (large, third, pack) = back_up_large(&env, &src, "large", 209);
+    flip_byte(&pack, 0.5);
     let r = json(&env.ok(&["repair", "index", "--read-all-packs", "--json"]));
     assert_eq!(r["blobs_lost"], 1, "{r}");
     let r = json(&env.ok(&["repair", "snapshots", "--forget", "--json"]));
@@ -405,11 +417,7 @@ fn repair_snapshots_keeps_what_is_left_and_the_next_backup_reads_the_rest() {
     // A pack of another large file is deleted, and `repair snapshots` runs before `repair
     // index`: the index still knows the lost blobs' lengths, so each becomes a hole of its own
     // and no stored blob is dropped, however the file's chunks were spread over packs.
-    let large = noise(40 << 20, 211);
-    std::fs::write(src.join("large2"), &large).unwrap();
-    let before = env.objects("data");
-    let fourth = env.backup(&[&src])["snapshot"].as_str().unwrap().to_owned();
-    let lost = new_packs(&env, &before).pop().unwrap();
+    let (large, fourth, lost) = back_up_large(&env, &src, "large2", 211);
     let lost_size = std::fs::metadata(&lost).unwrap().len();
     std::fs::remove_file(&lost).unwrap();
     let r = json(&env.ok(&["repair", "snapshots", "--forget", "--json"]));

@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use indicatif::HumanBytes;
 use serde::Serialize;
 
-use crate::backend::names;
 use crate::blobwriter::BlobWriter;
 use crate::crypto::ObjectKind;
 use crate::error::{Error, ErrorKind, Result};
@@ -151,27 +150,26 @@ pub fn repair_snapshots(
                 .map_err(|e| e.context("repair snapshots takes the prune lease"))?,
         )
     };
-    if let Err(e) = repo.load_index() {
-        if let Some(l) = lease {
-            l.release(repo.store());
-        }
-        return Err(e);
+    let r = repair_holding(repo, snapshots, opts, lease.as_mut(), progress);
+    if let Some(l) = lease {
+        l.release(repo.store());
     }
+    r
+}
+
+/// [`repair_snapshots`] once the lease is held.
+fn repair_holding(
+    repo: &mut Repository,
+    snapshots: &[(Id, Snapshot)],
+    opts: &SnapshotsOptions,
+    lease: Option<&mut Lease>,
+    progress: &SnapshotsProgress,
+) -> Result<SnapshotsReport> {
+    repo.load_index()?;
     let repo = &*repo;
     // What is stored, as `repair index` judges it: a pack the index names that is not stored,
     // or not at its size, is lost, and its blobs with it (their lengths still known).
-    let stored: HashMap<Id, u64> = match repo.store().list(names::DATA) {
-        Ok(list) => list
-            .into_iter()
-            .filter_map(|(n, size)| Some((n.rsplit('/').next()?.parse().ok()?, size)))
-            .collect(),
-        Err(e) => {
-            if let Some(l) = lease {
-                l.release(repo.store());
-            }
-            return Err(e);
-        }
-    };
+    let stored: HashMap<Id, u64> = repo.store().list_packs()?.into_iter().collect();
     let mut walker = Walker {
         repo,
         stored: &stored,
@@ -180,25 +178,17 @@ pub fn repair_snapshots(
         } else {
             Some(BlobWriter::new(repo)?)
         },
-        lease: lease.as_mut(),
+        lease,
         done: HashMap::new(),
         used: HashSet::new(),
         progress,
     };
-    let r = repair_all(&mut walker, snapshots, opts);
-    let used = std::mem::take(&mut walker.used);
-    drop(walker);
-    let r = r.and_then(|r| {
-        // Object Lock: the packs the repaired snapshots use stay locked, the new ones recorded.
-        if !opts.dry_run {
-            crate::retention::upkeep(repo, &used)?;
-        }
-        Ok(r)
-    });
-    if let Some(l) = lease {
-        l.release(repo.store());
+    let rep = repair_all(&mut walker, snapshots, opts)?;
+    // Object Lock: the packs the repaired snapshots use stay locked, the new ones recorded.
+    if !opts.dry_run {
+        crate::retention::upkeep(repo, &walker.used)?;
     }
-    r
+    Ok(rep)
 }
 
 fn repair_all(
@@ -663,14 +653,15 @@ pub(crate) fn fix_file(node: &Node, blob: impl Fn(&Id) -> Blob) -> Option<FileFi
         return None;
     }
     let ranges = merge(ranges);
-    let zeroed = ranges
-        .iter()
-        .flat_map(|&(a, l)| {
-            regions
-                .iter()
-                .map(move |&(off, len)| (off + len).min(a + l).saturating_sub(off.max(a)))
-        })
-        .sum();
+    // Data bytes in the lost ranges: both lists are sorted and disjoint, walked once.
+    let mut zeroed = 0;
+    let mut next = regions.iter().peekable();
+    for &(a, l) in &ranges {
+        while next.next_if(|&&(off, len)| off + len <= a).is_some() {}
+        for &(off, len) in next.clone().take_while(|&&(off, _)| off < a + l) {
+            zeroed += (off + len).min(a + l) - off.max(a);
+        }
+    }
     let mut holes = node.holes.clone();
     holes.extend_from_slice(&ranges);
     let kept = |i: usize| matches!(blobs[i], Blob::Kept(_));
