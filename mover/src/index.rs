@@ -392,6 +392,88 @@ mod tests {
         assert!(!idx.contains(&Id([7; 32])));
     }
 
+    /// A damaged index object is refused, or it is a valid object that encodes back to exactly
+    /// its bytes: no damage is read as something it does not say. Out-of-range entries that
+    /// authentication alone would let through (an index is only as sound as its writer) are
+    /// refused by name.
+    #[test]
+    fn damaged_index_objects_are_refused_or_read_exactly() {
+        let entry = |n: u8| BlobEntry {
+            id: Id([n; 32]),
+            blob_type: if n.is_multiple_of(3) {
+                BlobType::Tree
+            } else {
+                BlobType::Data
+            },
+            compressed: n.is_multiple_of(2),
+            offset: 40 + 100 * u32::from(n),
+            length: 90,
+            raw_len: 1000 + u32::from(n),
+        };
+        let recs: Vec<PackRecord> = (0..3u8)
+            .map(|p| PackRecord {
+                id: Id([p; 32]),
+                size: 2000,
+                salt: [p + 7; 32],
+                blobs: (0..5 * p).map(entry).collect(),
+            })
+            .collect();
+        let good = encode(&recs);
+        let mut d = crate::damage::Damage::new(0x2545_f491_4f6c_dd1d);
+        let mut accepted = 0;
+        for round in 0..30_000 {
+            let mut b = good.clone();
+            d.apply(&mut b);
+            if let Ok(packs) = decode(&b) {
+                assert!(encode(&packs) == b, "round {round}: read as something else");
+                let idx = Index::from_records(packs.iter().cloned());
+                for e in idx.iter() {
+                    let rec = packs.iter().find(|p| p.id == e.pack.id).unwrap();
+                    assert!(
+                        rec.blobs.contains(&e.entry),
+                        "round {round}: index changed an entry"
+                    );
+                }
+                accepted += 1;
+            }
+        }
+        assert!(accepted > 100, "{accepted} accepted");
+        for (what, bad) in [
+            (
+                "a raw length of 2^31",
+                BlobEntry {
+                    raw_len: 1 << 31,
+                    ..entry(1)
+                },
+            ),
+            (
+                "an offset inside the pack's head",
+                BlobEntry {
+                    offset: 39,
+                    ..entry(1)
+                },
+            ),
+            (
+                "a length below the tag's",
+                BlobEntry {
+                    length: 15,
+                    ..entry(1)
+                },
+            ),
+            (
+                "an end past its pack",
+                BlobEntry {
+                    offset: 1950,
+                    ..entry(1)
+                },
+            ),
+        ] {
+            let mut rec = recs[1].clone();
+            rec.blobs[0] = bad;
+            assert!(decode(&encode(&[rec])).is_err(), "{what} accepted");
+        }
+    }
+
     #[test]
     fn an_index_object_is_due_at_64_packs_or_65536_blobs() {
         let rec = |blobs: usize| PackRecord {

@@ -30,6 +30,8 @@ pub mod chunker;
 pub mod compress;
 pub mod copy;
 pub mod crypto;
+#[cfg(test)]
+mod damage;
 pub mod diff;
 mod error;
 pub mod find;

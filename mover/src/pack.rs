@@ -91,8 +91,12 @@ impl BlobEntry {
             length: u32_at(38),
             raw_len: u32_at(42),
         };
+        // The index keeps the blob type and compression flag in the top bits of the two lengths,
+        // so neither may reach 2^31 (a blob is at most 16 MiB; a pack at most 2 GiB).
         if (e.length as usize) < TAG_LEN
+            || (e.offset as usize) < PACK_HEAD_LEN
             || u64::from(e.offset) + u64::from(e.length) > MAX_PACK_SIZE
+            || e.raw_len >= 1 << 31
         {
             return Err(Error::corrupt("blob entry is out of range"));
         }
