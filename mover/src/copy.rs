@@ -7,7 +7,8 @@
 //!
 //! - a copied snapshot records its source id (`original`), so it is never copied twice;
 //! - a snapshot whose parent was copied before maps the parent's chunks through the two trees
-//!   (same names, same chunk lists), so unchanged files cost no reads;
+//!   (files alike in everything but their chunk ids), so unchanged files cost no reads; so does
+//!   one made from a copied snapshot by `tag` or `repair snapshots` (its `original`);
 //! - chunks met earlier in the same run are mapped from memory.
 //!
 //! Each snapshot is committed like a backup (packs, index, then the snapshot), so an interrupted
@@ -452,50 +453,96 @@ impl Copier<'_> {
         root.finish(chunker, &mut |b| puts.put(b))
     }
 
-    /// Learn the chunk mapping from a snapshot already copied: its source and target trees have
-    /// the same shape, so equal positions hold the same bytes. Only trees are read, an entry at a
-    /// time; a pair of trees that differ anywhere in their names or length teaches nothing.
+    /// Learn the chunk mapping from a source tree and a target tree copied before: the copy of
+    /// the snapshot's parent, or of the snapshot it was made from (by `tag`, `repair
+    /// snapshots`). The two are read side by side, an entry at a time, matched by name. A file
+    /// whose every field but its chunk ids is the same on both sides (size, times, inode,
+    /// holes, `repaired`…) holds the same bytes, so its chunks map position by position; a
+    /// directory maps to the target's tree only when everything under it does. Trees that
+    /// differ somewhere teach less, never something wrong. Only trees are read.
     fn learn(&mut self, src_tree: &[Id], dst_tree: &[Id]) -> Result<()> {
-        let mut stack = vec![(src_tree.to_vec(), dst_tree.to_vec())];
-        let mut seen = HashSet::new();
-        while let Some((s, d)) = stack.pop() {
-            if !seen.insert(s.clone()) {
-                continue;
+        self.learn_dir(src_tree, dst_tree, &mut HashMap::new())
+            .map(|_| ())
+    }
+
+    /// [`Copier::learn`] of one directory and everything under it: whether the two are the same.
+    fn learn_dir(
+        &mut self,
+        src: &[Id],
+        dst: &[Id],
+        seen: &mut HashMap<(Vec<Id>, Vec<Id>), bool>,
+    ) -> Result<bool> {
+        let key = (src.to_vec(), dst.to_vec());
+        if let Some(&same) = seen.get(&key) {
+            return Ok(same);
+        }
+        let mut chunks = Vec::new();
+        let mut subtrees = Vec::new();
+        let mut same = true;
+        {
+            let mut st = self.src.read_tree_entries(src)?;
+            let mut dt = self.dst.read_tree_entries(dst)?;
+            let (mut next_a, mut next_b) = (st.next().transpose()?, dt.next().transpose()?);
+            loop {
+                let (mut a, mut b) = match (next_a.take(), next_b.take()) {
+                    (None, None) => break,
+                    (Some(a), Some(b)) if a.name == b.name => (a, b),
+                    // An entry only one side has: skipped.
+                    (Some(a), Some(b)) => {
+                        same = false;
+                        if a.name < b.name {
+                            (next_a, next_b) = (st.next().transpose()?, Some(b));
+                        } else {
+                            (next_a, next_b) = (Some(a), dt.next().transpose()?);
+                        }
+                        continue;
+                    }
+                    _ => {
+                        same = false;
+                        break;
+                    }
+                };
+                (next_a, next_b) = (st.next().transpose()?, dt.next().transpose()?);
+                let (ac, bc) = (
+                    std::mem::take(&mut a.content),
+                    std::mem::take(&mut b.content),
+                );
+                let (asub, bsub) = (
+                    std::mem::take(&mut a.subtree),
+                    std::mem::take(&mut b.subtree),
+                );
+                if a != b || ac.len() != bc.len() || asub.is_empty() != bsub.is_empty() {
+                    same = false;
+                } else {
+                    chunks.extend(ac.into_iter().zip(bc));
+                }
+                // A directory whose own fields changed can still hold unchanged files.
+                if !asub.is_empty() && !bsub.is_empty() {
+                    subtrees.push((asub, bsub));
+                }
             }
+        }
+        let index = self.src.index();
+        let data = self.data.get_mut().expect("data lock");
+        // A chunk the source index lacks is not learnt: copying it fails on the lookup.
+        for (s, t) in chunks {
+            if let Some(pos) = index.position(&s) {
+                data.set(pos, Mapped::To(t));
+            }
+        }
+        // Each directory's readers are closed before its subdirectories are read: one pair of
+        // tree blobs is held at a time, however deep the tree.
+        for (s, d) in subtrees {
+            same &= self.learn_dir(&s, &d, seen)?;
+        }
+        if same {
             self.trees
                 .get_mut()
                 .expect("trees lock")
-                .insert(s.clone(), d.clone());
-            let mut st = self.src.read_tree_entries(&s)?;
-            let mut dt = self.dst.read_tree_entries(&d)?;
-            let mut chunks = Vec::new();
-            let mut subtrees = Vec::new();
-            let same = loop {
-                let (a, b) = match (st.next().transpose()?, dt.next().transpose()?) {
-                    (None, None) => break true,
-                    (Some(a), Some(b)) if a.name == b.name => (a, b),
-                    _ => break false,
-                };
-                if a.content.len() == b.content.len() {
-                    chunks.extend(a.content.into_iter().zip(b.content));
-                }
-                if !a.subtree.is_empty() && !b.subtree.is_empty() {
-                    subtrees.push((a.subtree, b.subtree));
-                }
-            };
-            if same {
-                let index = self.src.index();
-                let data = self.data.get_mut().expect("data lock");
-                // A chunk the source index lacks is not learnt: copying it fails on the lookup.
-                for (s, t) in chunks {
-                    if let Some(pos) = index.position(&s) {
-                        data.set(pos, Mapped::To(t));
-                    }
-                }
-                stack.extend(subtrees);
-            }
+                .insert(src.to_vec(), dst.to_vec());
         }
-        Ok(())
+        seen.insert(key, same);
+        Ok(same)
     }
 }
 
@@ -746,6 +793,14 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
                 Err(e) if e.kind() == ErrorKind::Missing => {}
                 Err(e) => return Err(e),
             }
+        }
+        // A copied snapshot it was made from (by `tag` or `repair snapshots`, or a copy of the
+        // same snapshot from a third repository): its target tree is learnt against this one's.
+        if let Some(o) = snap.original
+            && !report.copied.iter().any(|(s, _)| *s == o)
+            && let Some((_, copied)) = have.get(&o)
+        {
+            c.learn(&snap.tree, &copied.tree)?;
         }
         let tree = c.copy_tree(&sink, &snap.tree)?;
         sink.reopen();

@@ -181,3 +181,84 @@ fn copy_past_a_damaged_snapshot_object_copies_the_rest_and_says_so() {
     assert_eq!(r["damaged"], serde_json::json!([first]), "{r}");
     latest_offsite_restores(&env, &off, &src);
 }
+
+/// A snapshot retagged after it was copied is copied again (its tags changed), from the copy of
+/// the snapshot it was made from: nothing of its data is read. A snapshot repaired after it was
+/// copied is copied as repaired, not as the copy of its damaged original it mostly matches.
+#[test]
+fn retagged_and_repaired_snapshots_copy_from_their_earlier_copy() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("keep")).unwrap();
+    std::fs::write(src.join("keep/a.bin"), noise(6 << 20, 31)).unwrap();
+    std::fs::write(src.join("keep/b.txt"), b"kept\n").unwrap();
+    env.backup(&[&src]);
+    let off = env.path("offsite");
+    offsite(&env, &off, &["init"]);
+    assert_eq!(copy(&env, &off)["snapshots_copied"], 1);
+
+    env.ok(&["tag", "latest", "--add", "offsite"]);
+    let r = copy(&env, &off);
+    assert_eq!(r["snapshots_copied"], 1, "{r}");
+    assert_eq!(
+        r["bytes_read"], 0,
+        "the retagged snapshot's data was read again: {r}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&offsite(
+        &env,
+        &off,
+        &["snapshots", "--json", "--tag", "offsite"],
+    ))
+    .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    latest_offsite_restores(&env, &off, &src);
+
+    // A second snapshot adds a file whose blobs are alone in the new pack; both are copied.
+    std::fs::write(src.join("lose.bin"), noise(3 << 20, 33)).unwrap();
+    let before = env.objects("data");
+    env.backup(&[&src]);
+    assert_eq!(copy(&env, &off)["snapshots_copied"], 1);
+    let lost = env
+        .objects("data")
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    std::fs::remove_file(lost).unwrap();
+    let repaired: serde_json::Value =
+        serde_json::from_str(&env.ok(&["repair", "snapshots", "--json", "latest"])).unwrap();
+    assert_eq!(repaired["files_repaired"], 1, "{repaired}");
+    let r = copy(&env, &off);
+    assert_eq!(r["snapshots_copied"], 1, "{r}");
+    assert!(
+        r["bytes_read"].as_u64().unwrap() < 1 << 20,
+        "keep/ was read again: {r}"
+    );
+    // The copy of the repaired snapshot restores as the source's does: lose.bin all zeros.
+    let here = env.path("repaired-here");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--tag",
+        "repaired",
+        "--target",
+        here.to_str().unwrap(),
+    ]);
+    let there = env.path("repaired-there");
+    offsite(
+        &env,
+        &off,
+        &[
+            "restore",
+            "latest",
+            "--tag",
+            "repaired",
+            "--target",
+            there.to_str().unwrap(),
+        ],
+    );
+    let inner = src.strip_prefix("/").unwrap();
+    let lost = std::fs::read(there.join(inner).join("lose.bin")).unwrap();
+    assert!(lost.len() == 3 << 20 && lost.iter().all(|&b| b == 0));
+    assert_same_tree(&scan(&here.join(inner)), &scan(&there.join(inner)));
+}
