@@ -8,7 +8,7 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::backend::{PendingRead, names};
 use crate::crypto::SALT_LEN;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::id::Id;
 use crate::index::{IndexBuilder, PackInfo};
 use crate::pack::{self, BlobEntry};
@@ -20,6 +20,9 @@ use crate::tree::NodeKind;
 pub struct CheckReport {
     /// Problems, each naming an object. Empty means the repository is healthy.
     pub errors: Vec<String>,
+    /// Snapshots this version cannot read, each with why: they authenticate, so they are not
+    /// damaged, but a newer Lifeboat wrote them and only it can check them.
+    pub unsupported: Vec<String>,
     /// Snapshots checked.
     pub snapshots: usize,
     /// Packs named by the index.
@@ -197,6 +200,10 @@ pub fn check(
     for id in repo.store().list_ids(names::SNAPSHOTS)? {
         let snap = match repo.load_snapshot(&id) {
             Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                rep.unsupported.push(e.to_string());
+                continue;
+            }
             Err(e) => {
                 rep.errors.push(format!("snapshots/{id}: {e}"));
                 continue;

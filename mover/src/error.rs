@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Corrupt,
     /// An object the repository refers to is missing.
     Missing,
+    /// An object authenticates (the repository's key wrote it) but is in a form this version
+    /// does not read: a newer Lifeboat wrote it. Not damage: nothing should delete it.
+    Unsupported,
     /// The user asked for something that cannot be done (bad argument, unknown snapshot, ...).
     InvalidInput,
     /// The operation is refused to protect data (for example removing the last key).

@@ -1435,6 +1435,7 @@ fn run(cli: Cli) -> Result<u8> {
                         "packs_read": rep.packs_read,
                         "bytes_read": rep.bytes_read,
                         "errors": rep.errors,
+                        "unsupported": rep.unsupported,
                     })
                 );
             } else {
@@ -1460,9 +1461,12 @@ fn run(cli: Cli) -> Result<u8> {
                     );
                 }
             }
-            if !rep.errors.is_empty() {
+            if !rep.errors.is_empty() || !rep.unsupported.is_empty() {
                 for e in &rep.errors {
                     eprintln!("lifeboat: damaged: {e}");
+                }
+                for e in &rep.unsupported {
+                    eprintln!("lifeboat: not checked: {e}");
                 }
                 let any = |p: &str| rep.errors.iter().any(|e| e.starts_with(p));
                 let mut what = Vec::new();
@@ -1484,7 +1488,10 @@ fn run(cli: Cli) -> Result<u8> {
                 if any("snapshots/") {
                     what.push("'lifeboat forget ID' removes a damaged snapshot object".to_owned());
                 }
-                let n = match rep.errors.len() {
+                if !rep.unsupported.is_empty() {
+                    what.push("a newer Lifeboat wrote the snapshots not checked: check them with it, and do not forget them (they are not damaged)".to_owned());
+                }
+                let n = match rep.errors.len() + rep.unsupported.len() {
                     1 => "1 problem".to_owned(),
                     n => format!("{n} problems"),
                 };
@@ -1621,7 +1628,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             for (id, e) in &r.damaged {
                 eprintln!(
-                    "lifeboat: warning: source snapshot {} is damaged and was not copied ({e})",
+                    "lifeboat: warning: source snapshot {} cannot be read and was not copied ({e})",
                     id.short()
                 );
             }
@@ -1911,11 +1918,18 @@ fn readable_snapshots(
         damaged,
     } = repo.snapshots_readable()?;
     for (id, e) in &damaged {
-        eprintln!(
-            "lifeboat: warning: snapshot {} is damaged and left out ({e}); 'lifeboat forget {}' removes it",
-            id.short(),
-            id.short()
-        );
+        if e.kind() == lifeboat::ErrorKind::Unsupported {
+            eprintln!(
+                "lifeboat: warning: snapshot {} is left out: this version cannot read it ({e}); upgrade Lifeboat to use it, and do not forget it",
+                id.short()
+            );
+        } else {
+            eprintln!(
+                "lifeboat: warning: snapshot {} is damaged and left out ({e}); 'lifeboat forget {}' removes it",
+                id.short(),
+                id.short()
+            );
+        }
     }
     all.retain(|(_, s)| filter.matches(s));
     Ok(all)

@@ -89,7 +89,8 @@ impl Default for InitOptions {
 pub struct SnapshotList {
     /// Those that can be read, oldest first.
     pub readable: Vec<(Id, Snapshot)>,
-    /// Those that do not authenticate or decode, with why.
+    /// Those that cannot be read, with why: `Corrupt` when they do not authenticate (damage),
+    /// `Unsupported` when they authenticate but do not decode (a newer Lifeboat wrote them).
     pub damaged: Vec<(Id, Error)>,
 }
 
@@ -227,9 +228,9 @@ impl Repository {
         })?;
         if file.config.version != FORMAT_VERSION {
             return Err(Error::new(
-                ErrorKind::Corrupt,
+                ErrorKind::Unsupported,
                 format!(
-                    "repository format version {} is not supported (this lifeboat reads {FORMAT_VERSION})",
+                    "repository format version {} is not supported (this lifeboat reads {FORMAT_VERSION}; a newer Lifeboat wrote it)",
                     file.config.version
                 ),
             ));
@@ -471,7 +472,8 @@ impl Repository {
     /// Load one snapshot.
     ///
     /// # Errors
-    /// `Missing` or `Corrupt` naming the object.
+    /// `Missing` or `Corrupt` naming the object; `Unsupported` when it authenticates but does
+    /// not decode (a newer Lifeboat wrote fields this one does not know).
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let name = format!("{}{id}", names::SNAPSHOTS);
         let raw = self.store.read(&name)?;
@@ -482,8 +484,14 @@ impl Repository {
         }
         let plain =
             open_object(&self.keys, ObjectKind::Snapshot, raw).map_err(|e| e.context(&name))?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| Error::corrupt(format!("{name} does not decode: {e}")))
+        serde_json::from_slice(&plain).map_err(|e| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{name} authenticates but does not decode: a newer Lifeboat wrote it? ({e})"
+                ),
+            )
+        })
     }
 
     /// Every snapshot that can be read, oldest first; one that is damaged is left out with a
@@ -494,7 +502,7 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
         let all = self.snapshots_readable()?;
         for (id, e) in all.damaged {
-            tracing::warn!("skipping damaged snapshot {}: {e}", id.short());
+            tracing::warn!("skipping unreadable snapshot {}: {e}", id.short());
         }
         Ok(all.readable)
     }
@@ -518,7 +526,9 @@ impl Repository {
                 Ok(s) => v.push((id, s)),
                 // Removed by `forget` since the listing.
                 Err(e) if e.kind() == ErrorKind::Missing => {}
-                Err(e) if e.kind() == ErrorKind::Corrupt => damaged.push((id, e)),
+                Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::Unsupported) => {
+                    damaged.push((id, e));
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -249,3 +249,50 @@ fn read_data_subsets_cover_every_pack_once() {
     let o = env.run(&["check", "--read-data", "--read-data-subset", "1/2"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A snapshot a newer Lifeboat wrote (it authenticates, and holds a field this version does not
+/// know) is not damage: listings leave it out with a warning to upgrade, never one to forget it;
+/// `check` says it was not checked; `prune`, which cannot know what it references, refuses to run.
+#[test]
+fn a_snapshot_from_a_newer_lifeboat_is_left_out_not_called_damaged() {
+    let (env, _src) = setup();
+    let loc = lifeboat::Location::parse(env.repo.to_str().unwrap()).unwrap();
+    let repo =
+        lifeboat::Repository::open(&loc, &lifeboat::Secret::password(PASSWORD).unwrap()).unwrap();
+    let (_, snap) = repo.snapshots().unwrap().pop().unwrap();
+    let mut newer = serde_json::to_value(&snap).unwrap();
+    newer["written_by_a_later_version"] = serde_json::json!(true);
+    let (id, _) = repo
+        .save_object(
+            lifeboat::crypto::ObjectKind::Snapshot,
+            &serde_json::to_vec(&newer).unwrap(),
+        )
+        .unwrap();
+    let (id, short) = (id.to_hex(), id.short());
+
+    let o = env.run(&["snapshots", "--json"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.lines().count() == 1
+            && err.contains(&short)
+            && err.contains("upgrade Lifeboat")
+            && !err.contains("'lifeboat forget"),
+        "{err}"
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    let o = env.run(&["check"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "check passed: {err}");
+    assert!(
+        err.contains(&format!("not checked: snapshots/{id}"))
+            && err.contains("do not forget them")
+            && !err.contains("lifeboat: damaged")
+            && !err.contains("'lifeboat forget ID'"),
+        "{err}"
+    );
+    let e = env.fails(&["prune"]);
+    assert!(e.contains(&id) && e.contains("newer Lifeboat"), "{e}");
+}
