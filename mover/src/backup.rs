@@ -26,7 +26,6 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::names;
 use crate::chunker::{Chunker, Chunking, FirstCut};
 use crate::crypto::ObjectKind;
 use crate::error::{Error, Result};
@@ -579,19 +578,14 @@ fn normalize_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// The latest snapshot of the same host and paths. Damaged snapshots are skipped (with a log
 /// line): they must not stop new backups.
 fn find_parent(repo: &Repository, host: &str, paths: &[String]) -> Result<Option<(Id, Snapshot)>> {
-    let mut best: Option<(Id, Snapshot)> = None;
-    for id in repo.store().list_ids(names::SNAPSHOTS)? {
-        match repo.load_snapshot(&id) {
-            Ok(s) if s.host == host && s.paths == paths => {
-                if best.as_ref().is_none_or(|(_, b)| s.time > b.time) {
-                    best = Some((id, s));
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("skipping damaged snapshot while choosing a parent: {e}"),
-        }
-    }
-    Ok(best)
+    // The newest of this host's snapshots of these paths; one that cannot be read is skipped
+    // with a log line, and a storage error fails the backup (it took it for "no parent" and
+    // read every file again).
+    Ok(repo
+        .snapshots()?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| s.host == host && s.paths == paths))
 }
 
 #[derive(Default)]

@@ -255,7 +255,7 @@ fn read_data_subsets_cover_every_pack_once() {
 /// `check` says it was not checked; `prune`, which cannot know what it references, refuses to run.
 #[test]
 fn a_snapshot_from_a_newer_lifeboat_is_left_out_not_called_damaged() {
-    let (env, _src) = setup();
+    let (env, src) = setup();
     let loc = lifeboat::Location::parse(env.repo.to_str().unwrap()).unwrap();
     let repo =
         lifeboat::Repository::open(&loc, &lifeboat::Secret::password(PASSWORD).unwrap()).unwrap();
@@ -295,4 +295,10 @@ fn a_snapshot_from_a_newer_lifeboat_is_left_out_not_called_damaged() {
     );
     let e = env.fails(&["prune"]);
     assert!(e.contains(&id) && e.contains("newer Lifeboat"), "{e}");
+    // A backup takes the newest snapshot it can read as its parent.
+    let b = env.backup(&[&src]);
+    assert!(
+        b["files_unmodified"].as_u64().unwrap() > 0 && b["files_new"] == 0,
+        "{b}"
+    );
 }
