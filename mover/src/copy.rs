@@ -461,21 +461,39 @@ impl Copier<'_> {
     /// directory maps to the target's tree only when everything under it does. Trees that
     /// differ somewhere teach less, never something wrong. Only trees are read.
     fn learn(&mut self, src_tree: &[Id], dst_tree: &[Id]) -> Result<()> {
-        self.learn_dir(src_tree, dst_tree, &mut HashMap::new())
-            .map(|_| ())
+        // Depth first with a stack of its own (trees can be deeper than a thread's stack
+        // allows recursion): a directory is settled once everything under it is.
+        let mut seen: HashMap<(Vec<Id>, Vec<Id>), bool> = HashMap::new();
+        let mut stack = vec![self.learn_dir(src_tree, dst_tree)?];
+        while let Some(top) = stack.last_mut() {
+            if let Some(pair) = top.subtrees.pop() {
+                if let Some(&same) = seen.get(&pair) {
+                    top.same &= same;
+                } else {
+                    let dir = self.learn_dir(&pair.0, &pair.1)?;
+                    stack.push(dir);
+                }
+                continue;
+            }
+            let done = stack.pop().expect("a directory");
+            if done.same {
+                self.trees
+                    .get_mut()
+                    .expect("trees lock")
+                    .insert(done.pair.0.clone(), done.pair.1.clone());
+            }
+            if let Some(parent) = stack.last_mut() {
+                parent.same &= done.same;
+            }
+            seen.insert(done.pair, done.same);
+        }
+        Ok(())
     }
 
-    /// [`Copier::learn`] of one directory and everything under it: whether the two are the same.
-    fn learn_dir(
-        &mut self,
-        src: &[Id],
-        dst: &[Id],
-        seen: &mut HashMap<(Vec<Id>, Vec<Id>), bool>,
-    ) -> Result<bool> {
-        let key = (src.to_vec(), dst.to_vec());
-        if let Some(&same) = seen.get(&key) {
-            return Ok(same);
-        }
+    /// One directory of [`Copier::learn`]: maps the chunks of its files that match, and returns
+    /// its subdirectories still to compare. Its readers are closed when it returns, so one pair
+    /// of tree blobs is held at a time, however deep the tree.
+    fn learn_dir(&mut self, src: &[Id], dst: &[Id]) -> Result<LearnDir> {
         let mut chunks = Vec::new();
         let mut subtrees = Vec::new();
         let mut same = true;
@@ -530,20 +548,22 @@ impl Copier<'_> {
                 data.set(pos, Mapped::To(t));
             }
         }
-        // Each directory's readers are closed before its subdirectories are read: one pair of
-        // tree blobs is held at a time, however deep the tree.
-        for (s, d) in subtrees {
-            same &= self.learn_dir(&s, &d, seen)?;
-        }
-        if same {
-            self.trees
-                .get_mut()
-                .expect("trees lock")
-                .insert(src.to_vec(), dst.to_vec());
-        }
-        seen.insert(key, same);
-        Ok(same)
+        Ok(LearnDir {
+            pair: (src.to_vec(), dst.to_vec()),
+            subtrees,
+            same,
+        })
     }
+}
+
+/// A directory [`Copier::learn`] is comparing.
+struct LearnDir {
+    /// Its source and target trees.
+    pair: (Vec<Id>, Vec<Id>),
+    /// Its subdirectories' pairs not compared yet.
+    subtrees: Vec<(Vec<Id>, Vec<Id>)>,
+    /// Whether everything compared so far matched.
+    same: bool,
 }
 
 /// Neighbouring blobs of one pack, read together from `start`.
