@@ -555,6 +555,91 @@ fn a_device_that_shrinks_mid_read_fails_without_a_snapshot() {
     env.ok(&["check"]);
 }
 
+/// A FUSE filesystem (Debian's python3-fusepy) holding one file, `vol.img`, of SIZE bytes whose
+/// reads fail with EIO from offset BAD on: a loop device over it is a disk that fails part way.
+const FAILING_DISK: &str = r#"
+import errno, stat, sys, fusepy as fuse
+mnt, size, bad = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+class Vol(fuse.Operations):
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+        if path == "/vol.img":
+            return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": size}
+        raise fuse.FuseOSError(errno.ENOENT)
+    def readdir(self, path, fh):
+        return [".", "..", "vol.img"]
+    def read(self, path, length, offset, fh):
+        if offset + length > bad:
+            raise fuse.FuseOSError(errno.EIO)
+        first, skip = offset // 8, offset % 8
+        words = b"".join((first + i).to_bytes(8, "little") for i in range(length // 8 + 2))
+        return words[skip:skip + length]
+fuse.FUSE(Vol(), mnt, foreground=True, ro=True)
+"#;
+
+/// The FUSE server of [`FAILING_DISK`], unmounted and stopped when dropped.
+struct FailingDisk {
+    dir: PathBuf,
+    server: std::process::Child,
+}
+
+impl FailingDisk {
+    fn new(env: &Env, size: u64, bad_from: u64) -> Self {
+        let dir = env.path("failing-disk");
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = env.path("failing-disk.py");
+        std::fs::write(&script, FAILING_DISK).unwrap();
+        let server = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(&dir)
+            .arg(size.to_string())
+            .arg(bad_from.to_string())
+            .spawn()
+            .unwrap();
+        let disk = FailingDisk { dir, server };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !disk.image().exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the FUSE disk did not appear"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        disk
+    }
+
+    fn image(&self) -> PathBuf {
+        self.dir.join("vol.img")
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).output();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// A device whose reads fail part way (EIO from 40 MiB of 64) fails the backup with one line
+/// naming the device and the error, and writes no snapshot.
+#[test]
+fn a_device_that_fails_mid_read_fails_without_a_snapshot() {
+    let env = Env::new();
+    let disk = FailingDisk::new(&env, 64 << 20, 40 << 20);
+    let dev = Loop::new(&disk.image());
+    let line = fails_cleanly(env.run(&["backup", &dev.dev]), &["backup"]);
+    assert!(
+        line.contains(&dev.dev) && line.contains("Input/output error"),
+        "{line}"
+    );
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 0, "a snapshot was written");
+    env.ok(&["check"]);
+    drop(dev);
+}
+
 /// A device snapshot that `repair snapshots` cut short (its lost chunk reads as zeros) is never
 /// the base of a changed-ranges backup, which would take the zeros for the device's content.
 #[test]
