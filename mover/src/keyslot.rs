@@ -377,6 +377,29 @@ mod tests {
         );
     }
 
+    /// Key slots are read before anything is authenticated: a damaged one is refused, fails
+    /// to open, or opens to the very same master secret, and never panics.
+    #[test]
+    fn damaged_key_slots_never_open_to_another_key() {
+        let keys = Keys::generate().unwrap();
+        let secret = Secret::key_file(&[3u8; 32]).unwrap();
+        let good = serde_json::to_vec(&KeySlot::create(&keys, &secret, FAST).unwrap()).unwrap();
+        let mut d = crate::damage::Damage::new(0x5851_f42d_4c95_7f2d);
+        let (mut opened, mut refused) = (0, 0);
+        for round in 0..20_000 {
+            let mut b = good.clone();
+            d.apply(&mut b);
+            match KeySlot::parse(&b).and_then(|s| s.unlock(&secret)) {
+                Ok(Some(k)) => {
+                    assert!(k.master() == keys.master(), "round {round}: another key");
+                    opened += 1;
+                }
+                Ok(None) | Err(_) => refused += 1,
+            }
+        }
+        assert!(refused > 15_000, "{opened} opened, {refused} refused");
+    }
+
     #[test]
     fn key_file_forms() {
         let raw = [9u8; 32];
