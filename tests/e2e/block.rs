@@ -597,9 +597,12 @@ impl FailingDisk {
             .arg(bad_from.to_string())
             .spawn()
             .unwrap();
-        let disk = FailingDisk { dir, server };
+        let mut disk = FailingDisk { dir, server };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !disk.image().exists() {
+            if let Some(status) = disk.server.try_wait().unwrap() {
+                panic!("the FUSE server exited ({status}): is python3-fusepy installed?");
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "the FUSE disk did not appear"
@@ -637,7 +640,6 @@ fn a_device_that_fails_mid_read_fails_without_a_snapshot() {
     let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 0, "a snapshot was written");
     env.ok(&["check"]);
-    drop(dev);
 }
 
 /// A device snapshot that `repair snapshots` cut short (its lost chunk reads as zeros) is never
