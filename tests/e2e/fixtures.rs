@@ -264,7 +264,12 @@ pub fn make_fixture(root: &Path) {
     std::fs::hard_link(root.join("dir/hardlink-a"), root.join("dir/sub/hardlink-b")).unwrap();
     std::os::unix::fs::symlink("small.txt", root.join("link-rel")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("link-dangling")).unwrap();
-    let rootfd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let rootfd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
     rustix::fs::mknodat(
         &rootfd,
         "fifo",
@@ -370,7 +375,7 @@ pub fn make_fixture(root: &Path) {
     let mut fd: OwnedFd = rustix::fs::openat(
         &rootfd,
         ".",
-        OFlags::RDONLY | OFlags::DIRECTORY,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .unwrap();
@@ -380,7 +385,7 @@ pub fn make_fixture(root: &Path) {
         fd = rustix::fs::openat(
             &fd,
             name.as_str(),
-            OFlags::RDONLY | OFlags::DIRECTORY,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .unwrap();
@@ -388,7 +393,7 @@ pub fn make_fixture(root: &Path) {
     let f = rustix::fs::openat(
         &fd,
         "deep-file",
-        OFlags::WRONLY | OFlags::CREATE,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
         Mode::from_bits_retain(0o644),
     )
     .unwrap();
@@ -440,7 +445,12 @@ pub struct Meta {
 
 /// Scan a tree through directory fds (deep paths work). Keys are paths relative to `root`.
 pub fn scan(root: &Path) -> BTreeMap<Vec<u8>, Meta> {
-    let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let fd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
     let mut out = BTreeMap::new();
     let mut inodes = BTreeMap::new();
     scan_dir(fd.as_fd(), b"", &mut out, &mut inodes);
@@ -494,7 +504,7 @@ fn scan_dir(
                 let fd = rustix::fs::openat(
                     dir,
                     OsStr::from_bytes(&name),
-                    OFlags::RDONLY,
+                    OFlags::RDONLY | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .unwrap();
@@ -528,7 +538,7 @@ fn scan_dir(
                 let sub = rustix::fs::openat(
                     dir,
                     OsStr::from_bytes(&name),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .unwrap();

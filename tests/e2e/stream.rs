@@ -101,6 +101,36 @@ fn a_command_that_fails_saves_no_snapshot() {
     assert_eq!(dumped.stdout, b"hello world");
 }
 
+/// The command gets standard input, output and error, and none of Lifeboat's own descriptors
+/// (its runtime's, the repository's, the source's): a dump that inherited them could hold them
+/// open past the backup, or write where it must not.
+#[test]
+fn a_command_inherits_none_of_lifeboats_descriptors() {
+    let env = Env::new();
+    let list =
+        "for f in /proc/$$/fd/*; do printf '%s %s\\n' \"${f##*/}\" \"$(readlink \"$f\")\"; done";
+    env.ok(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "fds",
+        "--",
+        "sh",
+        "-c",
+        list,
+    ]);
+    let dumped = env.cmd(&["dump", "latest", "/fds"]).output().unwrap();
+    assert!(dumped.status.success());
+    let fds = String::from_utf8(dumped.stdout).unwrap();
+    assert!(fds.lines().any(|l| l.starts_with("1 pipe:")), "{fds}");
+    for l in fds.lines() {
+        assert!(
+            !l.contains("anon_inode") && !l.contains(env.repo.to_str().unwrap()),
+            "the command inherited {l}:\n{fds}"
+        );
+    }
+}
+
 #[test]
 fn bad_stream_options_are_one_line() {
     let env = Env::new();
