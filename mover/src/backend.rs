@@ -493,11 +493,19 @@ pub mod names {
     pub const INDEX: &str = "index/";
     /// Packs, fanned out by the first byte of their id.
     pub const DATA: &str = "data/";
+    /// Damaged packs `repair index --read-all-packs` took out of `data/`, kept for inspection:
+    /// nothing reads or deletes them.
+    pub const DAMAGED: &str = "damaged/";
 
     /// The name of a pack.
     pub fn pack(id: &Id) -> String {
         let h = id.to_hex();
         format!("data/{}/{h}", &h[..2])
+    }
+
+    /// Where a damaged pack is set aside.
+    pub fn damaged(id: &Id) -> String {
+        format!("{DAMAGED}{}", id.to_hex())
     }
 }
 
@@ -1141,6 +1149,43 @@ impl Store {
         self.rt
             .block_on(self.op.delete(name))
             .map_err(|e| storage_err(&format!("deleting {name}"), e))
+    }
+
+    /// Move object `name` to `to` (a damaged pack out of `data/`, kept where nothing reads it):
+    /// a rename, synced, in a local store; in S3 a server-side copy, then the deletion. Either
+    /// way no moment has neither, and the bytes never pass through this process.
+    ///
+    /// # Errors
+    /// `Missing` when `name` is absent, else a storage error.
+    pub fn set_aside(&self, name: &str, to: &str) -> Result<()> {
+        if let Some(c) = &self.cache {
+            c.remove(name);
+        }
+        let Location::Local(root) = &self.location else {
+            self.rt
+                .block_on(self.op.copy(name, to))
+                .map_err(|e| storage_err(&format!("copying {name} to {to}"), e))?;
+            return self.delete(name);
+        };
+        let (from_path, to_path) = (root.join(name), root.join(to));
+        let local = |e: std::io::Error| -> Error {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::new(ErrorKind::Missing, format!("{name} is not stored"))
+            } else {
+                Error::new(ErrorKind::Storage, format!("moving {name} to {to}: {e}"))
+            }
+        };
+        if let Some(dir) = to_path.parent() {
+            std::fs::create_dir_all(dir).map_err(local)?;
+        }
+        std::fs::rename(&from_path, &to_path).map_err(local)?;
+        // Both names change: the new one (in a directory that may be new itself), then the old.
+        let parent = |s: &str| s.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+        self.dirty
+            .lock()
+            .expect("dirty lock")
+            .extend([parent(to), String::new(), parent(name)]);
+        self.sync()
     }
 
     /// The ids of the objects under a prefix (`keys/`, `snapshots/`, `index/`, `data/`), recursively.

@@ -30,6 +30,9 @@ pub struct CheckReport {
     /// Packs in storage that no index names (left by an interrupted backup, or by `repair index`
     /// as damaged; prune removes them).
     pub unindexed_packs: usize,
+    /// Damaged packs `repair index --read-all-packs` moved to `damaged/`: nothing reads them,
+    /// and they stay until someone deletes them.
+    pub damaged_packs: usize,
     /// Blobs in the index.
     pub blobs: usize,
     /// Packs read in full (with [`ReadData`]).
@@ -193,6 +196,7 @@ pub fn check(
         }
     }
     rep.unindexed_packs = stored.keys().filter(|id| !idx.has_pack(id)).count();
+    rep.damaged_packs = repo.store().list(names::DAMAGED)?.len();
     repo.set_index(idx);
 
     // Snapshots and every tree they reach.

@@ -1432,6 +1432,7 @@ fn run(cli: Cli) -> Result<u8> {
                         "packs": rep.packs,
                         "blobs": rep.blobs,
                         "unindexed_packs": rep.unindexed_packs,
+                        "damaged_packs": rep.damaged_packs,
                         "packs_read": rep.packs_read,
                         "bytes_read": rep.bytes_read,
                         "errors": rep.errors,
@@ -1458,6 +1459,12 @@ fn run(cli: Cli) -> Result<u8> {
                     println!(
                         "{} packs are not indexed (left by an interrupted backup, or by repair index as damaged; prune removes them)",
                         rep.unindexed_packs
+                    );
+                }
+                if rep.damaged_packs > 0 {
+                    println!(
+                        "{} damaged packs that repair index took out of use are kept under damaged/ (nothing reads them; delete them there once no one needs them)",
+                        rep.damaged_packs
                     );
                 }
             }
@@ -1879,10 +1886,10 @@ fn repair_index_cmd(
         r.packs_damaged,
         r.blobs_salvaged,
         if opts.dry_run { "to copy" } else { "copied" },
-        match (r.packs_deleted, opts.dry_run) {
+        match (r.packs_set_aside, opts.dry_run) {
             (0, _) => String::new(),
-            (n, true) => format!(", {n} to delete then"),
-            (n, false) => format!(", {n} deleted then"),
+            (n, true) => format!(", {n} to move to damaged/ then"),
+            (n, false) => format!(", {n} moved to damaged/ then"),
         }
     );
     println!(
@@ -1893,6 +1900,11 @@ fn repair_index_cmd(
         r.index_objects_written,
         r.packs
     );
+    if r.packs_set_aside > 0 && !opts.dry_run {
+        println!(
+            "damaged packs are kept under damaged/ in the repository, where nothing reads them: delete them there once no one needs them"
+        );
+    }
     if r.blobs_lost > 0 {
         println!(
             "{} blobs are in no pack {}: back up their sources again to store them anew, or forget the snapshots that use them ('lifeboat check' names them)",

@@ -12,9 +12,10 @@
 //!   indexed from its own header once that authenticates;
 //! - with `read_all_packs`, every pack is read whole: one whose bytes do not hash to its name, or
 //!   with a blob that fails to open, is left out of the index, and its intact blobs are first
-//!   copied into new packs (unless a sound pack holds them too), and the damaged pack is
-//!   deleted once the new index is durable (left stored, a later repair reading only headers
-//!   would index it again from its intact header). Without `read_all_packs`, a pack found
+//!   copied into new packs (unless a sound pack holds them too), and the damaged pack is moved
+//!   from `data/` to `damaged/` once the new index is durable (left in `data/`, a later repair
+//!   reading only headers would index it again from its intact header; deleted, a pack that
+//!   only read wrong once would be lost). Without `read_all_packs`, a pack found
 //!   damaged (truncated, say) stays stored, unindexed, for a repair that reads it whole.
 //!
 //! A blob no pack holds any more is then missing from the index, so the next backup of its
@@ -102,9 +103,10 @@ pub struct RepairReport {
     pub packs_damaged: u64,
     /// Intact blobs of damaged packs copied into new packs.
     pub blobs_salvaged: u64,
-    /// Damaged packs deleted once their intact blobs were copied (`read_all_packs` only:
-    /// without it, nothing is salvaged and a damaged pack stays, unindexed).
-    pub packs_deleted: u64,
+    /// Damaged packs moved from `data/` to `damaged/` once their intact blobs were copied
+    /// (`read_all_packs` only: without it, nothing is salvaged and a damaged pack stays,
+    /// unindexed).
+    pub packs_set_aside: u64,
     /// Blobs the index listed that no pack holds any more: the next backup of their source
     /// stores them again.
     pub blobs_lost: u64,
@@ -273,7 +275,14 @@ pub(crate) fn repair_holding(
                 rep.packs_damaged += 1;
                 rep.problems.push(Problem {
                     object: names::pack(&id),
-                    problem: format!("{why}; left out of the index"),
+                    problem: if opts.read_all_packs {
+                        format!(
+                            "{why}; left out of the index and moved to {}",
+                            names::damaged(&id)
+                        )
+                    } else {
+                        format!("{why}; left out of the index")
+                    },
                 });
                 // What its header lists, and what the index said it holds (a pack whose header
                 // does not open lists nothing).
@@ -359,10 +368,12 @@ pub(crate) fn repair_holding(
     groups.retain(|g| !g.is_empty());
     rep.index_objects_written = groups.len() as u64;
     rep.index_objects_replaced = (replaced.len() + damaged_objects.len()) as u64;
-    // Read whole, a damaged pack has given up everything it can: it is deleted, or a later
-    // repair that reads only headers would index it again from its intact header.
+    // Read whole, a damaged pack has given up everything it can: it leaves `data/`, or a later
+    // repair that reads only headers would index it again from its intact header. It is set
+    // aside, not deleted: a read that went wrong on the way (memory, network) looks like damage
+    // too, and what no blob opens in it a person may still want.
     if opts.read_all_packs {
-        rep.packs_deleted = damaged.len() as u64;
+        rep.packs_set_aside = damaged.len() as u64;
     }
     if opts.dry_run {
         return Ok(rep);
@@ -380,7 +391,14 @@ pub(crate) fn repair_holding(
     if opts.read_all_packs {
         renew(repo, lease)?;
         for (id, _, _) in &damaged {
-            repo.store().delete(&names::pack(id))?;
+            // Gone meanwhile: nothing to set aside.
+            if let Err(e) = repo
+                .store()
+                .set_aside(&names::pack(id), &names::damaged(id))
+                && e.kind() != ErrorKind::Missing
+            {
+                return Err(e);
+            }
         }
     }
     Ok(rep)

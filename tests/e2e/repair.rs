@@ -77,6 +77,7 @@ fn repair_index_heals_damaged_and_lost_packs_and_index_objects() {
     // A flipped byte inside one of its blobs: only reading the data shows it, and the default
     // repair (which trusts the index's listing of a pack of the right size) changes nothing.
     flip_byte(&data_pack, 0.5);
+    let damaged_bytes = std::fs::read(&data_pack).unwrap();
     assert_eq!(check_problems(&env, &[]), Vec::<String>::new());
     let p = check_problems(&env, &["--read-data"]);
     assert!(p.len() == 1 && p[0].contains(&data_name), "{p:?}");
@@ -112,11 +113,27 @@ fn repair_index_heals_damaged_and_lost_packs_and_index_objects() {
     assert_eq!(r["blobs_lost"], 1, "{r}");
     assert_eq!(r["packs_missing"], 0, "{r}");
     assert_eq!(r["problems"][0]["object"], data_name.as_str(), "{r}");
-    // The damaged pack is deleted (a repair reading only headers would index it again from
-    // its intact header); exactly one file of the snapshot lacks its data.
-    assert_eq!(r["packs_deleted"], 1, "{r}");
-    assert_eq!(dry["packs_deleted"], 1, "{dry}");
+    // The damaged pack leaves data/ (a repair reading only headers would index it again from
+    // its intact header) for damaged/, byte for byte: a read that went wrong looks the same as
+    // damage. Exactly one file of the snapshot lacks its data.
+    assert_eq!(r["packs_set_aside"], 1, "{r}");
+    assert_eq!(dry["packs_set_aside"], 1, "{dry}");
     assert!(!data_pack.exists());
+    let hex = data_pack.file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        r["problems"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .rsplit(' ')
+            .next(),
+        Some(format!("damaged/{hex}").as_str()),
+        "{r}"
+    );
+    assert!(std::fs::read(env.repo.join("damaged").join(hex)).unwrap() == damaged_bytes);
+    let checked: serde_json::Value =
+        serde_json::from_slice(&env.run(&["check", "--json"]).stdout).unwrap();
+    assert_eq!(checked["damaged_packs"], 1, "{checked}");
+    assert_eq!(checked["unindexed_packs"], 0, "{checked}");
     let r = json(&env.ok(&["repair", "index", "--json"]));
     assert_eq!(r["packs_indexed"], 0, "{r}");
     let p = check_problems(&env, &["--read-data"]);

@@ -633,6 +633,18 @@ fn boto3(port: u16, code: &str) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// Flip one bit of object `key`, at 1/`at` of its length.
+fn flip_in_bucket(port: u16, bucket: &str, key: &str, at: u32) {
+    boto3(
+        port,
+        &format!(
+            "b = bytearray(s3.get_object(Bucket='{bucket}', Key='{key}')['Body'].read())\n\
+             b[len(b) // {at}] ^= 1\n\
+             s3.put_object(Bucket='{bucket}', Key='{key}', Body=bytes(b))"
+        ),
+    );
+}
+
 /// The ransomware case: an attacker with delete rights deletes every object (delete markers on
 /// the versioned bucket) and then tries to delete every version for good, which Object Lock
 /// refuses. `recover` brings the repository back and every snapshot restores byte-exact. Prune
@@ -931,16 +943,7 @@ fn check_fetches_tree_packs_once_and_ignores_the_cache() {
 
     // A flipped byte in the tree pack in the bucket: both checks name it.
     let key = format!("r/{tree_pack}");
-    let flip = || {
-        boto3(
-            s3.port,
-            &format!(
-                "b = bytearray(s3.get_object(Bucket='lifeboat-check', Key='{key}')['Body'].read())\n\
-                 b[len(b) // 3] ^= 1\n\
-                 s3.put_object(Bucket='lifeboat-check', Key='{key}', Body=bytes(b))"
-            ),
-        )
-    };
+    let flip = || flip_in_bucket(s3.port, "lifeboat-check", &key, 3);
     flip();
     for args in [&["check"][..], &["check", "--read-data"]] {
         let e = env.fails(args);
@@ -1024,10 +1027,33 @@ fn repair_index_on_s3_judges_the_bucket_not_the_cache() {
         !o.status.success() && err.contains("/big.bin") && !err.contains("index/"),
         "{err}"
     );
-    env.backup(&[&src]);
+    // A pack damaged in the bucket: read whole, it leaves the index and data/ for damaged/ by a
+    // server-side copy, byte for byte.
+    let (damaged, size) = objects
+        .iter()
+        .filter(|(k, _)| k.starts_with("r/data/") && k != lost)
+        .max_by_key(|(_, s)| *s)
+        .unwrap();
+    let hex = damaged.rsplit('/').next().unwrap();
+    flip_in_bucket(s3.port, "lifeboat-repair", damaged, 2);
+    let r = json(&env.ok(&["repair", "index", "--read-all-packs", "--json"]));
+    assert_eq!(r["packs_damaged"], 1, "{r}");
+    assert_eq!(r["packs_set_aside"], 1, "{r}");
+    let listing = boto3(
+        s3.port,
+        "for o in s3.list_objects_v2(Bucket='lifeboat-repair', Prefix='r/')['Contents']:\n    print(o['Key'], o['Size'])",
+    );
+    assert!(!listing.contains(&format!("{damaged} ")), "{listing}");
     assert!(
-        env.ok(&["check", "--read-data"])
-            .contains("no errors found")
+        listing.contains(&format!("r/damaged/{hex} {size}\n")),
+        "{listing}"
+    );
+    env.backup(&[&src]);
+    let checked = env.ok(&["check", "--read-data"]);
+    assert!(checked.contains("no errors found"), "{checked}");
+    assert!(
+        checked.contains("1 damaged packs that repair index took out of use"),
+        "{checked}"
     );
     restore_matches(&env, &snap, &src);
 }
