@@ -20,6 +20,10 @@ use crate::tree::NodeKind;
 pub struct CheckReport {
     /// Problems, each naming an object. Empty means the repository is healthy.
     pub errors: Vec<String>,
+    /// Packs that read wrong once and intact on a second read, each with what the first read
+    /// found: the packs are sound, but this machine or the path from the storage gave wrong
+    /// bytes, and may do so where no second read is made (a restore).
+    pub misread: Vec<String>,
     /// Snapshots this version cannot read, each with why: they authenticate, so they are not
     /// damaged, but a newer Lifeboat wrote them and only it can check them.
     pub unsupported: Vec<String>,
@@ -267,7 +271,14 @@ pub fn check(
             .collect(),
     )?;
     rep.bytes_read = packs.iter().map(|p| p.size).sum();
-    rep.packs_read = read_packs(repo, &packs, &listed, progress, &mut rep.errors);
+    rep.packs_read = read_packs(
+        repo,
+        &packs,
+        &listed,
+        progress,
+        &mut rep.errors,
+        &mut rep.misread,
+    );
     Ok(rep)
 }
 
@@ -290,6 +301,7 @@ fn read_packs(
     listed: &HashMap<Id, (Id, Id)>,
     progress: &CheckProgress,
     errors: &mut Vec<String>,
+    misread: &mut Vec<String>,
 ) -> usize {
     if packs.is_empty() {
         return 0;
@@ -312,11 +324,11 @@ fn read_packs(
                     // waits for its turn).
                     ahead = take().map(|p| (p, start_tail(repo, p, TAIL)));
                     let listed = listed.get(&p.id).map(|l| &l.0);
-                    if let Err(e) = verify_pack(repo, p, listed, &mut bufs, tail) {
+                    if let Err(v) = verify_pack(repo, p, listed, &mut bufs, tail) {
                         found
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .push(format!("{}: {e}", names::pack(&p.id)));
+                            .push((names::pack(&p.id), v));
                     }
                     progress.packs_read.fetch_add(1, Ordering::Relaxed);
                 }
@@ -324,8 +336,15 @@ fn read_packs(
         }
     });
     let mut found = found.into_inner().unwrap_or_else(PoisonError::into_inner);
-    found.sort();
-    errors.extend(found);
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, v) in found {
+        match v {
+            Verified::Damaged(e) => errors.push(format!("{name}: {e}")),
+            Verified::Misread(first) => misread.push(format!(
+                "{name}: read wrong once ({first}), intact on a second read"
+            )),
+        }
+    }
     packs.len()
 }
 
@@ -372,19 +391,27 @@ fn verify_pack(
     listed: Option<&Id>,
     bufs: &mut Buffers,
     tail: (PendingRead<'_>, u64),
-) -> std::result::Result<(), String> {
-    let scan = scan_pack(repo, p, bufs, tail).map_err(|e| e.to_string())?;
-    if !scan.intact {
-        return Err("content does not match its name (damaged)".into());
+) -> std::result::Result<(), Verified> {
+    let scan = scan_pack(repo, p, bufs, tail).map_err(|e| Verified::Damaged(e.to_string()))?;
+    if let Some(fault) = scan.fault() {
+        return Err(Verified::Damaged(fault));
     }
-    let (salt, entries) = scan.header.map_err(|e| format!("header: {e}"))?;
-    if listed != Some(&listing_digest(p.size, &salt, entries)) {
-        return Err("header disagrees with the index".into());
+    if let Ok((salt, entries)) = scan.header
+        && listed != Some(&listing_digest(p.size, &salt, entries))
+    {
+        return Err(Verified::Damaged("header disagrees with the index".into()));
     }
-    match scan.bad.into_iter().next() {
-        Some((id, e)) => Err(format!("blob {}: {e}", id.short())),
+    match scan.misread {
+        Some(first) => Err(Verified::Misread(first)),
         None => Ok(()),
     }
+}
+
+/// What [`verify_pack`] found wrong.
+enum Verified {
+    Damaged(String),
+    /// Read wrong once (what it found), intact on a second read.
+    Misread(String),
 }
 
 /// What reading a whole pack found.
@@ -395,6 +422,25 @@ pub(crate) struct PackScan {
     pub header: std::result::Result<([u8; SALT_LEN], Vec<BlobEntry>), String>,
     /// The blobs of the header that fail to open, each with its error.
     pub bad: Vec<(Id, String)>,
+    /// What the first read found wrong when a second read found nothing: the pack is sound, but
+    /// something between it and this process (memory, the network, the storage's read path)
+    /// gave wrong bytes once.
+    pub misread: Option<String>,
+}
+
+impl PackScan {
+    /// What is wrong with the pack, if anything, in one line.
+    pub fn fault(&self) -> Option<String> {
+        if !self.intact {
+            return Some("content does not match its name".into());
+        }
+        if let Err(e) = &self.header {
+            return Some(format!("header: {e}"));
+        }
+        self.bad
+            .first()
+            .map(|(id, e)| format!("blob {}: {e}", id.short()))
+    }
 }
 
 /// Read a whole pack of `p.size` bytes as it streams in, hashing every byte, opening its header
@@ -402,9 +448,31 @@ pub(crate) struct PackScan {
 /// ([`start_tail`]) or a second one when longer; then each blob is opened in place once its last
 /// byte arrives, and only the next blob's bytes are kept.
 ///
+/// A pack found wrong is read again, whole, before it is called damaged, as restic's `check`
+/// does: bad memory or a faulty network path gives wrong bytes once, damage every time. The
+/// second read's verdict stands, with [`PackScan::misread`] saying what the first one found.
+///
 /// # Errors
 /// Reading errors (a pack shorter than `p.size` is `Corrupt`, a missing one `Missing`).
 pub(crate) fn scan_pack(
+    repo: &Repository,
+    p: &PackInfo,
+    bufs: &mut Buffers,
+    tail: (PendingRead<'_>, u64),
+) -> Result<PackScan> {
+    let first = scan_once(repo, p, bufs, tail)?;
+    let Some(fault) = first.fault() else {
+        return Ok(first);
+    };
+    tracing::debug!("{}: {fault}; reading it again", names::pack(&p.id));
+    let mut again = scan_once(repo, p, bufs, start_tail(repo, p, TAIL))?;
+    if again.fault().is_none() {
+        again.misread = Some(fault);
+    }
+    Ok(again)
+}
+
+fn scan_once(
     repo: &Repository,
     p: &PackInfo,
     bufs: &mut Buffers,
@@ -576,6 +644,7 @@ impl Streamed<'_> {
             intact,
             header,
             bad: self.bad,
+            misread: None,
         }
     }
 }
@@ -735,7 +804,12 @@ mod tests {
         let bytes = repo.store().read(&name).unwrap();
         let verify = |p: &PackInfo, listed: &Id, tail| {
             let tail = start_tail(&repo, p, tail);
-            verify_pack(&repo, p, Some(listed), &mut Buffers::default(), tail)
+            verify_pack(&repo, p, Some(listed), &mut Buffers::default(), tail).map_err(
+                |v| match v {
+                    Verified::Damaged(e) => e,
+                    Verified::Misread(e) => format!("misread: {e}"),
+                },
+            )
         };
         let tails = [1, 100, 4096, 20_000, 1 << 30];
         for tail in tails {
@@ -755,7 +829,7 @@ mod tests {
             for tail in tails {
                 assert_eq!(
                     verify(&good, &listed, tail),
-                    Err("content does not match its name (damaged)".into()),
+                    Err("content does not match its name".into()),
                     "byte {at}, tail {tail}"
                 );
             }

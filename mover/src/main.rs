@@ -1436,6 +1436,7 @@ fn run(cli: Cli) -> Result<u8> {
                         "packs_read": rep.packs_read,
                         "bytes_read": rep.bytes_read,
                         "errors": rep.errors,
+                        "misread": rep.misread,
                         "unsupported": rep.unsupported,
                     })
                 );
@@ -1468,9 +1469,12 @@ fn run(cli: Cli) -> Result<u8> {
                     );
                 }
             }
-            if !rep.errors.is_empty() || !rep.unsupported.is_empty() {
+            if !rep.errors.is_empty() || !rep.unsupported.is_empty() || !rep.misread.is_empty() {
                 for e in &rep.errors {
                     eprintln!("lifeboat: damaged: {e}");
+                }
+                for e in &rep.misread {
+                    eprintln!("lifeboat: misread: {e}");
                 }
                 for e in &rep.unsupported {
                     eprintln!("lifeboat: not checked: {e}");
@@ -1495,10 +1499,13 @@ fn run(cli: Cli) -> Result<u8> {
                 if any("snapshots/") {
                     what.push("'lifeboat forget ID' removes a damaged snapshot object".to_owned());
                 }
+                if !rep.misread.is_empty() {
+                    what.push("the packs read wrong once are sound, but this machine or its path to the storage gave wrong bytes: test its memory (memtest86+) and that path before trusting a backup or restore made here".to_owned());
+                }
                 if !rep.unsupported.is_empty() {
                     what.push("a newer Lifeboat wrote the snapshots not checked: check them with it, and do not forget them (they are not damaged)".to_owned());
                 }
-                let n = match rep.errors.len() + rep.unsupported.len() {
+                let n = match rep.errors.len() + rep.unsupported.len() + rep.misread.len() {
                     1 => "1 problem".to_owned(),
                     n => format!("{n} problems"),
                 };

@@ -101,6 +101,9 @@ pub struct RepairReport {
     pub packs_missing: u64,
     /// Stored packs left out of the index as damaged.
     pub packs_damaged: u64,
+    /// Packs that read wrong once and intact on a second read (read whole only): they are kept,
+    /// but what read them wrong may be this machine.
+    pub packs_misread: u64,
     /// Intact blobs of damaged packs copied into new packs.
     pub blobs_salvaged: u64,
     /// Damaged packs moved from `data/` to `damaged/` once their intact blobs were copied
@@ -125,6 +128,9 @@ pub struct RepairProgress {
 enum Verdict {
     /// Its header authenticates (and, read whole, every byte checks out): indexed from it.
     Sound(PackRecord),
+    /// Read whole, wrong once (what that read found) and sound on a second read: indexed from
+    /// its header, and kept.
+    Misread(PackRecord, String),
     /// Gone since the listing.
     Missing,
     /// Left out of the index; `salvage` are its blobs that opened (read whole only).
@@ -245,7 +251,16 @@ pub(crate) fn repair_holding(
             None => {
                 keep.insert(id, listed[&id].clone());
             }
-            Some(Verdict::Sound(r)) => {
+            Some(Verdict::Sound(r) | Verdict::Misread(r, _)) => {
+                if let Some(Verdict::Misread(_, first)) = verdicts.get(&id) {
+                    rep.packs_misread += 1;
+                    rep.problems.push(Problem {
+                        object: names::pack(&id),
+                        problem: format!(
+                            "read wrong once ({first}), intact on a second read: kept; test this machine's memory and its path to the storage"
+                        ),
+                    });
+                }
                 if listed.get(&id).is_none_or(|l| *l != r) {
                     rep.packs_indexed += 1;
                     rep.problems.push(Problem {
@@ -477,13 +492,11 @@ fn read_pack(repo: &Repository, p: &PackInfo, whole: bool, bufs: &mut Buffers) -
         listed: Vec::new(),
         salvage: Vec::new(),
     };
-    let sound = |salt, blobs| {
-        Verdict::Sound(PackRecord {
-            id: p.id,
-            size: p.size,
-            salt,
-            blobs,
-        })
+    let record = |salt, blobs| PackRecord {
+        id: p.id,
+        size: p.size,
+        salt,
+        blobs,
     };
     let read = if whole {
         scan_pack(repo, p, bufs, start_tail(repo, p, TAIL)).map(|scan| match scan.header {
@@ -511,11 +524,14 @@ fn read_pack(repo: &Repository, p: &PackInfo, whole: bool, bufs: &mut Buffers) -
                     salvage,
                 }
             }
-            Ok((salt, entries)) => sound(salt, entries),
+            Ok((salt, entries)) => match scan.misread {
+                Some(first) => Verdict::Misread(record(salt, entries), first),
+                None => Verdict::Sound(record(salt, entries)),
+            },
         })
     } else {
         read_header(repo, p).map(|h| match h {
-            Ok((salt, entries)) => sound(salt, entries),
+            Ok((salt, entries)) => Verdict::Sound(record(salt, entries)),
             Err(e) => damaged(format!("header: {e}")),
         })
     };

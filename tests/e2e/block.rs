@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::fixtures::{Env, fails_cleanly, make_fixture, noise};
+use crate::fuse::FuseServer;
 
 fn sh(cmd: &str, args: &[&str]) -> String {
     let o = Command::new(cmd).args(args).output().unwrap();
@@ -578,51 +579,15 @@ class Vol(fuse.Operations):
 fuse.FUSE(Vol(), mnt, foreground=True, ro=True)
 "#;
 
-/// The FUSE server of [`FAILING_DISK`], unmounted and stopped when dropped.
-struct FailingDisk {
-    dir: PathBuf,
-    server: std::process::Child,
-}
-
-impl FailingDisk {
-    fn new(env: &Env, size: u64, bad_from: u64) -> Self {
-        let dir = env.path("failing-disk");
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = env.path("failing-disk.py");
-        std::fs::write(&script, FAILING_DISK).unwrap();
-        let server = Command::new("/usr/bin/python3")
-            .arg(&script)
-            .arg(&dir)
-            .arg(size.to_string())
-            .arg(bad_from.to_string())
-            .spawn()
-            .unwrap();
-        let mut disk = FailingDisk { dir, server };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !disk.image().exists() {
-            if let Some(status) = disk.server.try_wait().unwrap() {
-                panic!("the FUSE server exited ({status}): is python3-fusepy installed?");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the FUSE disk did not appear"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        disk
-    }
-
-    fn image(&self) -> PathBuf {
-        self.dir.join("vol.img")
-    }
-}
-
-impl Drop for FailingDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).output();
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
+/// [`FAILING_DISK`] of `size` bytes failing from `bad_from`, at a new directory of `env`.
+fn failing_disk(env: &Env, size: u64, bad_from: u64) -> FuseServer {
+    FuseServer::start(
+        env,
+        "failing-disk",
+        FAILING_DISK,
+        &[&size.to_string(), &bad_from.to_string()],
+        "vol.img",
+    )
 }
 
 /// A device whose reads fail part way (EIO from 40 MiB of 64) fails the backup with one line
@@ -630,8 +595,8 @@ impl Drop for FailingDisk {
 #[test]
 fn a_device_that_fails_mid_read_fails_without_a_snapshot() {
     let env = Env::new();
-    let disk = FailingDisk::new(&env, 64 << 20, 40 << 20);
-    let dev = Loop::new(&disk.image());
+    let disk = failing_disk(&env, 64 << 20, 40 << 20);
+    let dev = Loop::new(&disk.dir.join("vol.img"));
     let line = fails_cleanly(env.run(&["backup", &dev.dev]), &["backup"]);
     assert!(
         line.contains(&dev.dev) && line.contains("Input/output error"),

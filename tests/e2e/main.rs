@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 mod fixtures;
+mod fuse;
 
 mod bad_input;
 mod block;

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use crate::fixtures::{Env, flip_byte, noise, scan};
+use crate::fixtures::{Env, flip_byte, noise, scan, stdout_of_success};
+use crate::fuse::misreading_mirror;
 
 fn json(out: &str) -> serde_json::Value {
     let lines: Vec<&str> = out.lines().collect();
@@ -472,4 +473,72 @@ fn repair_snapshots_keeps_what_is_left_and_the_next_backup_reads_the_rest() {
         &src,
         "after-lost-pack",
     );
+}
+
+/// A pack that reads wrong once (a bit flipped on its way, as bad memory or a faulty network
+/// path does) and right on a second read is not damaged: `check --read-data` reads it again and
+/// reports it as misread, which still fails the check (what misread it may misread a restore),
+/// and `repair index --read-all-packs` keeps it instead of setting it aside.
+#[test]
+fn a_pack_read_wrong_once_is_not_called_damaged() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(250_000, i + 40)).unwrap();
+    }
+    env.backup(&[&src]);
+    let pack = env
+        .objects("data")
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let name = pack.strip_prefix(&env.repo).unwrap().display().to_string();
+    let at = std::fs::metadata(&pack).unwrap().len() / 2;
+    let mirrors = std::cell::Cell::new(0);
+    // Each mirror flips the bit once, on the first read of it.
+    let through_mirror = |args: &[&str]| {
+        mirrors.set(mirrors.get() + 1);
+        let m = misreading_mirror(
+            &env,
+            &format!("mirror{}", mirrors.get()),
+            &env.repo,
+            &format!("/{name}"),
+            at,
+        );
+        let mut all = vec!["--repo", m.dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        env.run(&all)
+    };
+
+    let o = through_mirror(&["check", "--read-data", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["errors"], serde_json::json!([]), "{c}");
+    let misread = c["misread"].as_array().unwrap();
+    assert!(
+        misread.len() == 1
+            && misread[0]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{name}: read wrong once (")),
+        "{c}"
+    );
+    let o = through_mirror(&["check", "--read-data"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("damaged"), "{err}");
+    assert!(err.contains(&format!("lifeboat: misread: {name}")), "{err}");
+    assert!(
+        err.lines().last().unwrap().contains("test its memory"),
+        "{err}"
+    );
+
+    let o = through_mirror(&["repair", "index", "--read-all-packs", "--dry-run", "--json"]);
+    let r = json(&stdout_of_success(o, "repair through the mirror"));
+    assert_eq!(r["packs_damaged"], 0, "{r}");
+    assert_eq!(r["packs_misread"], 1, "{r}");
+    assert_eq!(r["packs_set_aside"], 0, "{r}");
+    assert_eq!(r["problems"][0]["object"], name.as_str(), "{r}");
+    // Read directly, the pack is sound.
+    env.ok(&["check", "--read-data"]);
 }
