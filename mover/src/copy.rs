@@ -387,8 +387,14 @@ impl Copier<'_> {
         for (pos, e) in &blobs {
             let at = (u64::from(e.offset) - start) as usize;
             let ct = &mut buf[at..at + e.length as usize];
-            let plain = crate::pack::open_blob_in(keys, &cipher, e, ct)
-                .map_err(|x| x.context(format!("pack {name}")))?;
+            let plain = match crate::pack::open_blob_in(keys, &cipher, e, ct) {
+                Ok(plain) => plain,
+                Err(x) => std::borrow::Cow::Owned(
+                    self.src
+                        .open_again(&name, &pack.salt, e, x)
+                        .map_err(|x| x.context(format!("pack {name}")))?,
+                ),
+            };
             self.bytes_read
                 .fetch_add(plain.len() as u64, Ordering::Relaxed);
             out.push((*pos, puts.put(&plain)?));

@@ -57,6 +57,11 @@ mod status;
 pub mod tree;
 pub mod units;
 
+/// The `tracing` target of warnings a user must see whatever the verbosity: the data was read
+/// right in the end, but something on the way is failing (a blob that read wrong once). The CLI
+/// prints them as `lifeboat: warning: ...`.
+pub const NOTICE: &str = "lifeboat::notice";
+
 pub use backend::{Location, S3Location, StoreOptions};
 pub use backup::{
     BackupOptions, BackupOutcome, ExcludeOptions, Progress, backup, backup_stream,

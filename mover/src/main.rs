@@ -565,6 +565,31 @@ enum KeyAction {
 /// Exit code of a backup that completed without some unreadable entries.
 const EXIT_PARTIAL: u8 = 3;
 
+/// Log lines as the CLI's own: `lifeboat: warning: MESSAGE`.
+struct Plain;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Plain
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            _ => "note",
+        };
+        write!(writer, "lifeboat: {level}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -588,17 +613,22 @@ fn main() -> ExitCode {
         }
     };
     let level = match cli.global.verbose {
-        0 => "error",
-        1 => "info",
-        _ => "debug",
+        0 => format!("error,{}=warn", lifeboat::NOTICE),
+        1 => "info".into(),
+        _ => "debug".into(),
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
                 .unwrap_or_else(|_| level.into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // Without -v, only errors and notices are logged: as the CLI's own lines.
+    if cli.global.verbose == 0 {
+        log.event_format(Plain).init();
+    } else {
+        log.init();
+    }
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -430,7 +430,8 @@ impl Repository {
                 .map_err(|e| e.context(format!("pack {name}")))
         };
         if loc.entry.blob_type != pack::BlobType::Tree {
-            return open(self.store.read_range(&name, offset, len)?);
+            return open(self.store.read_range(&name, offset, len)?)
+                .or_else(|e| self.open_again(&name, &loc.pack.salt, &loc.entry, e));
         }
         match open(self.store.read_tree_range(&name, offset, len)?) {
             // A damaged cached copy: dropped, and the blob read from the store.
@@ -439,6 +440,39 @@ impl Repository {
                 open(self.store.read_range(&name, offset, len)?)
             }
             r => r,
+        }
+    }
+
+    /// A blob of pack `name` that did not open (`first`, its error), read again on its own and
+    /// opened once more: bad memory or a faulty path from the storage gives wrong bytes once,
+    /// damage gives them every time. A blob that opens the second time is used, with a warning
+    /// (the machine or the path needs looking at); otherwise `first` stands.
+    ///
+    /// # Errors
+    /// `first`, or an error reading again.
+    pub(crate) fn open_again(
+        &self,
+        name: &str,
+        salt: &[u8; crate::crypto::SALT_LEN],
+        entry: &pack::BlobEntry,
+        first: Error,
+    ) -> Result<Vec<u8>> {
+        if first.kind() != ErrorKind::Corrupt {
+            return Err(first);
+        }
+        let ct = self
+            .store
+            .read_range(name, u64::from(entry.offset), u64::from(entry.length))?;
+        match pack::open_blob(&self.keys, salt, entry, ct) {
+            Ok(plain) => {
+                tracing::warn!(
+                    target: crate::NOTICE,
+                    "{name}: blob {} read wrong once ({first}), intact on a second read: test this machine's memory and its path to the storage",
+                    entry.id.short()
+                );
+                Ok(plain)
+            }
+            Err(_) => Err(first),
         }
     }
 

@@ -1335,8 +1335,13 @@ fn write_run(
         let (ct, tail) =
             std::mem::take(&mut rest)[skip as usize..].split_at_mut(entry.length as usize);
         (rest, rest_at) = (tail, u64::from(entry.offset) + u64::from(entry.length));
-        let plain = crate::pack::open_blob_in(repo.keys(), &cipher, &entry, ct)
-            .map_err(|e| e.context(format!("pack {name}")).context(path_of(&same[0])))?;
+        let plain = match crate::pack::open_blob_in(repo.keys(), &cipher, &entry, ct) {
+            Ok(plain) => plain,
+            Err(e) => Cow::Owned(
+                repo.open_again(name, &pack.salt, &entry, e)
+                    .map_err(|e| e.context(format!("pack {name}")).context(path_of(&same[0])))?,
+            ),
+        };
         let mut busy = Vec::new();
         for w in same {
             if !put(ctx, job, &plain, w, false)? {

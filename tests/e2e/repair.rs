@@ -478,7 +478,8 @@ fn repair_snapshots_keeps_what_is_left_and_the_next_backup_reads_the_rest() {
 /// A pack that reads wrong once (a bit flipped on its way, as bad memory or a faulty network
 /// path does) and right on a second read is not damaged: `check --read-data` reads it again and
 /// reports it as misread, which still fails the check (what misread it may misread a restore),
-/// and `repair index --read-all-packs` keeps it instead of setting it aside.
+/// and `repair index --read-all-packs` keeps it instead of setting it aside; a restore and a
+/// copy read the blob again and carry on.
 #[test]
 fn a_pack_read_wrong_once_is_not_called_damaged() {
     let env = Env::new();
@@ -541,4 +542,33 @@ fn a_pack_read_wrong_once_is_not_called_damaged() {
     assert_eq!(r["problems"][0]["object"], name.as_str(), "{r}");
     // Read directly, the pack is sound.
     env.ok(&["check", "--read-data"]);
+
+    // A restore and a copy read the blob that did not open again, use it, and say so.
+    let t = env.path("restored");
+    let o = through_mirror(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    stdout_of_success(o, "restore through the mirror");
+    assert!(err.contains("read wrong once"), "{err}");
+    assert_eq!(scan(&src), scan(&t.join(src.strip_prefix("/").unwrap())));
+    let off = env.path("offsite");
+    let to_pw = env.path("offsite-password");
+    std::fs::write(&to_pw, "offsite-password-3").unwrap();
+    let offsite = |args: &[&str], what: &str| {
+        let mut c = env.cmd(args);
+        c.env("LIFEBOAT_REPO", &off)
+            .env("LIFEBOAT_PASSWORD", "offsite-password-3");
+        stdout_of_success(c.output().unwrap(), what);
+    };
+    offsite(&["init"], "init of the copy");
+    let o = through_mirror(&[
+        "copy",
+        "--to",
+        off.to_str().unwrap(),
+        "--to-password-file",
+        to_pw.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    stdout_of_success(o, "copy through the mirror");
+    assert!(err.contains("read wrong once"), "{err}");
+    offsite(&["check", "--read-data"], "check of the copy");
 }
