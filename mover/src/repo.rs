@@ -438,8 +438,9 @@ impl Repository {
             Err(e) if e.kind() == ErrorKind::Corrupt && self.store.evict(&name) => {
                 tracing::warn!("cached pack {name} is damaged: reading the repository's copy");
                 open(self.store.read_range(&name, offset, len)?)
+                    .or_else(|e| self.open_again(&name, &loc.pack.salt, &loc.entry, e))
             }
-            r => r,
+            r => r.or_else(|e| self.open_again(&name, &loc.pack.salt, &loc.entry, e)),
         }
     }
 

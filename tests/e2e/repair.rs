@@ -498,7 +498,7 @@ fn a_pack_read_wrong_once_is_not_called_damaged() {
     let at = std::fs::metadata(&pack).unwrap().len() / 2;
     let mirrors = std::cell::Cell::new(0);
     // Each mirror flips the bit once, on the first read of it.
-    let through_mirror = |args: &[&str]| {
+    let through_mirror_at = |name: &str, at: u64, args: &[&str]| {
         mirrors.set(mirrors.get() + 1);
         let m = misreading_mirror(
             &env,
@@ -511,6 +511,7 @@ fn a_pack_read_wrong_once_is_not_called_damaged() {
         all.extend_from_slice(args);
         env.run(&all)
     };
+    let through_mirror = |args: &[&str]| through_mirror_at(&name, at, args);
 
     let o = through_mirror(&["check", "--read-data", "--json"]);
     assert_eq!(o.status.code(), Some(1));
@@ -571,4 +572,19 @@ fn a_pack_read_wrong_once_is_not_called_damaged() {
     stdout_of_success(o, "copy through the mirror");
     assert!(err.contains("read wrong once"), "{err}");
     offsite(&["check", "--read-data"], "check of the copy");
+
+    // A tree blob (in the other, smaller pack: its first blob starts after the pack's 40-byte
+    // head) is read again as well.
+    let trees = env
+        .objects("data")
+        .into_iter()
+        .min_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let trees = trees.strip_prefix(&env.repo).unwrap().display().to_string();
+    assert_ne!(trees, name);
+    let o = through_mirror_at(&trees, 50, &["ls", "latest"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let listed = stdout_of_success(o, "ls through the mirror");
+    assert!(listed.lines().any(|l| l.ends_with("/f5")), "{listed}");
+    assert!(err.contains("read wrong once"), "{err}");
 }
