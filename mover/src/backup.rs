@@ -64,6 +64,9 @@ pub struct BackupOptions {
     pub changed_ranges: Option<Vec<(u64, u64)>>,
     /// What to leave out.
     pub exclude: ExcludeOptions,
+    /// Check every new blob before it is stored: decompressed again, it must hash to its id
+    /// (restic's default; about a fifth more CPU time for compressible data).
+    pub extra_verify: bool,
 }
 
 /// Live counters, readable while a backup runs (for a progress bar).
@@ -362,7 +365,7 @@ fn run(
         exclude: &opts.exclude,
         notices: Mutex::new(Vec::new()),
         progress,
-        sink: Sink::new(repo, &progress.bytes_added),
+        sink: Sink::new(repo, &progress.bytes_added).verify_blobs(opts.extra_verify),
         status: RunStatus::default(),
         used_packs: Mutex::new(HashSet::new()),
         zero_chunk: OnceLock::new(),

@@ -97,23 +97,36 @@ impl Compressor {
 /// # Errors
 /// `Corrupt` when it does not.
 pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    decompress_into(data, raw_len, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out` (cleared first), reusing its allocation.
+///
+/// # Errors
+/// `Corrupt` when the blob does not inflate to exactly `raw_len` bytes.
+pub fn decompress_into(data: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
     thread_local! {
         // A decompression context per thread: creating one per blob showed up in restore profiles.
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
     }
-    let out = DCTX
-        .with_borrow_mut(|d| {
-            if d.is_none() {
-                *d = Some(zstd::bulk::Decompressor::new()?);
-            }
-            d.as_mut().expect("just created").decompress(data, raw_len)
-        })
-        .map_err(|_| Error::corrupt("blob does not decompress"))?;
+    out.clear();
+    out.reserve(raw_len);
+    DCTX.with_borrow_mut(|d| {
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut()
+            .expect("just created")
+            .decompress_to_buffer(data, out)
+    })
+    .map_err(|_| Error::corrupt("blob does not decompress"))?;
     if out.len() != raw_len {
         return Err(Error::corrupt("blob decompresses to the wrong length"));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

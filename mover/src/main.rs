@@ -228,6 +228,12 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Check every new blob before it is stored, as restic does by default: decompressed
+        /// again, it must hash to its id, so a bit flipped in this machine's memory fails the
+        /// backup instead of being stored. About a fifth more CPU time; worth it on machines
+        /// without ECC memory.
+        #[arg(long)]
+        extra_verify: bool,
         /// Print one JSON line with the result.
         #[arg(long)]
         json: bool,
@@ -953,6 +959,7 @@ fn run(cli: Cli) -> Result<u8> {
             tags,
             host,
             threads,
+            extra_verify,
             json,
         } => {
             let changed_ranges = match &changed_ranges {
@@ -1010,6 +1017,7 @@ fn run(cli: Cli) -> Result<u8> {
                 chunking,
                 changed_ranges,
                 exclude,
+                extra_verify,
             };
             let out = if stdin {
                 let mut input = std::fs::File::from(

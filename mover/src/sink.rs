@@ -46,6 +46,8 @@ pub(crate) struct Sink<'a> {
     /// The uploaders' side of the packers' queue, and of the pool of data pack buffers.
     packs: Receiver<FinishedPack>,
     pool: Sender<Vec<u8>>,
+    /// Check each new blob before it is sealed ([`Sink::verify_blobs`]).
+    verify: bool,
 }
 
 impl<'a> Sink<'a> {
@@ -62,7 +64,18 @@ impl<'a> Sink<'a> {
             tree,
             packs,
             pool,
+            verify: false,
         }
+    }
+
+    /// Check each new blob before it is sealed, as restic's backup does by default: its stored
+    /// form (decompressed when compressed) must hash to its id again, so a bit flipped in memory
+    /// after the id was taken, or a compressor fault, fails the run instead of storing a blob
+    /// whose content is not what its id says (which every later backup would then dedup
+    /// against). Costs a decompression and a hash of every new blob.
+    pub(crate) fn verify_blobs(mut self, on: bool) -> Self {
+        self.verify = on;
+        self
     }
 
     /// Index stored packs at least every `after` (an interrupted copy then loses at most that
@@ -207,6 +220,8 @@ pub(crate) struct BlobSink<'p> {
     sink: &'p Sink<'p>,
     packer: &'p Packer,
     comp: Compressor,
+    /// Where a blob is decompressed again to be verified.
+    back: Vec<u8>,
 }
 
 impl<'p> BlobSink<'p> {
@@ -215,6 +230,7 @@ impl<'p> BlobSink<'p> {
             sink,
             packer,
             comp: Compressor::new(sink.repo.config().compression)?,
+            back: Vec::new(),
         })
     }
 
@@ -226,13 +242,49 @@ impl<'p> BlobSink<'p> {
             return Ok(id);
         }
         let raw_len = data.len() as u32;
-        match self.comp.compress(data) {
-            Some(z) => self.packer.add(sh.repo, id, raw_len, true, z)?,
-            None => self.packer.add(sh.repo, id, raw_len, false, data)?,
+        let (stored, compressed) = match self.comp.compress(data) {
+            Some(z) => (z, true),
+            None => (data, false),
+        };
+        if sh.verify {
+            let inflates_to = compressed.then_some(data.len());
+            verify_stored(sh.repo.keys(), &id, stored, inflates_to, &mut self.back)?;
         }
+        self.packer.add(sh.repo, id, raw_len, compressed, stored)?;
         sh.blobs_added.fetch_add(1, Ordering::Relaxed);
         Ok(id)
     }
+}
+
+/// Check that a blob's `stored` form (compressed, inflating to `raw_len` bytes, or raw) still
+/// hashes to its `id`; `back` is scratch room for the decompression.
+///
+/// # Errors
+/// `Io` naming the blob when it does not: its data changed in memory after its id was taken.
+fn verify_stored(
+    keys: &crate::crypto::Keys,
+    id: &Id,
+    stored: &[u8],
+    raw_len: Option<usize>,
+    back: &mut Vec<u8>,
+) -> Result<()> {
+    let plain = match raw_len {
+        Some(n) => match crate::compress::decompress_into(stored, n, back) {
+            Ok(()) => Some(&back[..]),
+            Err(_) => None,
+        },
+        None => Some(stored),
+    };
+    if plain.is_some_and(|p| keys.blob_id(p) == *id) {
+        return Ok(());
+    }
+    Err(Error::new(
+        crate::ErrorKind::Io,
+        format!(
+            "blob {}: its data changed in memory while being stored (faulty memory, or a bug); it was not stored",
+            id.short()
+        ),
+    ))
 }
 
 /// Seal the pack records in `pending` into one index object and store it.
@@ -318,4 +370,51 @@ fn upload(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Keys;
+
+    /// A blob whose stored form no longer hashes to its id (a bit flipped in memory in the raw
+    /// data, in the compressed bytes, or in the data after it was compressed) is refused; an
+    /// intact one passes, raw or compressed.
+    #[test]
+    fn a_blob_changed_after_its_id_was_taken_is_refused() {
+        let keys = Keys::generate().unwrap();
+        let data: Vec<u8> = (0..200_000u32)
+            .map(|i| (i % 251) as u8 ^ (i / 997) as u8)
+            .collect();
+        let id = keys.blob_id(&data);
+        let mut comp = Compressor::new(3).unwrap();
+        let z = comp.compress(&data).expect("compressible").to_vec();
+        let mut back = Vec::new();
+        verify_stored(&keys, &id, &z, Some(data.len()), &mut back).unwrap();
+        verify_stored(&keys, &id, &data, None, &mut back).unwrap();
+
+        let mut raw = data.clone();
+        raw[12_345] ^= 0x04;
+        let e = verify_stored(&keys, &id, &raw, None, &mut back).unwrap_err();
+        assert!(e.to_string().contains("changed in memory"), "{e}");
+        // Every bit of a few bytes spread over the compressed form: refused, unless the flip
+        // changes nothing the stored form inflates to (a bit zstd does not read).
+        let mut refused = 0;
+        for at in (0..z.len()).step_by(z.len() / 7) {
+            for bit in 0..8 {
+                let mut bad = z.clone();
+                bad[at] ^= 1 << bit;
+                if verify_stored(&keys, &id, &bad, Some(data.len()), &mut back).is_err() {
+                    refused += 1;
+                } else {
+                    let same = crate::compress::decompress(&bad, data.len()).unwrap();
+                    assert!(same == data, "byte {at} bit {bit} passed with other data");
+                }
+            }
+        }
+        assert!(refused >= 56, "{refused} of 64 refused");
+        // Compressed after the flip: the compressed form is sound but of other data.
+        let z_of_raw = comp.compress(&raw).unwrap().to_vec();
+        assert!(verify_stored(&keys, &id, &z_of_raw, Some(data.len()), &mut back).is_err());
+    }
 }

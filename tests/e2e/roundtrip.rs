@@ -310,3 +310,26 @@ fn a_large_file_shared_by_many_writers_restores_exactly() {
     ]);
     assert_same_tree(&before, &scan(&target.join(src.strip_prefix("/").unwrap())));
 }
+
+/// `backup --extra-verify` checks every new blob before storing it and stores what a backup
+/// without it stores: a plain backup of the same content under another name adds only trees,
+/// and everything checks and restores.
+#[test]
+fn extra_verify_stores_the_same_blobs() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_fixture(&src);
+    std::fs::write(src.join("compressible"), "lifeboat ".repeat(400_000)).unwrap();
+    let out = env.ok(&["backup", "--extra-verify", "--json", src.to_str().unwrap()]);
+    let verified: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(verified["blobs_added"].as_u64().unwrap() > 3, "{verified}");
+    // The same content under another name, by a plain backup: only trees are new.
+    std::fs::write(src.join("again"), "lifeboat ".repeat(400_000)).unwrap();
+    let plain = env.backup(&[&src]);
+    assert_eq!(plain["files_new"], 1, "{plain}");
+    assert!(plain["bytes_added"].as_u64().unwrap() < 20_000, "{plain}");
+    env.ok(&["check", "--read-data"]);
+    let t = env.path("t");
+    env.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_same_tree(&scan(&src), &scan(&t.join(src.strip_prefix("/").unwrap())));
+}
