@@ -588,3 +588,51 @@ fn a_pack_read_wrong_once_is_not_called_damaged() {
     assert!(listed.lines().any(|l| l.ends_with("/f5")), "{listed}");
     assert!(err.contains("read wrong once"), "{err}");
 }
+
+/// `repair snapshots` after `repair index --read-all-packs` set a damaged pack aside: the
+/// lengths of its lost blobs come from its header in `damaged/`, so each lost blob becomes a hole
+/// of its own and a stored blob between two lost ones stays at its place (with only the index
+/// to ask, one hole would span all three).
+#[test]
+fn repair_snapshots_places_blobs_by_the_headers_of_packs_set_aside() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Fixed 1 MiB chunks: the middle MiB of `file` is stored first, in a pack of its own.
+    let (x, y, z) = (
+        noise(1 << 20, 311),
+        noise(1 << 20, 321),
+        noise(1 << 20, 331),
+    );
+    std::fs::write(src.join("middle"), &y).unwrap();
+    env.ok(&["backup", "--chunking", "fixed", src.to_str().unwrap()]);
+    std::fs::remove_file(src.join("middle")).unwrap();
+    std::fs::write(src.join("file"), [&x[..], &y[..], &z[..]].concat()).unwrap();
+    let before = env.objects("data");
+    env.ok(&["backup", "--chunking", "fixed", src.to_str().unwrap()]);
+    // The new data pack holds X and Z: one flipped byte in each.
+    let pack = new_packs(&env, &before).pop().unwrap();
+    flip_byte(&pack, 0.25);
+    flip_byte(&pack, 0.75);
+    let r = json(&env.ok(&["repair", "index", "--read-all-packs", "--json"]));
+    assert_eq!(r["packs_set_aside"], 1, "{r}");
+    assert_eq!(r["blobs_lost"], 2, "{r}");
+    let r = json(&env.ok(&["repair", "snapshots", "--json"]));
+    assert_eq!(r["files_repaired"], 1, "{r}");
+    assert_eq!(r["bytes_zeroed"], 2 << 20, "{r}");
+    let repaired = r["rewritten"][0]["new"].as_str().unwrap();
+    let dumped = env
+        .cmd(&["dump", repaired, &format!("{}/file", src.display())])
+        .output()
+        .unwrap();
+    assert!(
+        dumped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    let want = [&vec![0u8; 1 << 20][..], &y[..], &vec![0u8; 1 << 20][..]].concat();
+    assert!(
+        dumped.stdout == want,
+        "the stored middle MiB is not in place"
+    );
+}

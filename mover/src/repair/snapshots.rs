@@ -11,8 +11,10 @@
 //!   known, and each lost range becomes a hole: it reads as zeros, and every other byte stays at
 //!   its offset (a database file or a disk image with a zeroed range is more use than one whose
 //!   tail has moved, which is what cutting the lost blobs out would give). Sizes never change.
-//!   A lost blob of known length is a hole of its own; between lost blobs of unknown length
-//!   (the index was repaired) the stored blobs' places are unknown too, and the hole spans them.
+//!   A lost blob of known length (from the index, or from the header of a damaged pack `repair
+//!   index --read-all-packs` set aside in `damaged/`) is a hole of its own; between lost blobs
+//!   of unknown length (the index was repaired and the pack is gone) the stored blobs' places
+//!   are unknown too, and the hole spans them.
 //! - a directory whose tree blobs cannot all be read keeps the entries decoded before the first
 //!   one that cannot (none when its first blob is gone).
 //!
@@ -170,9 +172,11 @@ fn repair_holding(
     // What is stored, as `repair index` judges it: a pack the index names that is not stored,
     // or not at its size, is lost, and its blobs with it (their lengths still known).
     let stored: HashMap<Id, u64> = repo.store().list_packs()?.into_iter().collect();
+    let set_aside = set_aside_lengths(repo)?;
     let mut walker = Walker {
         repo,
         stored: &stored,
+        set_aside: &set_aside,
         writer: if opts.dry_run {
             None
         } else {
@@ -309,6 +313,9 @@ struct Walker<'r, 'l> {
     repo: &'r Repository,
     /// The packs stored, with their sizes.
     stored: &'r HashMap<Id, u64>,
+    /// The plaintext lengths of blobs in damaged packs `repair index` set aside, from their
+    /// headers: a blob the index no longer knows may still be placed.
+    set_aside: &'r HashMap<Id, u64>,
     /// `None` in a dry run: tree ids are computed, nothing is stored.
     writer: Option<BlobWriter<'r>>,
     lease: Option<&'l mut Lease>,
@@ -437,8 +444,9 @@ impl Walker<'_, '_> {
     fn file(&mut self, node: &Node) -> Option<FileFix> {
         self.note_used(&node.content);
         let (index, stored) = (self.repo.index(), self.stored);
+        let set_aside = self.set_aside;
         fix_file(node, |id| match index.get(id) {
-            None => Blob::Lost(None),
+            None => Blob::Lost(set_aside.get(id).copied()),
             Some(l) if sound(stored, l.pack) => Blob::Kept(u64::from(l.entry.raw_len)),
             Some(l) => Blob::Lost(Some(u64::from(l.entry.raw_len))),
         })
@@ -474,6 +482,49 @@ impl Walker<'_, '_> {
 }
 
 /// Whether `pack` is stored at the size the index has for it.
+/// The plaintext length of every blob listed by the header of a pack under `damaged/` (set aside
+/// by `repair index --read-all-packs`), where that header still authenticates.
+///
+/// # Errors
+/// Storage errors; a damaged header only leaves its pack's blobs out.
+fn set_aside_lengths(repo: &Repository) -> Result<HashMap<Id, u64>> {
+    use crate::pack::{PACK_HEAD_LEN, header_start, read_header_tail, salt_of};
+    const TAIL: u64 = 64 << 10;
+    let store = repo.store();
+    let mut lens = HashMap::new();
+    for (name, size) in store.list(crate::backend::names::DAMAGED)? {
+        let read = |from: u64, len: u64| match store.read_range(&name, from, len) {
+            Err(e) if e.kind() == ErrorKind::Corrupt => Ok(None),
+            r => r.map(Some),
+        };
+        if size < PACK_HEAD_LEN as u64 {
+            continue;
+        }
+        let Some(head) = read(0, PACK_HEAD_LEN as u64)? else {
+            continue;
+        };
+        let from = size - TAIL.min(size);
+        let Some(mut tail) = read(from, size - from)? else {
+            continue;
+        };
+        if let Ok(h) = header_start(&tail, size)
+            && h < from
+        {
+            let Some(rest) = read(h, from - h)? else {
+                continue;
+            };
+            tail.splice(0..0, rest);
+        }
+        let entries =
+            salt_of(&head).and_then(|salt| read_header_tail(repo.keys(), &salt, &tail, size));
+        match entries {
+            Ok(entries) => lens.extend(entries.iter().map(|e| (e.id, u64::from(e.raw_len)))),
+            Err(e) => tracing::debug!("{name}: its header does not open: {e}"),
+        }
+    }
+    Ok(lens)
+}
+
 fn sound(stored: &HashMap<Id, u64>, pack: &PackInfo) -> bool {
     stored.get(&pack.id) == Some(&pack.size)
 }
@@ -573,7 +624,7 @@ impl FileFix {
 /// its data exactly.
 ///
 /// Blobs fill the file's data regions (the parts that are not holes) in order, each inside one
-/// region, and only the index knows their lengths. Placed from the start up to the first lost
+/// region, and only the index (or a set-aside pack's header) knows their lengths. Placed from the start up to the first lost
 /// blob of unknown length, and from the end down to the last one, every blob keeps its offset,
 /// and each lost blob of known length becomes a hole of its own; what lies between the two
 /// (lost blobs of unknown length, and stored blobs whose place depends on them) becomes one
