@@ -623,14 +623,13 @@ fn main() -> ExitCode {
         1 => "info".into(),
         _ => "debug".into(),
     };
+    let chosen = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG").ok();
+    // Without -v or LIFEBOAT_LOG, only errors and notices are logged: as the CLI's own lines.
+    let plain = cli.global.verbose == 0 && chosen.is_none();
     let log = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
-                .unwrap_or_else(|_| level.into()),
-        )
+        .with_env_filter(chosen.unwrap_or_else(|| level.into()))
         .with_writer(std::io::stderr);
-    // Without -v, only errors and notices are logged: as the CLI's own lines.
-    if cli.global.verbose == 0 {
+    if plain {
         log.event_format(Plain).init();
     } else {
         log.init();
