@@ -273,6 +273,10 @@ enum Command {
         /// The target device already reads as zeros (new, or discarded): skip the zero ranges.
         #[arg(long)]
         target_is_zeroed: bool,
+        /// Read every restored file back once written and check it against the snapshot, blob
+        /// by blob (files only: a device is not read back).
+        #[arg(long)]
+        verify: bool,
         /// Restore only this snapshot path, or what this pattern matches, with everything below it
         /// (repeatable; an absolute path without pattern characters must exist in the snapshot).
         #[arg(short = 'i', long, value_name = "PATH|PATTERN")]
@@ -1145,6 +1149,7 @@ fn run(cli: Cli) -> Result<u8> {
             snapshot,
             target,
             target_is_zeroed,
+            verify,
             mut include,
             mut iinclude,
             include_files,
@@ -1169,6 +1174,7 @@ fn run(cli: Cli) -> Result<u8> {
                 iexclude,
                 threads,
                 target_is_zeroed,
+                verify,
             };
             opts.check()?;
             let (repo, id, snap) = open_at(g, &snapshot, &filter)?;
@@ -1197,6 +1203,22 @@ fn run(cli: Cli) -> Result<u8> {
                 out.others,
                 HumanBytes(progress.bytes.load(Ordering::Relaxed))
             );
+            if verify {
+                println!(
+                    "verified {} files ({} read back)",
+                    out.files_verified,
+                    HumanBytes(out.bytes_verified)
+                );
+                for m in &out.mismatches {
+                    eprintln!("lifeboat: damaged: {m}");
+                }
+                if !out.mismatches.is_empty() {
+                    bail!(
+                        "{} restored files differ from the snapshot: the target's storage, or this machine's memory, wrote or read them wrong",
+                        out.mismatches.len()
+                    );
+                }
+            }
         }
         Command::Diff {
             from,
