@@ -705,8 +705,9 @@ impl Store {
     /// Undo deletions on a versioned bucket: for every object whose current version is a
     /// delete marker and that still has an earlier version, delete its delete markers, which
     /// makes the latest earlier version current again. Leases and deletion plans (never locked,
-    /// and deleted by prune on purpose) are left deleted. Returns the number of objects brought
-    /// back and the number that have no version left.
+    /// and deleted by prune on purpose) are left deleted, and so is a pack `repair index` moved
+    /// to `damaged/` (brought back, a header-only repair would index its damage again). Returns
+    /// the number of objects brought back and the number that have no version left.
     ///
     /// # Errors
     /// `InvalidInput` for a local repository; storage errors.
@@ -756,9 +757,17 @@ impl Store {
                 v.real = true;
             }
         }
+        // Packs set aside as damaged (with any version: a deleted one is brought back below).
+        let aside: std::collections::HashSet<String> = by_path
+            .iter()
+            .filter(|(_, v)| v.real)
+            .filter_map(|(p, _)| Some(p.strip_prefix(names::DAMAGED)?.to_owned()))
+            .collect();
         let (mut back, mut lost) = (0, 0);
         for (path, v) in by_path {
-            if !v.deleted_now {
+            let set_aside = path.starts_with(names::DATA)
+                && path.rsplit('/').next().is_some_and(|id| aside.contains(id));
+            if !v.deleted_now || set_aside {
                 continue;
             }
             if !v.real {

@@ -673,20 +673,7 @@ fn object_lock_survives_deletion() {
     let line = fails_cleanly(refused.output().unwrap(), &["init", "--lock-days"]);
     assert!(line.contains("Object Lock"), "{line}");
 
-    let url = "s3://lifeboat-locked/app";
-    let dir = tempfile::tempdir().unwrap();
-    let mut init = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
-    init.args(["--repo", url, "init", "--lock-days", "2"])
-        .env("LIFEBOAT_PASSWORD", PASSWORD)
-        .envs(s3_vars(s3.port));
-    let o = init.output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let env = Env {
-        dir,
-        repo: std::path::PathBuf::from("/nonexistent"),
-        url: Some(url.to_owned()),
-        vars: s3_vars(s3.port),
-    };
+    let env = locked_repo(&s3, "s3://lifeboat-locked/app", 2);
     let src = env.path("src");
     write(&src.join("db/base.bin"), &noise(3 << 20, 11));
     write(&src.join("db/wal.bin"), &noise(1 << 20, 12));
@@ -770,6 +757,62 @@ fn object_lock_survives_deletion() {
         noise(3 << 20, 11)
     );
     assert!(!got.join("etc/conf").exists());
+}
+
+/// A repository at `url` (in a bucket with Object Lock enabled) that locks what it writes for
+/// `days`.
+fn locked_repo(s3: &S3Server, url: &str, days: u32) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let mut init = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    init.args(["--repo", url, "init", "--lock-days", &days.to_string()])
+        .env("LIFEBOAT_PASSWORD", PASSWORD)
+        .envs(s3_vars(s3.port));
+    let o = init.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    Env {
+        dir,
+        repo: std::path::PathBuf::from("/nonexistent"),
+        url: Some(url.to_owned()),
+        vars: s3_vars(s3.port),
+    }
+}
+
+/// A damaged pack that `repair index --read-all-packs` moved to `damaged/` (its `data/` name
+/// left behind a delete marker on the versioned bucket) stays there through `recover`: brought
+/// back, the repair `recover` runs would index its damage again from its intact header.
+#[test]
+fn recover_leaves_a_pack_set_aside_as_damaged() {
+    let s3 = S3Server::start();
+    boto3(
+        s3.port,
+        "s3.create_bucket(Bucket='lifeboat-aside', ObjectLockEnabledForBucket=True)",
+    );
+    let env = locked_repo(&s3, "s3://lifeboat-aside/r", 1);
+    let src = env.path("src");
+    write(&src.join("a.bin"), &noise(3 << 20, 21));
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let list = "for o in s3.list_objects_v2(Bucket='lifeboat-aside', Prefix='r/')['Contents']:\n    print(o['Key'], o['Size'])";
+    let listing = boto3(s3.port, list);
+    let (pack, _) = listing
+        .lines()
+        .map(|l| l.split_once(' ').unwrap())
+        .filter(|(k, _)| k.starts_with("r/data/"))
+        .max_by_key(|(_, n)| n.parse::<u64>().unwrap())
+        .unwrap();
+    let hex = pack.rsplit('/').next().unwrap().to_owned();
+    flip_in_bucket(s3.port, "lifeboat-aside", pack, 2);
+    let r = json(&env.ok(&["repair", "index", "--read-all-packs", "--json"]));
+    assert_eq!(r["packs_set_aside"], 1, "{r}");
+    // (The index object the repair replaced is brought back, and repaired again.)
+    env.ok(&["recover", "--json"]);
+    let listing = boto3(s3.port, list);
+    assert!(
+        !listing.contains(&format!("r/data/{}/{hex}", &hex[..2])),
+        "{listing}"
+    );
+    assert!(listing.contains(&format!("r/damaged/{hex} ")), "{listing}");
+    let r = json(&env.ok(&["repair", "index", "--json"]));
+    assert_eq!(r["packs_indexed"], 0, "{r}");
 }
 
 /// Every file under `dir`, with the name relative to it.
