@@ -273,8 +273,8 @@ enum Command {
         /// The target device already reads as zeros (new, or discarded): skip the zero ranges.
         #[arg(long)]
         target_is_zeroed: bool,
-        /// Read every restored file back once written and check it against the snapshot, blob
-        /// by blob (files only: a device is not read back).
+        /// Read every restored file (or the device) back once written and check it against the
+        /// snapshot, blob by blob.
         #[arg(long)]
         verify: bool,
         /// Restore only this snapshot path, or what this pattern matches, with everything below it

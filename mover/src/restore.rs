@@ -53,8 +53,8 @@ pub struct RestoreOptions {
     /// Restoring onto a device known to read as zeros (new or discarded): zero ranges are skipped
     /// instead of written with `BLKZEROOUT`.
     pub target_is_zeroed: bool,
-    /// Read every restored file back once it is written, and check each blob's range against its
-    /// id (as restic's `restore --verify`); a device restore is not read back.
+    /// Read every restored file (or the device) back once it is written, and check each blob's
+    /// range against its id (as restic's `restore --verify`).
     pub verify: bool,
 }
 
@@ -803,9 +803,16 @@ fn restore_device(
     let warnings = ctx.status.finish()?;
     rustix::fs::fsync(&file.fd).map_err(|e| Error::io(format!("{shown}: flushing"), e))?;
     progress.files.fetch_add(1, Ordering::Relaxed);
+    let v = Verified::default();
+    if opts.verify {
+        verify_file(repo, &file, &v)?;
+    }
     Ok(RestoreOutcome {
         files: 1,
         warnings,
+        files_verified: v.files.into_inner(),
+        bytes_verified: v.bytes.into_inner(),
+        mismatches: v.mismatches.into_inner().expect("mismatch lock"),
         ..RestoreOutcome::default()
     })
 }
@@ -1467,9 +1474,9 @@ struct Verified {
     mismatches: Mutex<Vec<String>>,
 }
 
-/// Read file `f` back, as written, and check that each of its blobs' ranges hashes to the blob's
-/// id and that it has its size; a difference is recorded in `v`, naming the first range that
-/// differs.
+/// Read file (or device) `f` back, as written, and check that each of its blobs' ranges hashes
+/// to the blob's id and that it has its size (a device at least); a difference is recorded in
+/// `v`, naming the first range that differs. Holes are not read.
 ///
 /// # Errors
 /// When the file cannot be read back.
@@ -1479,10 +1486,12 @@ fn verify_file(repo: &Repository, f: &RFile, v: &Verified) -> Result<()> {
     let io = |e: std::io::Error| Error::io(format!("{}: reading it back", f.path), e);
     // The descriptor is write-only: the same file opened again for reading, by its descriptor
     // (its name may already be another file's).
-    let file = std::fs::File::open(format!("/proc/self/fd/{}", f.fd.as_raw_fd())).map_err(io)?;
-    let size = file.metadata().map_err(io)?.len();
+    let mut file =
+        std::fs::File::open(format!("/proc/self/fd/{}", f.fd.as_raw_fd())).map_err(io)?;
+    // A device's size is its end (its metadata says 0), and it may be larger than the volume.
+    let size = std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(io)?;
     let mut wrong = None;
-    if size != f.node.size {
+    if size < f.node.size || (size != f.node.size && !f.device) {
         wrong = Some(format!("{size} bytes, the snapshot has {}", f.node.size));
     }
     let mut blobs = f.node.content.iter();
