@@ -758,13 +758,26 @@ impl Walker<'_, '_> {
     }
 }
 
+/// How to copy.
+#[derive(Debug, Clone, Default)]
+pub struct CopyOptions {
+    /// Check every blob stored in the target before it is sealed, as `backup --extra-verify`
+    /// does: decompressed again, it must hash to its id.
+    pub extra_verify: bool,
+}
+
 /// Copy `which` snapshots (all when empty) from `src` to `dst`, oldest first. `dst` must have
 /// its index loaded for writing ([`Repository::load_index_for_writing`]), `src` its index.
 ///
 /// # Errors
 /// `InvalidInput` for unknown snapshots or copying a repository onto itself; damaged source data
 /// (nothing damaged is copied: every blob is authenticated on the way) or storage errors.
-pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyReport> {
+pub fn copy(
+    src: &Repository,
+    dst: &Repository,
+    which: &[Id],
+    opts: &CopyOptions,
+) -> Result<CopyReport> {
     if src.config().id == dst.config().id {
         return Err(Error::invalid(
             "the source and target are the same repository",
@@ -801,7 +814,9 @@ pub fn copy(src: &Repository, dst: &Repository, which: &[Id]) -> Result<CopyRepo
         chunker: dst.chunker(),
     };
     let stored = AtomicU64::new(0);
-    let mut sink = Sink::new(dst, &stored).index_every(INDEX_AFTER);
+    let mut sink = Sink::new(dst, &stored)
+        .index_every(INDEX_AFTER)
+        .verify_blobs(opts.extra_verify);
     for (sid, snap) in snaps {
         if have.contains_key(&sid) {
             report.snapshots_skipped += 1;

@@ -495,6 +495,10 @@ enum Command {
         /// Target raw 32-byte key file.
         #[arg(long)]
         to_key_file: Option<PathBuf>,
+        /// Check every blob stored in the target before it is sealed, as backup --extra-verify
+        /// does.
+        #[arg(long)]
+        extra_verify: bool,
         /// Print one JSON line with the result.
         #[arg(long)]
         json: bool,
@@ -1640,6 +1644,7 @@ fn run(cli: Cli) -> Result<u8> {
             to,
             to_password_file,
             to_key_file,
+            extra_verify,
             json,
         } => {
             let from = match from.as_deref().or(g.repo.as_deref()) {
@@ -1675,7 +1680,8 @@ fn run(cli: Cli) -> Result<u8> {
                     .map(|s| s.0)
                     .collect()
             };
-            let r = lifeboat::copy::copy(&src, &dst, &ids)?;
+            let opts = lifeboat::copy::CopyOptions { extra_verify };
+            let r = lifeboat::copy::copy(&src, &dst, &ids, &opts)?;
             if json {
                 let line = json!({
                     "snapshots_copied": r.snapshots_copied,

@@ -166,7 +166,14 @@ fn copy_past_a_damaged_snapshot_object_copies_the_rest_and_says_so() {
     offsite(&env, &off, &["init"]);
     let object = env.repo.join("snapshots").join(&first);
     flip_byte(&object, 0.5);
-    let mut c = env.cmd(&["copy", "--to", off.to_str().unwrap(), "--json"]);
+    // (With every blob stored checked as well.)
+    let mut c = env.cmd(&[
+        "copy",
+        "--to",
+        off.to_str().unwrap(),
+        "--json",
+        "--extra-verify",
+    ]);
     c.env("LIFEBOAT_TO_PASSWORD", TO_PW);
     let o = c.output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
