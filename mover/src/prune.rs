@@ -103,15 +103,12 @@ fn load_plans(repo: &Repository) -> Result<Vec<(Id, Plan)>> {
     let mut out = Vec::new();
     for id in repo.store().list_ids(PENDING)? {
         let name = format!("{PENDING}{id}");
-        let raw = match repo.store().read(&name) {
+        let raw = match repo.read_named(&name, &id) {
             Ok(r) => r,
             // Deleted by a prune since the listing: nothing to do.
             Err(e) if e.kind() == ErrorKind::Missing => continue,
             Err(e) => return Err(e),
         };
-        if Id::of_object(&raw) != id {
-            return Err(Error::corrupt(format!("{name} does not match its name")));
-        }
         let plain =
             open_object(repo.keys(), ObjectKind::Plan, raw).map_err(|e| e.context(&name))?;
         let plan: Plan = serde_json::from_slice(&plain)

@@ -324,15 +324,34 @@ impl Repository {
     /// `Corrupt` naming the object when it fails authentication or decoding.
     pub fn read_index_object(&self, id: &Id) -> Result<Vec<PackRecord>> {
         let name = format!("{}{id}", names::INDEX);
-        let raw = self.store.read(&name)?;
-        if Id::of_object(&raw) != *id {
-            return Err(Error::corrupt(format!(
-                "{name} does not match its name (damaged)"
-            )));
-        }
+        let raw = self.read_named(&name, id)?;
         open_object(&self.keys, ObjectKind::Index, raw)
             .and_then(|p| index::decode(&p))
             .map_err(|e| e.context(&name))
+    }
+
+    /// Object `name`, whose bytes must hash to `id`; read a second time before it is called
+    /// damaged (bad memory or a faulty path from the storage gives wrong bytes once, damage every
+    /// time), with a warning when the second read is right.
+    ///
+    /// # Errors
+    /// `Missing`, `Corrupt` when both reads differ from `id`, or a storage error.
+    pub(crate) fn read_named(&self, name: &str, id: &Id) -> Result<Vec<u8>> {
+        let raw = self.store.read(name)?;
+        if Id::of_object(&raw) == *id {
+            return Ok(raw);
+        }
+        let again = self.store.read(name)?;
+        if Id::of_object(&again) == *id {
+            tracing::warn!(
+                target: crate::NOTICE,
+                "{name} read wrong once, intact on a second read: test this machine's memory and its path to the storage"
+            );
+            return Ok(again);
+        }
+        Err(Error::corrupt(format!(
+            "{name} does not match its name (damaged)"
+        )))
     }
 
     /// Load and merge every index object.
@@ -511,12 +530,7 @@ impl Repository {
     /// not decode (a newer Lifeboat wrote fields this one does not know).
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let name = format!("{}{id}", names::SNAPSHOTS);
-        let raw = self.store.read(&name)?;
-        if Id::of_object(&raw) != *id {
-            return Err(Error::corrupt(format!(
-                "{name} does not match its name (damaged)"
-            )));
-        }
+        let raw = self.read_named(&name, id)?;
         let plain =
             open_object(&self.keys, ObjectKind::Snapshot, raw).map_err(|e| e.context(&name))?;
         serde_json::from_slice(&plain).map_err(|e| {

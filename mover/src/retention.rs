@@ -48,14 +48,8 @@ impl Ledger {
         for id in repo.store().list_ids(LEDGER)? {
             let name = format!("{LEDGER}{id}");
             let parsed = repo
-                .store()
-                .read(&name)
-                .and_then(|raw| {
-                    if Id::of_object(&raw) != id {
-                        return Err(Error::corrupt("does not match its name"));
-                    }
-                    open_object(repo.keys(), ObjectKind::Ledger, raw)
-                })
+                .read_named(&name, &id)
+                .and_then(|raw| open_object(repo.keys(), ObjectKind::Ledger, raw))
                 .and_then(|p| {
                     serde_json::from_slice::<LedgerObject>(&p)
                         .map_err(|e| Error::corrupt(e.to_string()))

@@ -587,6 +587,19 @@ fn a_pack_read_wrong_once_is_not_called_damaged() {
     let listed = stdout_of_success(o, "ls through the mirror");
     assert!(listed.lines().any(|l| l.ends_with("/f5")), "{listed}");
     assert!(err.contains("read wrong once"), "{err}");
+
+    // A snapshot object too: listed, not called damaged.
+    let snap = env.objects("snapshots").pop().unwrap();
+    let snap_name = snap.strip_prefix(&env.repo).unwrap().display().to_string();
+    let short = &snap.file_name().unwrap().to_str().unwrap()[..8];
+    let o = through_mirror_at(&snap_name, 20, &["snapshots"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let listed = stdout_of_success(o, "snapshots through the mirror");
+    assert!(listed.contains(short), "{listed}");
+    assert!(
+        err.contains("read wrong once") && !err.contains("damaged"),
+        "{err}"
+    );
 }
 
 /// `repair snapshots` after `repair index --read-all-packs` set a damaged pack aside: the
