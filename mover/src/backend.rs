@@ -494,7 +494,7 @@ pub mod names {
     /// Packs, fanned out by the first byte of their id.
     pub const DATA: &str = "data/";
     /// Damaged packs `repair index --read-all-packs` took out of `data/`, kept for inspection:
-    /// nothing reads or deletes them.
+    /// nothing deletes them, and only `repair snapshots` reads them (their headers).
     pub const DAMAGED: &str = "damaged/";
 
     /// The name of a pack.
@@ -1160,7 +1160,7 @@ impl Store {
             .map_err(|e| storage_err(&format!("deleting {name}"), e))
     }
 
-    /// Move object `name` to `to` (a damaged pack out of `data/`, kept where nothing reads it):
+    /// Move object `name` to `to` (a damaged pack out of `data/`, kept where no restore reads it):
     /// a rename, synced, in a local store; in S3 a server-side copy, then the deletion. Either
     /// way no moment has neither, and the bytes never pass through this process.
     ///
