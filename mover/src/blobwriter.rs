@@ -22,6 +22,8 @@ const INDEX_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 pub struct BlobWriter<'r> {
     repo: &'r Repository,
     compressor: Compressor,
+    /// Where a blob is decompressed again to be verified.
+    back: Vec<u8>,
     data: Option<PackWriter>,
     tree: Option<PackWriter>,
     added: IdSet,
@@ -44,6 +46,7 @@ impl<'r> BlobWriter<'r> {
         Ok(Self {
             repo,
             compressor: Compressor::new(repo.config().compression)?,
+            back: Vec::new(),
             data: None,
             tree: None,
             added: IdSet::new(),
@@ -78,10 +81,13 @@ impl<'r> BlobWriter<'r> {
         self.added.contains(id)
     }
 
-    /// Add a blob even when the index has it (repacking copies indexed blobs on purpose).
+    /// Add a blob even when the index has it (repacking copies indexed blobs on purpose). Its
+    /// stored form is checked against `id` before it is sealed, always (as `backup
+    /// --extra-verify` does): what this writes is often the only copy left once the pack it came
+    /// from is deleted.
     ///
     /// # Errors
-    /// Storage errors.
+    /// Storage errors; `Io` when the blob's data changed in memory after its id was taken.
     pub fn add_unchecked(&mut self, blob_type: BlobType, id: Id, plain: &[u8]) -> Result<()> {
         let slot = match blob_type {
             BlobType::Data => &mut self.data,
@@ -98,6 +104,8 @@ impl<'r> BlobWriter<'r> {
             Some(z) => (true, z),
             None => (false, plain),
         };
+        let inflates_to = compressed.then_some(plain.len());
+        crate::sink::verify_stored(self.repo.keys(), &id, stored, inflates_to, &mut self.back)?;
         w.add(id, blob_type, plain.len() as u32, compressed, stored);
         self.added.insert(id);
         self.blobs_written += 1;

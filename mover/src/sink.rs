@@ -261,7 +261,7 @@ impl<'p> BlobSink<'p> {
 ///
 /// # Errors
 /// `Io` naming the blob when it does not: its data changed in memory after its id was taken.
-fn verify_stored(
+pub(crate) fn verify_stored(
     keys: &crate::crypto::Keys,
     id: &Id,
     stored: &[u8],
