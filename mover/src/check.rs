@@ -32,7 +32,7 @@ pub struct CheckReport {
     /// Packs named by the index.
     pub packs: usize,
     /// Packs in storage that no index names (left by an interrupted backup, or by `repair index`
-    /// as damaged; prune removes them).
+    /// as damaged; prune deletes the first and sets the others aside in `damaged/`).
     pub unindexed_packs: usize,
     /// Damaged packs `repair index --read-all-packs` moved to `damaged/`: nothing reads them,
     /// and they stay until someone deletes them.

@@ -1521,7 +1521,7 @@ fn run(cli: Cli) -> Result<u8> {
                 );
                 if rep.unindexed_packs > 0 {
                     println!(
-                        "{} packs are not indexed (left by an interrupted backup, or by repair index as damaged; prune removes them)",
+                        "{} packs are not indexed (left by an interrupted backup, or by repair index as damaged; prune deletes the first and moves the others to damaged/)",
                         rep.unindexed_packs
                     );
                 }
@@ -1842,6 +1842,12 @@ fn prune_cmd(
             r.packs_rescued,
             r.packs_locked
         );
+        if r.packs_set_aside > 0 {
+            println!(
+                "{} unindexed packs are damaged (their header does not open): moved to damaged/, not deleted",
+                r.packs_set_aside
+            );
+        }
         println!(
             "{} deletion plans waiting for their grace period",
             r.plans_waiting

@@ -81,6 +81,8 @@ pub struct PruneReport {
     pub packs_rescued: u64,
     /// Packs the store refused to delete (under retention); tried again next time.
     pub packs_locked: u64,
+    /// Unindexed packs whose header does not open, moved to `damaged/` instead of deleted.
+    pub packs_set_aside: u64,
     /// Index objects rewritten.
     pub index_rewritten: u64,
     /// Plans still waiting for their grace period.
@@ -503,6 +505,19 @@ fn delete_due(
                 Err(e) => return Err(e),
             },
         };
+        // An unindexed pack whose header does not open is damaged (left by `repair index`,
+        // which could not read it whole), not a backup's leftover: it is set aside, as a repair
+        // that reads it whole would, not deleted.
+        if !sizes.contains_key(p)
+            && let Err(e) = crate::repair::header_of(repo, &name, size)?
+        {
+            tracing::debug!("{name}: {e}: set aside");
+            match repo.store().set_aside(&name, &names::damaged(p)) {
+                Err(e) if e.kind() != ErrorKind::Missing => return Err(e),
+                r => report.packs_set_aside += u64::from(r.is_ok()),
+            }
+            continue;
+        }
         match repo.store().delete(&name) {
             Ok(()) => {
                 report.packs_deleted += 1;

@@ -419,6 +419,46 @@ pub(crate) fn repair_holding(
     Ok(rep)
 }
 
+/// The header entries of pack object `name` (of `size` bytes, under any prefix); the inner error
+/// says why the header does not open (a truncated pack, a damaged header).
+///
+/// # Errors
+/// Storage errors other than a short read.
+pub(crate) fn header_of(
+    repo: &Repository,
+    name: &str,
+    size: u64,
+) -> Result<std::result::Result<Vec<BlobEntry>, Error>> {
+    use crate::pack::{PACK_HEAD_LEN, header_start, read_header_tail, salt_of};
+    const TAIL: u64 = 64 << 10;
+    let store = repo.store();
+    let read = |from: u64, len: u64| match store.read_range(name, from, len) {
+        Err(e) if e.kind() == ErrorKind::Corrupt => Ok(Err(e)),
+        r => r.map(Ok),
+    };
+    if size < PACK_HEAD_LEN as u64 {
+        return Ok(Err(Error::corrupt("pack is truncated")));
+    }
+    let head = match read(0, PACK_HEAD_LEN as u64)? {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    let from = size - TAIL.min(size);
+    let mut tail = match read(from, size - from)? {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Ok(h) = header_start(&tail, size)
+        && h < from
+    {
+        match read(h, from - h)? {
+            Ok(rest) => drop(tail.splice(0..0, rest)),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    Ok(salt_of(&head).and_then(|salt| read_header_tail(repo.keys(), &salt, &tail, size)))
+}
+
 fn renew(repo: &Repository, lease: Option<&Mutex<Lease>>) -> Result<()> {
     match lease {
         Some(l) => l

@@ -243,6 +243,17 @@ fn repair_index_heals_damaged_and_lost_packs_and_index_objects() {
         !p.is_empty() && p.iter().all(|l| l.contains("/large")),
         "{p:?}"
     );
+    // Left unindexed, it is not a backup's leftover: prune sets it aside instead of deleting
+    // it, with every byte. An intact unindexed pack is deleted as before.
+    let intact = env.objects("data").into_iter().find(|p| *p != cut).unwrap();
+    let leftover = env.repo.join("data/00").join("0".repeat(64));
+    std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    std::fs::copy(&intact, &leftover).unwrap();
+    let r = json(&env.ok(&["prune", "--grace", "0s", "--json"]));
+    assert_eq!(r["packs_set_aside"], 1, "{r}");
+    assert!(!cut.exists() && !leftover.exists() && intact.exists());
+    let hex = cut.file_name().unwrap().to_str().unwrap();
+    assert!(std::fs::read(env.repo.join("damaged").join(hex)).unwrap() == data[..data.len() / 2]);
 }
 
 /// The data packs stored now that were not in `before`.

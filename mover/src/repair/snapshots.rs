@@ -488,36 +488,9 @@ impl Walker<'_, '_> {
 /// # Errors
 /// Storage errors; a damaged header only leaves its pack's blobs out.
 fn set_aside_lengths(repo: &Repository) -> Result<HashMap<Id, u64>> {
-    use crate::pack::{PACK_HEAD_LEN, header_start, read_header_tail, salt_of};
-    const TAIL: u64 = 64 << 10;
-    let store = repo.store();
     let mut lens = HashMap::new();
-    for (name, size) in store.list(crate::backend::names::DAMAGED)? {
-        let read = |from: u64, len: u64| match store.read_range(&name, from, len) {
-            Err(e) if e.kind() == ErrorKind::Corrupt => Ok(None),
-            r => r.map(Some),
-        };
-        if size < PACK_HEAD_LEN as u64 {
-            continue;
-        }
-        let Some(head) = read(0, PACK_HEAD_LEN as u64)? else {
-            continue;
-        };
-        let from = size - TAIL.min(size);
-        let Some(mut tail) = read(from, size - from)? else {
-            continue;
-        };
-        if let Ok(h) = header_start(&tail, size)
-            && h < from
-        {
-            let Some(rest) = read(h, from - h)? else {
-                continue;
-            };
-            tail.splice(0..0, rest);
-        }
-        let entries =
-            salt_of(&head).and_then(|salt| read_header_tail(repo.keys(), &salt, &tail, size));
-        match entries {
+    for (name, size) in repo.store().list(crate::backend::names::DAMAGED)? {
+        match super::header_of(repo, &name, size)? {
             Ok(entries) => lens.extend(entries.iter().map(|e| (e.id, u64::from(e.raw_len)))),
             Err(e) => tracing::debug!("{name}: its header does not open: {e}"),
         }
