@@ -34,8 +34,8 @@ pub struct CheckReport {
     /// Packs in storage that no index names (left by an interrupted backup, or by `repair index`
     /// as damaged; prune deletes the first and sets the others aside in `damaged/`).
     pub unindexed_packs: usize,
-    /// Damaged packs `repair index --read-all-packs` moved to `damaged/`: nothing reads them,
-    /// and they stay until someone deletes them.
+    /// Damaged packs `repair index --read-all-packs` (or prune) moved to `damaged/`: no restore
+    /// reads them, and they stay until someone deletes them.
     pub damaged_packs: usize,
     /// Blobs in the index.
     pub blobs: usize,
@@ -318,11 +318,13 @@ fn read_packs(
             s.spawn(|| {
                 let mut bufs = Buffers::default();
                 let take = || packs.get(next.fetch_add(1, Ordering::Relaxed)).copied();
-                let mut ahead = take().map(|p| (p, start_tail(repo, p, TAIL)));
+                let mut ahead =
+                    take().map(|p| (p, start_tail(repo, &names::pack(&p.id), p.size, TAIL)));
                 while let Some((p, tail)) = ahead.take() {
                     // The next pack's header is read while this one streams in (a local read
                     // waits for its turn).
-                    ahead = take().map(|p| (p, start_tail(repo, p, TAIL)));
+                    ahead =
+                        take().map(|p| (p, start_tail(repo, &names::pack(&p.id), p.size, TAIL)));
                     let listed = listed.get(&p.id).map(|l| &l.0);
                     if let Err(v) = verify_pack(repo, p, listed, &mut bufs, tail) {
                         found
@@ -370,16 +372,17 @@ pub(crate) struct Buffers {
     scratch: Vec<u8>,
 }
 
-/// The read of pack `p`'s last `tail_len` bytes (at least the header's length, the last four),
-/// where its header is; and where they start.
+/// The read of the last `tail_len` bytes (at least the header's length, the last four) of pack
+/// object `name` of `size` bytes, where its header is; and where they start.
 pub(crate) fn start_tail<'r>(
     repo: &'r Repository,
-    p: &PackInfo,
+    name: &str,
+    size: u64,
     tail_len: u64,
 ) -> (PendingRead<'r>, u64) {
-    let t = tail_len.max(4).min(p.size);
-    let from = p.size - t;
-    (repo.store().start_read(&names::pack(&p.id), from, t), from)
+    let t = tail_len.max(4).min(size);
+    let from = size - t;
+    (repo.store().start_read(name, from, t), from)
 }
 
 /// Verify a whole pack as it streams in: its name must be its hash, its header must
@@ -465,7 +468,12 @@ pub(crate) fn scan_pack(
         return Ok(first);
     };
     tracing::debug!("{}: {fault}; reading it again", names::pack(&p.id));
-    let mut again = scan_once(repo, p, bufs, start_tail(repo, p, TAIL))?;
+    let mut again = scan_once(
+        repo,
+        p,
+        bufs,
+        start_tail(repo, &names::pack(&p.id), p.size, TAIL),
+    )?;
     if again.fault().is_none() {
         again.misread = Some(fault);
     }
@@ -481,7 +489,7 @@ fn scan_once(
     let store = repo.store();
     let name = names::pack(&p.id);
     let Buffers { body, scratch } = bufs;
-    let (tail, from) = whole_tail(repo, p, tail)?;
+    let (tail, from) = whole_tail(repo, &name, p.size, tail)?;
     body.clear();
     let mut v = Streamed {
         repo,
@@ -510,21 +518,22 @@ fn scan_once(
     Ok(v.finish())
 }
 
-/// The `tail` read of pack `p` ([`start_tail`]), extended to the whole header when that is
-/// longer, and where it starts. A header whose length is out of range is left for the caller to
-/// find, with the tail as read.
+/// The `tail` read of pack object `name` of `size` bytes ([`start_tail`]), extended to the whole
+/// header when that is longer, and where it starts. A header whose length is out of range is
+/// left for the caller to find, with the tail as read.
 ///
 /// # Errors
 /// Reading errors.
 pub(crate) fn whole_tail(
     repo: &Repository,
-    p: &PackInfo,
+    name: &str,
+    size: u64,
     (tail, from): (PendingRead<'_>, u64),
 ) -> Result<(Vec<u8>, u64)> {
     let mut tail = tail.wait()?;
-    match pack::header_start(&tail, p.size) {
+    match pack::header_start(&tail, size) {
         Ok(h) if h < from => {
-            let rest = repo.store().read_range(&names::pack(&p.id), h, from - h)?;
+            let rest = repo.store().read_range(name, h, from - h)?;
             tail.splice(0..0, rest);
             Ok((tail, h))
         }
@@ -803,7 +812,7 @@ mod tests {
         let name = names::pack(&good.id);
         let bytes = repo.store().read(&name).unwrap();
         let verify = |p: &PackInfo, listed: &Id, tail| {
-            let tail = start_tail(&repo, p, tail);
+            let tail = start_tail(&repo, &names::pack(&p.id), p.size, tail);
             verify_pack(&repo, p, Some(listed), &mut Buffers::default(), tail).map_err(
                 |v| match v {
                     Verified::Damaged(e) => e,

@@ -1527,7 +1527,7 @@ fn run(cli: Cli) -> Result<u8> {
                 }
                 if rep.damaged_packs > 0 {
                     println!(
-                        "{} damaged packs that repair index took out of use are kept under damaged/ (nothing reads them; delete them there once no one needs them)",
+                        "{} damaged packs that repair index or prune took out of use are kept under damaged/ (no restore reads them; delete them there once no one needs them)",
                         rep.damaged_packs
                     );
                 }
@@ -1980,7 +1980,7 @@ fn repair_index_cmd(
     );
     if r.packs_set_aside > 0 && !opts.dry_run {
         println!(
-            "damaged packs are kept under damaged/ in the repository, where nothing reads them: delete them there once no one needs them"
+            "damaged packs are kept under damaged/ in the repository, where no restore reads them: delete them there once no one needs them"
         );
     }
     if r.blobs_lost > 0 {

@@ -509,7 +509,7 @@ fn delete_due(
         // which could not read it whole), not a backup's leftover: it is set aside, as a repair
         // that reads it whole would, not deleted.
         if !sizes.contains_key(p)
-            && let Err(e) = crate::repair::header_of(repo, &name, size)?
+            && let Err(e) = crate::repair::read_header(repo, &name, size)?
         {
             tracing::debug!("{name}: {e}: set aside");
             match repo.store().set_aside(&name, &names::damaged(p)) {

@@ -126,11 +126,9 @@ pub struct RepairProgress {
 
 /// What reading a pack found.
 enum Verdict {
-    /// Its header authenticates (and, read whole, every byte checks out): indexed from it.
-    Sound(PackRecord),
-    /// Read whole, wrong once (what that read found) and sound on a second read: indexed from
-    /// its header, and kept.
-    Misread(PackRecord, String),
+    /// Its header authenticates (and, read whole, every byte checks out): indexed from it. With
+    /// what a first read found when only a second one was sound (read whole only).
+    Sound(PackRecord, Option<String>),
     /// Gone since the listing.
     Missing,
     /// Left out of the index; `salvage` are its blobs that opened (read whole only).
@@ -251,8 +249,8 @@ pub(crate) fn repair_holding(
             None => {
                 keep.insert(id, listed[&id].clone());
             }
-            Some(Verdict::Sound(r) | Verdict::Misread(r, _)) => {
-                if let Some(Verdict::Misread(_, first)) = verdicts.get(&id) {
+            Some(Verdict::Sound(r, misread)) => {
+                if let Some(first) = misread {
                     rep.packs_misread += 1;
                     rep.problems.push(Problem {
                         object: names::pack(&id),
@@ -419,46 +417,6 @@ pub(crate) fn repair_holding(
     Ok(rep)
 }
 
-/// The header entries of pack object `name` (of `size` bytes, under any prefix); the inner error
-/// says why the header does not open (a truncated pack, a damaged header).
-///
-/// # Errors
-/// Storage errors other than a short read.
-pub(crate) fn header_of(
-    repo: &Repository,
-    name: &str,
-    size: u64,
-) -> Result<std::result::Result<Vec<BlobEntry>, Error>> {
-    use crate::pack::{PACK_HEAD_LEN, header_start, read_header_tail, salt_of};
-    const TAIL: u64 = 64 << 10;
-    let store = repo.store();
-    let read = |from: u64, len: u64| match store.read_range(name, from, len) {
-        Err(e) if e.kind() == ErrorKind::Corrupt => Ok(Err(e)),
-        r => r.map(Ok),
-    };
-    if size < PACK_HEAD_LEN as u64 {
-        return Ok(Err(Error::corrupt("pack is truncated")));
-    }
-    let head = match read(0, PACK_HEAD_LEN as u64)? {
-        Ok(h) => h,
-        Err(e) => return Ok(Err(e)),
-    };
-    let from = size - TAIL.min(size);
-    let mut tail = match read(from, size - from)? {
-        Ok(t) => t,
-        Err(e) => return Ok(Err(e)),
-    };
-    if let Ok(h) = header_start(&tail, size)
-        && h < from
-    {
-        match read(h, from - h)? {
-            Ok(rest) => drop(tail.splice(0..0, rest)),
-            Err(e) => return Ok(Err(e)),
-        }
-    }
-    Ok(salt_of(&head).and_then(|salt| read_header_tail(repo.keys(), &salt, &tail, size)))
-}
-
 fn renew(repo: &Repository, lease: Option<&Mutex<Lease>>) -> Result<()> {
     match lease {
         Some(l) => l
@@ -539,7 +497,13 @@ fn read_pack(repo: &Repository, p: &PackInfo, whole: bool, bufs: &mut Buffers) -
         blobs,
     };
     let read = if whole {
-        scan_pack(repo, p, bufs, start_tail(repo, p, TAIL)).map(|scan| match scan.header {
+        scan_pack(
+            repo,
+            p,
+            bufs,
+            start_tail(repo, &names::pack(&p.id), p.size, TAIL),
+        )
+        .map(|scan| match scan.header {
             Err(e) => damaged(format!("header: {e}")),
             Ok((salt, entries)) if !scan.intact || !scan.bad.is_empty() => {
                 let why = match scan.bad.first() {
@@ -564,14 +528,11 @@ fn read_pack(repo: &Repository, p: &PackInfo, whole: bool, bufs: &mut Buffers) -
                     salvage,
                 }
             }
-            Ok((salt, entries)) => match scan.misread {
-                Some(first) => Verdict::Misread(record(salt, entries), first),
-                None => Verdict::Sound(record(salt, entries)),
-            },
+            Ok((salt, entries)) => Verdict::Sound(record(salt, entries), scan.misread),
         })
     } else {
-        read_header(repo, p).map(|h| match h {
-            Ok((salt, entries)) => Verdict::Sound(record(salt, entries)),
+        read_header(repo, &names::pack(&p.id), p.size).map(|h| match h {
+            Ok((salt, entries)) => Verdict::Sound(record(salt, entries), None),
             Err(e) => damaged(format!("header: {e}")),
         })
     };
@@ -585,16 +546,29 @@ fn read_pack(repo: &Repository, p: &PackInfo, whole: bool, bufs: &mut Buffers) -
 
 type Header = std::result::Result<([u8; SALT_LEN], Vec<BlobEntry>), Error>;
 
-/// A pack's salt and header entries, from its first and last bytes; the inner error is damage.
-fn read_header(repo: &Repository, p: &PackInfo) -> Result<Header> {
-    let name = names::pack(&p.id);
-    let store = repo.store();
-    if p.size < pack::PACK_HEAD_LEN as u64 {
+/// The salt and header entries of pack object `name` (of `size` bytes, under any prefix), from
+/// its first and last bytes; the inner error is damage (a header that does not open, a pack
+/// shorter than `size`).
+///
+/// # Errors
+/// Storage errors.
+pub(crate) fn read_header(repo: &Repository, name: &str, size: u64) -> Result<Header> {
+    if size < pack::PACK_HEAD_LEN as u64 {
         return Ok(Err(Error::corrupt("pack is truncated")));
     }
-    let head = store.read_range(&name, 0, pack::PACK_HEAD_LEN as u64)?;
-    let (tail, _) = whole_tail(repo, p, start_tail(repo, p, TAIL))?;
+    let read = || -> Result<(Vec<u8>, Vec<u8>)> {
+        let head = repo
+            .store()
+            .read_range(name, 0, pack::PACK_HEAD_LEN as u64)?;
+        let (tail, _) = whole_tail(repo, name, size, start_tail(repo, name, size, TAIL))?;
+        Ok((head, tail))
+    };
+    let (head, tail) = match read() {
+        Ok(r) => r,
+        Err(e) if e.kind() == ErrorKind::Corrupt => return Ok(Err(e)),
+        Err(e) => return Err(e),
+    };
     Ok(pack::salt_of(&head).and_then(|salt| {
-        pack::read_header_tail(repo.keys(), &salt, &tail, p.size).map(|entries| (salt, entries))
+        pack::read_header_tail(repo.keys(), &salt, &tail, size).map(|entries| (salt, entries))
     }))
 }

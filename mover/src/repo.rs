@@ -448,19 +448,19 @@ impl Repository {
             pack::open_blob(&self.keys, &loc.pack.salt, &loc.entry, ct)
                 .map_err(|e| e.context(format!("pack {name}")))
         };
-        if loc.entry.blob_type != pack::BlobType::Tree {
-            return open(self.store.read_range(&name, offset, len)?)
-                .or_else(|e| self.open_again(&name, &loc.pack.salt, &loc.entry, e));
-        }
-        match open(self.store.read_tree_range(&name, offset, len)?) {
-            // A damaged cached copy: dropped, and the blob read from the store.
-            Err(e) if e.kind() == ErrorKind::Corrupt && self.store.evict(&name) => {
-                tracing::warn!("cached pack {name} is damaged: reading the repository's copy");
-                open(self.store.read_range(&name, offset, len)?)
-                    .or_else(|e| self.open_again(&name, &loc.pack.salt, &loc.entry, e))
+        let opened = if loc.entry.blob_type == pack::BlobType::Tree {
+            match open(self.store.read_tree_range(&name, offset, len)?) {
+                // A damaged cached copy: dropped, and the blob read from the store.
+                Err(e) if e.kind() == ErrorKind::Corrupt && self.store.evict(&name) => {
+                    tracing::warn!("cached pack {name} is damaged: reading the repository's copy");
+                    open(self.store.read_range(&name, offset, len)?)
+                }
+                r => r,
             }
-            r => r.or_else(|e| self.open_again(&name, &loc.pack.salt, &loc.entry, e)),
-        }
+        } else {
+            open(self.store.read_range(&name, offset, len)?)
+        };
+        opened.or_else(|e| self.open_again(&name, &loc.pack.salt, &loc.entry, e))
     }
 
     /// A blob of pack `name` that did not open (`first`, its error), read again on its own and

@@ -1494,29 +1494,23 @@ fn verify_file(repo: &Repository, f: &RFile, v: &Verified) -> Result<()> {
     if size < f.node.size || (size != f.node.size && !f.device) {
         wrong = Some(format!("{size} bytes, the snapshot has {}", f.node.size));
     }
-    let mut blobs = f.node.content.iter();
     let mut buf = Vec::new();
     let mut read = 0u64;
-    'regions: for (off, len) in f.node.data_regions() {
-        let mut pos = off;
-        while pos < off + len && wrong.is_none() {
-            let Some(id) = blobs.next() else {
-                break 'regions;
-            };
-            let n = u64::from(repo.index().find(id)?.entry.raw_len);
-            buf.resize(n as usize, 0);
-            if let Err(e) = file.read_exact_at(&mut buf, pos) {
-                wrong = Some(format!("bytes {pos}..{}: {e}", pos + n));
-            } else if repo.keys().blob_id(&buf) != *id {
-                wrong = Some(format!(
-                    "bytes {pos}..{} are not blob {}",
-                    pos + n,
-                    id.short()
-                ));
-            }
-            pos += n;
-            read += n;
+    for (id, pos, n) in plan(repo, &f.node)? {
+        if wrong.is_some() {
+            break;
         }
+        buf.resize(n as usize, 0);
+        if let Err(e) = file.read_exact_at(&mut buf, pos) {
+            wrong = Some(format!("bytes {pos}..{}: {e}", pos + n));
+        } else if repo.keys().blob_id(&buf) != id {
+            wrong = Some(format!(
+                "bytes {pos}..{} are not blob {}",
+                pos + n,
+                id.short()
+            ));
+        }
+        read += n;
     }
     v.files.fetch_add(1, Ordering::Relaxed);
     v.bytes.fetch_add(read, Ordering::Relaxed);

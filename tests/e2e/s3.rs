@@ -1095,7 +1095,7 @@ fn repair_index_on_s3_judges_the_bucket_not_the_cache() {
     let checked = env.ok(&["check", "--read-data"]);
     assert!(checked.contains("no errors found"), "{checked}");
     assert!(
-        checked.contains("1 damaged packs that repair index took out of use"),
+        checked.contains("1 damaged packs that repair index or prune took out of use"),
         "{checked}"
     );
     restore_matches(&env, &snap, &src);

@@ -490,8 +490,8 @@ impl Walker<'_, '_> {
 fn set_aside_lengths(repo: &Repository) -> Result<HashMap<Id, u64>> {
     let mut lens = HashMap::new();
     for (name, size) in repo.store().list(crate::backend::names::DAMAGED)? {
-        match super::header_of(repo, &name, size)? {
-            Ok(entries) => lens.extend(entries.iter().map(|e| (e.id, u64::from(e.raw_len)))),
+        match super::read_header(repo, &name, size)? {
+            Ok((_, entries)) => lens.extend(entries.iter().map(|e| (e.id, u64::from(e.raw_len)))),
             Err(e) => tracing::debug!("{name}: its header does not open: {e}"),
         }
     }
