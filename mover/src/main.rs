@@ -1836,7 +1836,8 @@ fn prune_cmd(
             r.blobs_repacked
         );
         println!(
-            "deleted {} packs ({}) from plans past the grace period; {} kept because new snapshots use them; {} under retention",
+            "{}deleted {} packs ({}) from plans past the grace period; {} kept because new snapshots use them; {} under retention",
+            if dry_run { "would have " } else { "" },
             r.packs_deleted,
             HumanBytes(r.bytes_deleted),
             r.packs_rescued,
@@ -1844,8 +1845,9 @@ fn prune_cmd(
         );
         if r.packs_set_aside > 0 {
             println!(
-                "{} unindexed packs are damaged (their header does not open): moved to damaged/, not deleted",
-                r.packs_set_aside
+                "{} unindexed packs are damaged (their header does not open): {}moved to damaged/, not deleted",
+                r.packs_set_aside,
+                if dry_run { "would be " } else { "" }
             );
         }
         println!(

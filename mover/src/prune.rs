@@ -465,8 +465,23 @@ fn delete_due(
         locked_left.extend(keep);
         report.packs_locked += locked_left.len() as u64;
     }
+    let sizes: HashMap<Id, u64> = objects
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|p| (p.id, p.size)))
+        .collect();
     if opts.dry_run {
-        report.packs_deleted = doomed.len() as u64;
+        // Each pack is told apart as the real run does (reading only), so the report says what
+        // that run would delete and what it would set aside.
+        for p in &doomed {
+            match doomed_pack(repo, p, &sizes)? {
+                Doomed::Missing => {}
+                Doomed::Damaged => report.packs_set_aside += 1,
+                Doomed::Unused(size) => {
+                    report.packs_deleted += 1;
+                    report.bytes_deleted += size;
+                }
+            }
+        }
         return Ok(());
     }
     // Index objects first: each listing a doomed pack is replaced by one without it (written
@@ -488,36 +503,22 @@ fn delete_due(
         report.index_rewritten += 1;
     }
     // Then the packs, now named by no index object.
-    let sizes: HashMap<Id, u64> = objects
-        .iter()
-        .flat_map(|(_, r)| r.iter().map(|p| (p.id, p.size)))
-        .collect();
     for p in &doomed {
         if let Some(l) = lease.as_deref_mut() {
             l.renew(repo.store())?;
         }
         let name = names::pack(p);
-        let size = match sizes.get(p) {
-            Some(s) => *s,
-            None => match repo.store().size(&name) {
-                Ok(s) => s,
-                Err(e) if e.kind() == ErrorKind::Missing => continue,
-                Err(e) => return Err(e),
-            },
-        };
-        // An unindexed pack whose header does not open is damaged (left by `repair index`,
-        // which could not read it whole), not a backup's leftover: it is set aside, as a repair
-        // that reads it whole would, not deleted.
-        if !sizes.contains_key(p)
-            && let Err(e) = crate::repair::read_header(repo, &name, size)?
-        {
-            tracing::debug!("{name}: {e}: set aside");
-            match repo.store().set_aside(&name, &names::damaged(p)) {
-                Err(e) if e.kind() != ErrorKind::Missing => return Err(e),
-                r => report.packs_set_aside += u64::from(r.is_ok()),
+        let size = match doomed_pack(repo, p, &sizes)? {
+            Doomed::Missing => continue,
+            Doomed::Damaged => {
+                match repo.store().set_aside(&name, &names::damaged(p)) {
+                    Err(e) if e.kind() != ErrorKind::Missing => return Err(e),
+                    r => report.packs_set_aside += u64::from(r.is_ok()),
+                }
+                continue;
             }
-            continue;
-        }
+            Doomed::Unused(size) => size,
+        };
         match repo.store().delete(&name) {
             Ok(()) => {
                 report.packs_deleted += 1;
@@ -549,6 +550,38 @@ fn delete_due(
     }
     repo.load_index()?;
     Ok(())
+}
+
+/// What becomes of a pack a due plan names.
+enum Doomed {
+    /// Already gone (deleted by an earlier, interrupted prune).
+    Missing,
+    /// Unindexed, and its header does not open: set aside, not deleted.
+    Damaged,
+    /// Deleted; its size in bytes.
+    Unused(u64),
+}
+
+/// Tell a doomed pack apart: `sizes` are the packs the index names. An unindexed pack whose
+/// header does not open is damaged (left by `repair index`, which could not read it whole), not
+/// a backup's leftover: it is set aside, as a repair that reads it whole would, not deleted.
+fn doomed_pack(repo: &Repository, p: &Id, sizes: &HashMap<Id, u64>) -> Result<Doomed> {
+    if let Some(s) = sizes.get(p) {
+        return Ok(Doomed::Unused(*s));
+    }
+    let name = names::pack(p);
+    let size = match repo.store().size(&name) {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::Missing => return Ok(Doomed::Missing),
+        Err(e) => return Err(e),
+    };
+    Ok(match crate::repair::read_header(repo, &name, size)? {
+        Ok(_) => Doomed::Unused(size),
+        Err(e) => {
+            tracing::debug!("{name}: {e}: set aside");
+            Doomed::Damaged
+        }
+    })
 }
 
 /// Plan unused, unindexed and repacked packs; returns the new plan, if any.

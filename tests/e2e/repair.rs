@@ -249,8 +249,16 @@ fn repair_index_heals_damaged_and_lost_packs_and_index_objects() {
     let leftover = env.repo.join("data/00").join("0".repeat(64));
     std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
     std::fs::copy(&intact, &leftover).unwrap();
+    // Planned first: a dry run past the grace period tells the two apart as the real run does.
+    let planned = json(&env.ok(&["prune", "--json"]));
+    assert_eq!(planned["packs_planned"], 2, "{planned}");
+    let dry = json(&env.ok(&["prune", "--grace", "0s", "--dry-run", "--json"]));
+    assert_eq!(dry["packs_set_aside"], 1, "{dry}");
+    assert_eq!(dry["packs_deleted"], 1, "{dry}");
+    assert!(cut.exists() && leftover.exists());
     let r = json(&env.ok(&["prune", "--grace", "0s", "--json"]));
     assert_eq!(r["packs_set_aside"], 1, "{r}");
+    assert_eq!(r["packs_deleted"], 1, "{r}");
     assert!(!cut.exists() && !leftover.exists() && intact.exists());
     let hex = cut.file_name().unwrap().to_str().unwrap();
     assert!(std::fs::read(env.repo.join("damaged").join(hex)).unwrap() == data[..data.len() / 2]);
