@@ -56,6 +56,22 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Install Debian packages. The package lists are refreshed first, once per run: a fresh machine
+/// has none, and `apt-get install` alone then finds nothing to install.
+///
+/// # Errors
+/// When `apt-get` fails.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    static UPDATED: std::sync::Once = std::sync::Once::new();
+    let mut update = Ok(());
+    UPDATED.call_once(|| update = run(Command::new("apt-get").args(["update", "-qq"])));
+    update?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// Find the peers (installing them where missing) and build Lifeboat's release binary.
 ///
 /// # Errors
@@ -63,14 +79,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 pub fn find_tools() -> Result<Bins> {
     if which("restic").is_none() {
         eprintln!("installing restic (Debian package)");
-        run(Command::new("apt-get").args(["install", "-y", "restic"]))?;
+        apt_install(&["restic"])?;
     }
     if which("rustic").is_none() {
         eprintln!("installing rustic (cargo install rustic-rs; takes a while)");
         run(Command::new("cargo").args(["install", "--locked", "rustic-rs"]))?;
     }
     if !Path::new("/usr/bin/time").is_file() {
-        run(Command::new("apt-get").args(["install", "-y", "time"]))?;
+        apt_install(&["time"])?;
     }
     // Lifeboat: the release binary of this workspace, built now so it is never stale.
     run(Command::new(env!("CARGO")).args([

@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use lifeboat_benches::peers::{
-    Measure, Tool, backup_cmd, find_tools, init_cmd, measure, restore_cmd, run,
+    Measure, Tool, apt_install, backup_cmd, find_tools, init_cmd, measure, restore_cmd, run,
 };
 use lifeboat_benches::{Rng, human, tree_size};
 use serde::Serialize;
@@ -330,12 +330,7 @@ fn postgres(dir: &Path) -> Result<()> {
     let bindir = if let Some(b) = bindir {
         b
     } else {
-        run(Command::new("apt-get").args([
-            "install",
-            "-y",
-            "postgresql-15",
-            "postgresql-contrib",
-        ]))?;
+        apt_install(&["postgresql-15", "postgresql-contrib"])?;
         PathBuf::from("/usr/lib/postgresql/15/bin")
     };
     let data = dir.join("data");
