@@ -48,14 +48,15 @@ pub fn seeded(len: usize, compressible_percent: u8, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Bytes and regular files under `p`.
+/// Call `f` with every regular file below `p` (symlinks not followed) and its directory entry.
 ///
 /// # Errors
-/// When a directory cannot be listed.
-pub fn tree_size(p: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+/// The first directory that cannot be listed, or the first error of `f`.
+pub fn for_each_file(
+    p: &std::path::Path,
+    mut f: impl FnMut(&std::fs::DirEntry) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let mut bytes = 0;
-    let mut files = 0;
     let mut stack = vec![p.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).with_context(|| d.display().to_string())? {
@@ -64,11 +65,24 @@ pub fn tree_size(p: &std::path::Path) -> anyhow::Result<(u64, u64)> {
             if ft.is_dir() {
                 stack.push(e.path());
             } else if ft.is_file() {
-                bytes += e.metadata()?.len();
-                files += 1;
+                f(&e)?;
             }
         }
     }
+    Ok(())
+}
+
+/// Regular-file bytes and count below `p` (symlinks not followed).
+///
+/// # Errors
+/// When a directory cannot be listed.
+pub fn tree_size(p: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let (mut bytes, mut files) = (0, 0);
+    for_each_file(p, |e| {
+        bytes += e.metadata()?.len();
+        files += 1;
+        Ok(())
+    })?;
     Ok((bytes, files))
 }
 

@@ -27,7 +27,7 @@ use clap::Parser;
 use lifeboat_benches::peers::{
     Measure, Tool, apt_install, backup_cmd, find_tools, init_cmd, measure, restore_cmd, run,
 };
-use lifeboat_benches::{Rng, human, tree_size};
+use lifeboat_benches::{Rng, for_each_file, human, tree_size};
 use serde::Serialize;
 
 const CORPORA: [&str; 5] = [
@@ -401,8 +401,6 @@ fn edited_copy(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Regular-file bytes and count below `p` (symlinks not followed).
-/// Read every file once so every tool starts from a warm page cache.
 /// Write back and drop the page cache (best effort: needs root).
 fn drop_page_cache() {
     let _ = Command::new("sync").status();
@@ -411,22 +409,15 @@ fn drop_page_cache() {
     }
 }
 
+/// Read every file once so every tool starts from a warm page cache; the seconds it took.
 fn warm(p: &Path) -> Result<f64> {
     let t = Instant::now();
-    let mut stack = vec![p.to_path_buf()];
     let mut buf = vec![0u8; 1 << 20];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                let mut f = std::fs::File::open(e.path())?;
-                while std::io::Read::read(&mut f, &mut buf)? > 0 {}
-            }
-        }
-    }
+    for_each_file(p, |e| {
+        let mut f = std::fs::File::open(e.path())?;
+        while std::io::Read::read(&mut f, &mut buf)? > 0 {}
+        Ok(())
+    })?;
     Ok(t.elapsed().as_secs_f64())
 }
 
@@ -444,18 +435,10 @@ fn zstd_floor(path: &Path, runs: usize) -> Result<f64> {
 
     let chunker = Chunker::new(ChunkerParams::default(), 0x5eed);
     let mut files = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                files.push(std::fs::read(e.path())?);
-            }
-        }
-    }
+    for_each_file(path, |e| {
+        files.push(std::fs::read(e.path())?);
+        Ok(())
+    })?;
     let mut seen = std::collections::HashSet::new();
     let mut chunks: Vec<&[u8]> = Vec::new();
     let mut ends = Vec::new();
