@@ -197,6 +197,9 @@ enum Job {
         parent: Arc<[Piece]>,
         /// `(start, changed_end)`: start is a parent chunk boundary at or before the change.
         windows: Vec<(u64, u64)>,
+        /// Every changed range of the file, sorted and disjoint: bytes of a window outside them
+        /// are the parent's.
+        changes: Arc<[(u64, u64)]>,
         /// A parent boundary this job never reads past (where the next job's first window starts).
         limit: u64,
         reply: Sender<DeltaResult>,
@@ -1194,7 +1197,8 @@ impl<'a> Walker<'_, 'a> {
         link: Option<(u64, u64)>,
     ) -> Result<()> {
         let psize = parent.last().map_or(0, |p| p.off + p.len);
-        let windows = delta_windows(&parent, psize, node.size, ranges);
+        let (windows, changes) = delta_windows(&parent, psize, node.size, ranges);
+        let changes: Arc<[(u64, u64)]> = changes.into();
         let parent: Arc<[Piece]> = parent.into();
         let mut groups: Vec<Vec<(u64, u64)>> = Vec::new();
         for w in windows {
@@ -1211,6 +1215,7 @@ impl<'a> Walker<'_, 'a> {
                 file: Arc::clone(file),
                 parent: Arc::clone(&parent),
                 windows: windows.clone(),
+                changes: Arc::clone(&changes),
                 limit,
                 reply: tx,
             })?;
@@ -1275,15 +1280,19 @@ fn parent_layout(repo: &Repository, p: &Node) -> Option<Vec<Piece>> {
     Some(out)
 }
 
+/// Byte ranges `(start, end)`, sorted.
+type Ranges = Vec<(u64, u64)>;
+
 /// The windows to re-read: each changed range, clipped to the new size, widened at the start to
 /// the parent piece it begins in, merged where they touch. A size change re-reads the old last
-/// chunk through the new end.
+/// chunk through the new end. Also the changed ranges themselves (that last chunk and the bytes
+/// past the old end among them), clipped, sorted and merged.
 fn delta_windows(
     parent: &[Piece],
     psize: u64,
     size: u64,
     ranges: &[(u64, u64)],
-) -> Vec<(u64, u64)> {
+) -> (Ranges, Ranges) {
     let mut r: Vec<(u64, u64)> = ranges
         .iter()
         .map(|&(o, l)| (o.min(size), o.saturating_add(l).min(size)))
@@ -1293,7 +1302,8 @@ fn delta_windows(
         r.push((psize.min(size).saturating_sub(1), size));
     }
     r.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut out = Ranges::new();
+    let mut changes = Ranges::new();
     for (a, b) in r {
         let i = parent.partition_point(|p| p.off + p.len <= a);
         let s = parent.get(i).map_or(a, |p| p.off.min(a));
@@ -1301,8 +1311,12 @@ fn delta_windows(
             Some(last) if s <= last.1 => last.1 = last.1.max(b),
             _ => out.push((s, b)),
         }
+        match changes.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => changes.push((a, b)),
+        }
     }
-    out
+    (out, changes)
 }
 
 /// Whether file `n` can take parent `p`'s content without being read: the same metadata, and
@@ -1391,11 +1405,12 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<Job>) -> Result<()> {
                 file,
                 parent,
                 windows,
+                changes,
                 limit,
                 reply,
             } => {
                 let r = read_delta(
-                    sh, &mut sink, &file, &parent, &windows, limit, &mut buf, &mut ends,
+                    sh, &mut sink, &file, &parent, &windows, &changes, limit, &mut buf, &mut ends,
                 );
                 let r = match r {
                     Ok(c) => Ok(c),
@@ -1707,6 +1722,7 @@ fn read_delta(
     f: &OpenFile,
     parent: &[Piece],
     windows: &[(u64, u64)],
+    changes: &[(u64, u64)],
     limit: u64,
     buf: &mut [u8],
     ends: &mut Vec<usize>,
@@ -1752,7 +1768,7 @@ fn read_delta(
         }
         seam_buf.resize(max as usize, 0);
         let (b, next_start) = window.get();
-        let span = |x, to| zero_span(parent, x, to, b, next_start);
+        let span = |x, to| zero_span(parent, changes, x, to, b, next_start);
         let t = seam_at(sh, fd, nominal, limit, &mut seam_buf, &span)?.min(limit);
         seams.insert(nominal, t);
         Ok(t)
@@ -1809,7 +1825,7 @@ fn read_delta(
                 &mut buf[filled..filled + want],
                 at,
                 stop,
-                &|x, to| zero_span(parent, x, to, b, next_start),
+                &|x, to| zero_span(parent, changes, x, to, b, next_start),
             )
             .map_err(ReadError::Source)?;
             if n < want && at + (n as u64) < stop {
@@ -1917,17 +1933,37 @@ fn read_delta(
 }
 
 /// The span of bytes from `x` (up to `to`) that is all of one kind: `(true, end)` when they are
-/// known to be zeros without reading them (inside one of the parent's zero ranges, past the
-/// window's changes at `b` and before the next window's at `next_start`), `(false, end)` when
-/// they must be read.
-fn zero_span(parent: &[Piece], x: u64, to: u64, b: u64, next_start: u64) -> (bool, u64) {
+/// known to be zeros without reading them (inside one of the parent's zero ranges and outside
+/// every changed range: before the window's changes end at `b`, between them; past `b`, before
+/// the next window's at `next_start`), `(false, end)` when they must be read.
+fn zero_span(
+    parent: &[Piece],
+    changes: &[(u64, u64)],
+    x: u64,
+    to: u64,
+    b: u64,
+    next_start: u64,
+) -> (bool, u64) {
     if x < b {
-        return (false, b.min(to));
+        // A window starts at the parent piece its first change begins in, which in free space
+        // is the whole zero run before it: the run's bytes up to the change are the parent's
+        // zeros (a change list names every byte that changed) and are cut, not read.
+        let i = changes.partition_point(|c| c.1 <= x);
+        return match changes.get(i) {
+            Some(&(a, _)) if a > x => parent_zeros(parent, x, a.min(to)),
+            Some(&(_, e)) => (false, e.min(to)),
+            None => (false, b.min(to)),
+        };
     }
     if x >= next_start {
         return (false, to);
     }
-    let to = to.min(next_start);
+    parent_zeros(parent, x, to.min(next_start))
+}
+
+/// The span from `x` (up to `to`) in the parent's layout: `(true, end)` inside one of its zero
+/// ranges, `(false, end)` up to the next one.
+fn parent_zeros(parent: &[Piece], x: u64, to: u64) -> (bool, u64) {
     let i = parent.partition_point(|p| p.off + p.len <= x);
     let mut rest = parent[i..].iter();
     match rest.next() {
