@@ -89,20 +89,35 @@ fn write_and_delta(
     at: usize,
     change: &[u8],
 ) -> serde_json::Value {
-    data[at..at + change.len()].copy_from_slice(change);
+    write_and_delta_all(env, dev, data, &[(at, change)])
+}
+
+/// [`write_and_delta`] with several changes, each its own changed range.
+fn write_and_delta_all(
+    env: &Env,
+    dev: &Loop,
+    data: &mut [u8],
+    changes: &[(usize, &[u8])],
+) -> serde_json::Value {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(dev.path())
         .unwrap();
-    f.write_all_at(change, at as u64).unwrap();
+    let mut ranges = String::new();
+    for &(at, change) in changes {
+        data[at..at + change.len()].copy_from_slice(change);
+        f.write_all_at(change, at as u64).unwrap();
+        let _ = writeln!(ranges, "{at} {}", change.len());
+    }
     f.sync_all().unwrap();
     drop(f);
-    std::fs::write(env.path("ranges"), format!("{at} {}\n", change.len())).unwrap();
+    std::fs::write(env.path("ranges"), ranges).unwrap();
     let delta = delta_backup(env, dev, "ranges");
     let dump = env.cmd(&["dump", "latest", &dev.dev]).output().unwrap();
     assert!(
         dump.stdout == data,
-        "change at {at}: the delta restores wrong bytes"
+        "changes at {:?}: the delta restores wrong bytes",
+        changes.iter().map(|c| c.0).collect::<Vec<_>>()
     );
     delta
 }
@@ -394,29 +409,14 @@ fn changed_ranges_deep_in_free_space_read_no_zeros_before_the_change() {
     let full = env.backup(&[a.path()]);
     assert_eq!(full["blobs_added"], 0, "{full}");
     // Two changes in the same zero run, one window: the zeros between them are not read either.
-    let second = noise(1 << 20, 47);
-    let third = noise(1 << 20, 48);
-    let (b, c) = ((60 << 20) + 5_000, (62 << 20) + 7_000);
-    data[b..b + second.len()].copy_from_slice(&second);
-    data[c..c + third.len()].copy_from_slice(&third);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(a.path())
-        .unwrap();
-    f.write_all_at(&second, b as u64).unwrap();
-    f.write_all_at(&third, c as u64).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    std::fs::write(
-        env.path("ranges"),
-        format!("{b} {}\n{c} {}\n", second.len(), third.len()),
-    )
-    .unwrap();
-    let delta = delta_backup(&env, &a, "ranges");
+    let (second, third) = (noise(1 << 20, 47), noise(1 << 20, 48));
+    let changes = [
+        ((60 << 20) + 5_000, &second[..]),
+        ((62 << 20) + 7_000, &third[..]),
+    ];
+    let delta = write_and_delta_all(&env, &a, &mut data, &changes);
     let read = delta["bytes_read"].as_u64().unwrap();
     assert!(read < 3 << 20, "read {read} bytes: {delta}");
-    let dump = env.cmd(&["dump", "latest", &a.dev]).output().unwrap();
-    assert!(dump.stdout == data, "the two changes restore wrong bytes");
     let full = env.backup(&[a.path()]);
     assert_eq!(full["blobs_added"], 0, "{full}");
 }
