@@ -605,6 +605,8 @@ where
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: growing it later stalls the thread that opens a file.
+    lifeboat::fsmeta::grow_descriptor_table();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
