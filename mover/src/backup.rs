@@ -138,6 +138,12 @@ const SEGMENT: u64 = 32 << 20;
 /// Walk events per batch sent to the tree builder.
 const EVENT_BATCH: usize = 256;
 
+/// Small files travel to the workers in jobs of up to this many files and bytes. One file a job
+/// had the walker and the workers hand over (and wake each other) for every file: 13 600 context
+/// switches in a backup of 30 000 small files, 4 100 with batches.
+const JOB_BATCH: usize = 16;
+const JOB_BATCH_BYTES: u64 = 1 << 20;
+
 /// One segment of a file's data: where it nominally starts, and the end of its data region.
 struct Seg {
     at: u64,
@@ -176,13 +182,16 @@ struct Piece {
     blob: Option<Id>,
 }
 
+/// One segment of a file to read, and where its result goes.
+struct SegJob {
+    file: Arc<OpenFile>,
+    seg: usize,
+    reply: Sender<SegResult>,
+}
+
 enum Job {
-    /// Read one segment of a file.
-    Seg {
-        file: Arc<OpenFile>,
-        seg: usize,
-        reply: Sender<SegResult>,
-    },
+    /// Read segments, in order: one of a large file, or small files batched (see `JOB_BATCH`).
+    Segs(Vec<SegJob>),
     /// Store the chunks of a piece of a stream, cut by its reader: `data[..ends[0]]`,
     /// `data[ends[0]..ends[1]]`, …, which start at byte `base` of the stream.
     Chunks {
@@ -429,7 +438,11 @@ fn run(
                 }
                 let mut w = Walker {
                     sh,
-                    jobs: job_tx,
+                    jobs: JobQueue {
+                        tx: job_tx,
+                        small: Vec::with_capacity(JOB_BATCH),
+                        small_bytes: 0,
+                    },
                     scans: scan_tx,
                     ahead,
                     dirs_walked: 0,
@@ -603,7 +616,7 @@ struct WalkCounts {
 
 struct Walker<'s, 'a> {
     sh: &'s Shared<'a>,
-    jobs: Sender<Job>,
+    jobs: JobQueue,
     scans: Sender<ScanJob<'a>>,
     ahead: &'s ScansAhead,
     /// Directories walked so far, and their entries.
@@ -618,6 +631,45 @@ struct Walker<'s, 'a> {
     path: Vec<u8>,
     /// The filesystem of the path given that is being walked.
     top_dev: u64,
+}
+
+/// The walker's side of the job queue: small files wait here until a batch of them is full.
+///
+/// Whatever waits for a file must not wait for the batch holding it: the batch goes out before
+/// the tree builder hears of its files (`flush_events`), and before the walker waits for a
+/// scanner or for descriptors, which the batched files hold open.
+struct JobQueue {
+    tx: Sender<Job>,
+    small: Vec<SegJob>,
+    small_bytes: u64,
+}
+
+impl JobQueue {
+    fn send(&self, job: Job) -> Result<()> {
+        self.tx
+            .send(job)
+            .map_err(|_| Error::new(crate::ErrorKind::Storage, "the workers stopped"))
+    }
+
+    /// Queue a file read in one segment; a full batch is sent.
+    fn small_file(&mut self, job: SegJob, size: u64) -> Result<()> {
+        self.small.push(job);
+        self.small_bytes += size;
+        if self.small.len() >= JOB_BATCH || self.small_bytes >= JOB_BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Send the small files queued so far.
+    fn flush(&mut self) -> Result<()> {
+        if self.small.is_empty() {
+            return Ok(());
+        }
+        self.small_bytes = 0;
+        let batch = std::mem::replace(&mut self.small, Vec::with_capacity(JOB_BATCH));
+        self.send(Job::Segs(batch))
+    }
 }
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
@@ -640,6 +692,8 @@ impl<'a> Walker<'_, 'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        // The tree builder waits for the files these events name.
+        self.jobs.flush()?;
         let b = std::mem::replace(&mut self.batch, Vec::with_capacity(EVENT_BATCH));
         self.events
             .send(b)
@@ -778,6 +832,10 @@ impl<'a> Walker<'_, 'a> {
             }
             // First: at a window's start this receives its parent entries, which the scans
             // ahead below look into.
+            if windows.next_window_at(i) {
+                // A scanner may be waiting for descriptors the queued small files hold.
+                self.jobs.flush()?;
+            }
             let stat = windows.stat(i, dir, ptree.as_mut(), &self.scans);
             // Keep the sub-directories after this entry scanning, in order, while there is room;
             // a few per directory, so a wide one leaves room for the levels below it.
@@ -864,6 +922,10 @@ impl<'a> Walker<'_, 'a> {
         // Received whatever the entry turns out to be (it may have stopped being a directory),
         // so the room its scan took is given back.
         let scanned = pre_scan.and_then(|rx| {
+            if rx.is_empty() {
+                // The scanner may be waiting for descriptors the queued small files hold.
+                let _ = self.jobs.flush();
+            }
             let s = rx.recv().ok();
             self.ahead.taken(s.as_ref());
             s
@@ -982,14 +1044,18 @@ impl<'a> Walker<'_, 'a> {
     /// [`fsmeta::DESCRIPTOR_WAIT`] the shortage is taken as lasting (a walk deeper than the
     /// limit), and the error stands.
     fn open_waiting(
-        &self,
+        &mut self,
         open: impl Fn() -> std::io::Result<OwnedFd>,
     ) -> std::io::Result<OwnedFd> {
         let mut first = true;
+        let (ahead, jobs) = (self.ahead, &mut self.jobs);
         fsmeta::waiting_for_descriptors(
             || {
                 if std::mem::take(&mut first) {
-                    self.ahead.out_of_descriptors();
+                    ahead.out_of_descriptors();
+                    // The small files queued hold descriptors too. A send error means the
+                    // workers stopped: the backup has failed, and says why elsewhere.
+                    let _ = jobs.flush();
                 }
             },
             open,
@@ -1164,26 +1230,31 @@ impl<'a> Walker<'_, 'a> {
             segs,
         });
         let mut parts = Vec::with_capacity(file.segs.len());
-        for seg in 0..file.segs.len() {
+        if file.segs.len() == 1 && node.size < JOB_BATCH_BYTES {
             let (tx, rx) = bounded(1);
-            self.send_job(Job::Seg {
-                file: Arc::clone(&file),
-                seg,
+            let job = SegJob {
+                file,
+                seg: 0,
                 reply: tx,
-            })?;
+            };
+            self.jobs.small_file(job, node.size)?;
             parts.push(rx);
+        } else {
+            for seg in 0..file.segs.len() {
+                let (tx, rx) = bounded(1);
+                self.jobs.send(Job::Segs(vec![SegJob {
+                    file: Arc::clone(&file),
+                    seg,
+                    reply: tx,
+                }]))?;
+                parts.push(rx);
+            }
         }
         self.emit(Event::Entry {
             node,
             source: Source::Pending { parts },
             link,
         })
-    }
-
-    fn send_job(&self, job: Job) -> Result<()> {
-        self.jobs
-            .send(job)
-            .map_err(|_| Error::new(crate::ErrorKind::Storage, "the workers stopped"))
     }
 
     /// Queue the changed windows of `file` against its parent's layout, in groups far enough
@@ -1211,7 +1282,7 @@ impl<'a> Walker<'_, 'a> {
         for (i, windows) in groups.iter().enumerate() {
             let limit = groups.get(i + 1).map_or(node.size, |g| g[0].0);
             let (tx, rx) = bounded(1);
-            self.send_job(Job::Delta {
+            self.jobs.send(Job::Delta {
                 file: Arc::clone(file),
                 parent: Arc::clone(&parent),
                 windows: windows.clone(),
@@ -1372,16 +1443,18 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<Job>) -> Result<()> {
             continue;
         }
         match job {
-            Job::Seg { file, seg, reply } => {
-                let r = match read_segment(sh, &mut sink, &file, seg, &mut buf, &mut ends) {
-                    Ok(c) => Ok(c),
-                    Err(ReadError::Source(e)) => Err(source_error(&file, e)?),
-                    Err(ReadError::Fatal(e)) => return Err(e),
-                };
-                if seg + 1 == file.segs.len() {
-                    sh.progress.files.fetch_add(1, Ordering::Relaxed);
+            Job::Segs(segs) => {
+                for SegJob { file, seg, reply } in segs {
+                    let r = match read_segment(sh, &mut sink, &file, seg, &mut buf, &mut ends) {
+                        Ok(c) => Ok(c),
+                        Err(ReadError::Source(e)) => Err(source_error(&file, e)?),
+                        Err(ReadError::Fatal(e)) => return Err(e),
+                    };
+                    if seg + 1 == file.segs.len() {
+                        sh.progress.files.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(r);
                 }
-                let _ = reply.send(r);
             }
             Job::Chunks {
                 data,

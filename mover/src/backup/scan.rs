@@ -392,6 +392,12 @@ impl<'r> Windows<'r> {
         w
     }
 
+    /// Whether `stat(i)` starts a new window, and so may wait for the scanners: to receive the
+    /// window, or to send them the next one.
+    pub fn next_window_at(&self, i: usize) -> bool {
+        i >= self.base + SCAN_WINDOW && self.next_stats.is_some()
+    }
+
     /// The stat of entry `i` if a scanner took it (`i` only grows): at the start of each window
     /// its stats and parent entries are received, and the window after it is sent.
     pub fn stat(
