@@ -1422,7 +1422,8 @@ fn child_tree(repo: &Repository, t: Option<&Tree>, name: &[u8]) -> Option<Tree> 
 }
 
 fn work(sh: &Shared<'_>, jobs: &Receiver<Job>) -> Result<()> {
-    let mut sink = BlobSink::new(&sh.sink, &sh.sink.data)?;
+    // Every path that returns Ok goes through `finish`, which stores the blobs held back.
+    let mut sink = BlobSink::new(&sh.sink, &sh.sink.data)?.staging();
     let max = sh.data_chunker.max_size();
     let mut buf = vec![0u8; 2 * max];
     let mut ends = Vec::new();
@@ -1494,7 +1495,7 @@ fn work(sh: &Shared<'_>, jobs: &Receiver<Job>) -> Result<()> {
             }
         }
     }
-    Ok(())
+    sink.finish()
 }
 
 /// Bytes a stream is read in at a time (at least two of the largest chunk): its chunks are cut
