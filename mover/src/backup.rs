@@ -7,12 +7,14 @@
 //!    │ scanned directories, windows of huge ones (one-shot; at most SCAN_AHEAD_DIRS,
 //!    │ SCAN_AHEAD_ENTRIES, and one window ahead in each directory being walked)
 //!    ▼
-//! walker ──jobs──▶ workers ×N (read, chunk, hash, dedup, compress, seal into their own pack) ─┐
-//!    │                 │ per-file result (one-shot)                                           │ packs
-//!    └──events (walk order)──▶ tree builder (trees → tree blobs → tree pack) ─────────────────┤
-//!                                                                                              ▼
-//!                                         uploader: pack objects, then the index objects naming them
+//! walker ──jobs──▶ workers ×N (read, chunk, hash, dedup, compress, seal into the shared pack) ─┐
+//!    │                 │ per-file result (one-shot)                                             │ packs
+//!    └──events (walk order)──▶ tree builder (trees → tree blobs → tree pack) ───────────────────┤
+//!                                                                                                ▼
+//!                                           uploader: pack objects, then the index objects naming them
 //! ```
+//! A job is one segment of a large file or device, or a batch of small files ([`JOB_BATCH`]);
+//! workers add small blobs to the pack a batch at a time too (`BlobSink::staging`).
 //! Commit order is packs → index → snapshot: a crash at any point leaves earlier snapshots intact
 //! and at worst some packs no index names yet (they wait for prune).
 
