@@ -142,7 +142,8 @@ const EVENT_BATCH: usize = 256;
 
 /// Small files travel to the workers in jobs of up to this many files and bytes. One file a job
 /// had the walker and the workers hand over (and wake each other) for every file: 13 600 context
-/// switches in a backup of 30 000 small files, 4 100 with batches.
+/// switches in a backup of 30 000 small files, 4 100 with batches. Under a low open-file limit
+/// batches are smaller (see [`job_batch`]).
 const JOB_BATCH: usize = 16;
 const JOB_BATCH_BYTES: u64 = 1 << 20;
 
@@ -384,7 +385,8 @@ fn run(
         used_packs: Mutex::new(HashSet::new()),
         zero_chunk: OnceLock::new(),
     };
-    let (job_tx, job_rx) = bounded::<Job>(threads * 4);
+    let queued_jobs = threads * 4;
+    let (job_tx, job_rx) = bounded::<Job>(queued_jobs);
     // In flight at once: this many stream buffers waiting for a worker, one per worker, the one
     // the tree builder waits on and the one being read.
     let stream_parts = threads;
@@ -442,7 +444,9 @@ fn run(
                     sh,
                     jobs: JobQueue {
                         tx: job_tx,
-                        small: Vec::with_capacity(JOB_BATCH),
+                        // Jobs open at once: queued, one in each worker, the walker's own.
+                        batch: job_batch(queued_jobs + threads + 1),
+                        small: Vec::new(),
                         small_bytes: 0,
                     },
                     scans: scan_tx,
@@ -642,8 +646,18 @@ struct Walker<'s, 'a> {
 /// scanner or for descriptors, which the batched files hold open.
 struct JobQueue {
     tx: Sender<Job>,
+    /// Files a batch holds at most.
+    batch: usize,
     small: Vec<SegJob>,
     small_bytes: u64,
+}
+
+/// Small files a job holds when `jobs` can be open at once: [`JOB_BATCH`], or fewer when their
+/// files could take more than an eighth of the open-file limit. The walker also waits for
+/// descriptors where it cannot send the batch it holds (listing a directory itself, reading the
+/// parent snapshot's trees); under a low limit, files go one a job as they always did.
+fn job_batch(jobs: usize) -> usize {
+    (fsmeta::open_file_limit() / (8 * jobs)).clamp(1, JOB_BATCH)
 }
 
 impl JobQueue {
@@ -657,7 +671,7 @@ impl JobQueue {
     fn small_file(&mut self, job: SegJob, size: u64) -> Result<()> {
         self.small.push(job);
         self.small_bytes += size;
-        if self.small.len() >= JOB_BATCH || self.small_bytes >= JOB_BATCH_BYTES {
+        if self.small.len() >= self.batch || self.small_bytes >= JOB_BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -669,7 +683,7 @@ impl JobQueue {
             return Ok(());
         }
         self.small_bytes = 0;
-        let batch = std::mem::replace(&mut self.small, Vec::with_capacity(JOB_BATCH));
+        let batch = std::mem::replace(&mut self.small, Vec::with_capacity(self.batch));
         self.send(Job::Segs(batch))
     }
 }
