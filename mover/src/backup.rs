@@ -241,18 +241,59 @@ type DeltaResult = std::result::Result<Vec<Replaced>, String>;
 struct FileContent {
     content: Vec<Id>,
     holes: Vec<(u64, u64)>,
+    allocated: Vec<(u64, u64)>,
     size: u64,
+}
+
+/// Which of a file's zero ranges its source had written (`Node::allocated`).
+enum Written {
+    /// None: a device's zero ranges, and a stream's, are holes.
+    Nothing,
+    /// All of them: a file without holes.
+    All,
+    /// Those inside these data regions (sorted) of a sparse file.
+    In(Box<[(u64, u64)]>),
+}
+
+impl Written {
+    /// The parts of `holes` (sorted) that were written.
+    fn of(&self, holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        match self {
+            Written::Nothing => Vec::new(),
+            Written::All => holes.to_vec(),
+            Written::In(regions) => {
+                let mut out = Vec::new();
+                let mut r = regions.iter().peekable();
+                for &(off, len) in holes {
+                    let end = off + len;
+                    while let Some(&&(ro, rl)) = r.peek() {
+                        let (a, b) = (off.max(ro), end.min(ro + rl));
+                        if a < b {
+                            out.push((a, b - a));
+                        }
+                        if ro + rl > end {
+                            break;
+                        }
+                        r.next();
+                    }
+                }
+                out
+            }
+        }
+    }
 }
 
 enum Source {
     Ready,
     Pending {
         parts: Vec<Receiver<SegResult>>,
+        written: Written,
     },
     Delta {
         parent: Arc<[Piece]>,
         size: u64,
         parts: Vec<Receiver<DeltaResult>>,
+        written: Written,
     },
     SameAs((u64, u64)),
     /// A stream's pieces, in order, as its reader cuts them; the channel closes at its end.
@@ -1133,6 +1174,7 @@ impl<'a> Walker<'_, 'a> {
             debug_assert!(xattrs_read, "an unchanged file has its parent's attributes");
             node.content.clone_from(&p.content);
             node.holes.clone_from(&p.holes);
+            node.allocated.clone_from(&p.allocated);
             self.counts.unmodified += 1;
             self.sh.progress.files.fetch_add(1, Ordering::Relaxed);
             if let Some(k) = link {
@@ -1190,6 +1232,22 @@ impl<'a> Walker<'_, 'a> {
         if let Some(k) = link {
             self.links.insert(k);
         }
+        let sparse = !device && (st.st_blocks as u64).saturating_mul(512) < node.size;
+        let regions = match data_regions(fd.as_fd(), node.size, sparse) {
+            Ok(r) => r,
+            Err(e) if device => return Err(Error::io(shown, e)),
+            Err(e) => {
+                self.sh.status.warn(format!("{shown}: {e} (skipped)"));
+                return Ok(());
+            }
+        };
+        let written = if device {
+            Written::Nothing
+        } else if sparse {
+            Written::In(regions.clone().into())
+        } else {
+            Written::All
+        };
         if top && let Some(ranges) = self.sh.changed_ranges {
             // A repaired parent's lost ranges are holes: they must be read, not taken as zeros.
             let layout = pnode
@@ -1203,7 +1261,7 @@ impl<'a> Walker<'_, 'a> {
                     segs: Vec::new(),
                     seams: Vec::new(),
                 });
-                return self.delta(node, &file, parent, ranges, link);
+                return self.delta(node, &file, parent, ranges, link, written);
             }
             let why = if pnode.is_some_and(|p| p.repaired) {
                 "its copy in the parent snapshot was repaired (ranges of it were lost)"
@@ -1216,15 +1274,6 @@ impl<'a> Walker<'_, 'a> {
                 .expect("notice lock")
                 .push(format!("{shown}: {why}: read in full"));
         }
-        let sparse = !device && (st.st_blocks as u64).saturating_mul(512) < node.size;
-        let regions = match data_regions(fd.as_fd(), node.size, sparse) {
-            Ok(r) => r,
-            Err(e) if device => return Err(Error::io(shown, e)),
-            Err(e) => {
-                self.sh.status.warn(format!("{shown}: {e} (skipped)"));
-                return Ok(());
-            }
-        };
         let mut segs = Vec::new();
         for &(off, len) in &regions {
             let end = off + len;
@@ -1268,7 +1317,7 @@ impl<'a> Walker<'_, 'a> {
         }
         self.emit(Event::Entry {
             node,
-            source: Source::Pending { parts },
+            source: Source::Pending { parts, written },
             link,
         })
     }
@@ -1282,6 +1331,7 @@ impl<'a> Walker<'_, 'a> {
         parent: Vec<Piece>,
         ranges: &[(u64, u64)],
         link: Option<(u64, u64)>,
+        written: Written,
     ) -> Result<()> {
         let psize = parent.last().map_or(0, |p| p.off + p.len);
         let (windows, changes) = delta_windows(&parent, psize, node.size, ranges);
@@ -1315,6 +1365,7 @@ impl<'a> Walker<'_, 'a> {
                 parent,
                 size,
                 parts,
+                written,
             },
             link,
         })
@@ -2098,8 +2149,8 @@ fn fill_known(
 }
 
 /// Set a node's content from its pieces (sorted): the blobs in order, and everything between
-/// them (holes, zero chunks, the tail) as holes.
-fn set_content(node: &mut Node, pieces: &[Piece], size: u64) {
+/// them (holes, zero chunks, the tail) as holes, of which `written` tells the allocated ones.
+fn set_content(node: &mut Node, pieces: &[Piece], size: u64, written: &Written) {
     // Sized exactly: a node waits in its directory's tree until the directory is done, and a
     // growing vector's first allocation holds four ids (a third of a small file's node).
     let mut content = Vec::with_capacity(pieces.iter().filter(|p| p.blob.is_some()).count());
@@ -2117,6 +2168,7 @@ fn set_content(node: &mut Node, pieces: &[Piece], size: u64) {
         holes.push((at, size - at));
     }
     node.content = content;
+    node.allocated = written.of(&holes);
     node.holes = holes;
     node.size = size;
 }
@@ -2125,6 +2177,7 @@ fn set_content(node: &mut Node, pieces: &[Piece], size: u64) {
 fn merge_segments(
     node: &mut Node,
     parts: Vec<Receiver<SegResult>>,
+    written: &Written,
 ) -> std::result::Result<(), Option<String>> {
     let mut pieces = Vec::new();
     let mut size = node.size;
@@ -2144,7 +2197,7 @@ fn merge_segments(
             Err(_) => return Err(None),
         }
     }
-    set_content(node, &pieces, size);
+    set_content(node, &pieces, size, written);
     Ok(())
 }
 
@@ -2165,7 +2218,7 @@ fn merge_stream(
             Err(_) => return Err(None),
         }
     }
-    set_content(node, &pieces, size);
+    set_content(node, &pieces, size, &Written::Nothing);
     Ok(())
 }
 
@@ -2176,6 +2229,7 @@ fn merge_delta(
     parent: &[Piece],
     size: u64,
     parts: Vec<Receiver<DeltaResult>>,
+    written: &Written,
 ) -> std::result::Result<(), Option<String>> {
     let mut replaced = Vec::new();
     for rx in parts {
@@ -2223,7 +2277,7 @@ fn merge_delta(
             node.display_name()
         )));
     }
-    set_content(node, &pieces, size);
+    set_content(node, &pieces, size, written);
     Ok(())
 }
 
@@ -2265,20 +2319,23 @@ fn build_trees(sh: &Shared<'_>, events: &Receiver<Vec<Event>>) -> Result<(Vec<Id
             } => {
                 let resolved = match source {
                     Source::Ready => true,
-                    Source::Pending { parts } => match merge_segments(&mut node, parts) {
-                        Ok(()) => true,
-                        Err(w) => {
-                            if let Some(w) = w {
-                                sh.status.warn(w);
+                    Source::Pending { parts, written } => {
+                        match merge_segments(&mut node, parts, &written) {
+                            Ok(()) => true,
+                            Err(w) => {
+                                if let Some(w) = w {
+                                    sh.status.warn(w);
+                                }
+                                false
                             }
-                            false
                         }
-                    },
+                    }
                     Source::Delta {
                         parent,
                         size,
                         parts,
-                    } => match merge_delta(&mut node, &parent, size, parts) {
+                        written,
+                    } => match merge_delta(&mut node, &parent, size, parts, &written) {
                         Ok(()) => true,
                         Err(w) => {
                             // Only the one path given is delta-read: its failure fails the backup.
@@ -2301,6 +2358,7 @@ fn build_trees(sh: &Shared<'_>, events: &Receiver<Vec<Event>>) -> Result<(Vec<Id
                         if let Some(c) = links.get(&k) {
                             node.content.clone_from(&c.content);
                             node.holes.clone_from(&c.holes);
+                            node.allocated.clone_from(&c.allocated);
                             node.size = c.size;
                             true
                         } else {
@@ -2319,6 +2377,7 @@ fn build_trees(sh: &Shared<'_>, events: &Receiver<Vec<Event>>) -> Result<(Vec<Id
                     links.entry(k).or_insert_with(|| FileContent {
                         content: node.content.clone(),
                         holes: node.holes.clone(),
+                        allocated: node.allocated.clone(),
                         size: node.size,
                     });
                 }
@@ -2354,4 +2413,22 @@ fn build_trees(sh: &Shared<'_>, events: &Receiver<Vec<Event>>) -> Result<(Vec<Id
     }
     let ids = root.finish(&sh.chunker, &mut |b| sink.put(b))?;
     Ok((ids, counts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Written;
+
+    /// A sparse file's written zeros are the parts of its zero ranges inside its data regions.
+    #[test]
+    fn written_zeros_are_the_zero_ranges_inside_the_data() {
+        let holes = [(0, 10), (20, 10), (40, 10), (60, 5)];
+        let w = Written::In(vec![(5, 20), (28, 1), (45, 100)].into());
+        assert_eq!(
+            w.of(&holes),
+            vec![(5, 5), (20, 5), (28, 1), (45, 5), (60, 5)]
+        );
+        assert_eq!(Written::All.of(&holes), holes.to_vec());
+        assert!(Written::Nothing.of(&holes).is_empty());
+    }
 }

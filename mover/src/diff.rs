@@ -229,6 +229,7 @@ impl<F: FnMut(&str, &str) -> Result<()>> Walk<'_, F> {
         }
         let contents = x.content != y.content
             || x.holes != y.holes
+            || x.allocated != y.allocated
             || x.size != y.size
             || x.target != y.target
             || x.rdev != y.rdev;

@@ -277,6 +277,11 @@ enum Command {
         /// snapshot, blob by blob.
         #[arg(long)]
         verify: bool,
+        /// Leave every all-zero range of a file a hole, also those the source had allocated
+        /// (written zeros, such as a database's preallocated log), which are otherwise allocated
+        /// again.
+        #[arg(long)]
+        sparse: bool,
         /// Restore only this snapshot path, or what this pattern matches, with everything below it
         /// (repeatable; an absolute path without pattern characters must exist in the snapshot).
         #[arg(short = 'i', long, value_name = "PATH|PATTERN")]
@@ -1156,6 +1161,7 @@ fn run(cli: Cli) -> Result<u8> {
             target,
             target_is_zeroed,
             verify,
+            sparse,
             mut include,
             mut iinclude,
             include_files,
@@ -1181,6 +1187,7 @@ fn run(cli: Cli) -> Result<u8> {
                 threads,
                 target_is_zeroed,
                 verify,
+                sparse,
             };
             opts.check()?;
             let (repo, id, snap) = open_at(g, &snapshot, &filter)?;

@@ -56,6 +56,9 @@ pub struct RestoreOptions {
     /// Read every restored file (or the device) back once it is written, and check each blob's
     /// range against its id (as restic's `restore --verify`).
     pub verify: bool,
+    /// Leave every zero range of a file a hole, also those its source had allocated
+    /// ([`Node::allocated`]), which are otherwise allocated again.
+    pub sparse: bool,
 }
 
 impl RestoreOptions {
@@ -376,6 +379,8 @@ struct Ctx<'a> {
     budget: Budget,
     /// Reads each writer keeps started ahead ([`reads_ahead`]).
     ahead: usize,
+    /// [`RestoreOptions::sparse`].
+    sparse: bool,
 }
 
 /// Bytes the writers hold at once, however many there are (one per core) and however many reads
@@ -469,6 +474,7 @@ impl<'a> Ctx<'a> {
             shape: ReadShape::of(repo, writers),
             budget: Budget::new(),
             ahead: reads_ahead(repo, writers),
+            sparse: false,
         }
     }
 }
@@ -596,6 +602,7 @@ pub fn restore(
     let root = repo.read_tree_entries(&snap.tree)?;
     let threads = writer_threads(opts);
     let mut ctx = Ctx::new(repo, progress, threads, opts.verify);
+    ctx.sparse = opts.sparse;
     let (tx, rx) = bounded::<Job>(threads * 2);
     let mut out = RestoreOutcome::default();
     std::thread::scope(|s| {
@@ -841,6 +848,16 @@ fn blkzeroout(fd: BorrowedFd<'_>, off: u64, len: u64) -> std::io::Result<()> {
         off,
         len,
     )?)
+}
+
+/// Give `[off, off + len)` of a file (a hole, inside its size) disk space that reads as zeros, as
+/// its source had: `fallocate` reserves it without writing (unwritten extents); filesystems
+/// without it get the zeros written.
+fn allocate(fd: BorrowedFd<'_>, off: u64, len: u64) -> std::io::Result<()> {
+    match rustix::fs::fallocate(fd, rustix::fs::FallocateFlags::KEEP_SIZE, off, len) {
+        Err(rustix::io::Errno::OPNOTSUPP) => write_zeros(fd, off, off + len),
+        r => Ok(r?),
+    }
 }
 
 fn write_zeros(fd: BorrowedFd<'_>, mut from: u64, to: u64) -> std::io::Result<()> {
@@ -1454,6 +1471,11 @@ fn finish_part(ctx: &Ctx<'_>, f: &RFile) -> Result<()> {
         let written = f.node.data_regions().last().map_or(0, |&(o, l)| o + l);
         if written != f.node.size {
             rustix::fs::ftruncate(fd, f.node.size).map_err(|e| Error::io("truncating", e))?;
+        }
+        if !ctx.sparse {
+            for &(off, len) in &f.node.allocated {
+                allocate(fd, off, len).map_err(|e| Error::io("allocating its zeros", e))?;
+            }
         }
         if let Some(v) = &ctx.verify {
             verify_file(ctx.repo, f, v)?;

@@ -87,9 +87,15 @@ pub struct Node {
     /// Data blobs of a file, in order, filling the parts that are not holes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub content: Vec<Id>,
-    /// Holes of a sparse file as `(offset, length)`, sorted, not overlapping.
+    /// Holes of a sparse file as `(offset, length)`, sorted, not overlapping: its ranges that read
+    /// as zeros and have no blobs (the source's holes, and its chunks that were all zero).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holes: Vec<(u64, u64)>,
+    /// The parts of `holes` the source had written (its zeros took disk space, as a database's
+    /// preallocated log does), sorted, not overlapping, each inside one hole. Restore allocates
+    /// them again; the rest of the holes stay holes. Empty for a device's contents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocated: Vec<(u64, u64)>,
     /// Tree blobs of a directory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtree: Vec<Id>,
@@ -318,6 +324,24 @@ fn check_entry(n: &Node, prev: Option<&[u8]>) -> Result<()> {
             .ok_or_else(|| Error::corrupt("hole out of range"))?;
         if off < pos || len == 0 || end > n.size {
             return Err(Error::corrupt("tree has inconsistent holes"));
+        }
+        pos = end;
+    }
+    // Each allocated range lies inside one hole, after the one before it.
+    let mut holes = n.holes.iter().peekable();
+    let mut pos = 0u64;
+    for &(off, len) in &n.allocated {
+        let end = off
+            .checked_add(len)
+            .ok_or_else(|| Error::corrupt("allocated range out of range"))?;
+        while holes.next_if(|&&(o, l)| o + l < end).is_some() {}
+        if off < pos
+            || len == 0
+            || !holes
+                .peek()
+                .is_some_and(|&&(o, l)| o <= off && end <= o + l)
+        {
+            return Err(Error::corrupt("tree has inconsistent allocated ranges"));
         }
         pos = end;
     }
@@ -668,6 +692,24 @@ mod tests {
         let mut hole = node(3);
         hole.holes = vec![(0, hole.size + 1)];
         bad(encode(&[hole]), "hole past the end");
+        // Allocated ranges: each inside one hole, in order.
+        let mut held = node(30);
+        held.holes = vec![(0, 50), (100, 50)];
+        for (ranges, what) in [
+            (vec![(40, 20)], "allocated past its hole"),
+            (vec![(40, 70)], "allocated across two holes"),
+            (vec![(60, 10)], "allocated outside the holes"),
+            (vec![(110, 5), (0, 5)], "allocated out of order"),
+            (vec![(0, 10), (5, 10)], "allocated overlapping"),
+            (vec![(10, 0)], "allocated empty"),
+            (vec![(u64::MAX, 2)], "allocated overflowing"),
+        ] {
+            held.allocated = ranges;
+            bad(encode(std::slice::from_ref(&held)), what);
+        }
+        held.allocated = vec![(0, 10), (10, 40), (100, 50)];
+        let good = encode(std::slice::from_ref(&held));
+        assert!(Tree::decode(&good).unwrap().nodes == vec![held.clone()]);
         let full = encode(&[node(1), node(2)]);
         bad(full[..full.len() - 1].to_vec(), "no end");
         bad(full[..full.len() - 4].to_vec(), "truncated entry");

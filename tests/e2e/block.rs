@@ -477,6 +477,30 @@ fn a_mostly_empty_device_is_read_once() {
     assert!(dump.stdout == std::fs::read(&img).unwrap(), "dump differs");
 }
 
+/// Written zeros restored onto a filesystem without `fallocate` (ext2) are written.
+#[test]
+fn written_zeros_are_written_where_they_cannot_be_allocated() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut zeros_then_data = vec![0u8; 8 << 20];
+    zeros_then_data.extend(noise(4096, 5));
+    std::fs::write(src.join("f"), &zeros_then_data).unwrap();
+    env.backup(&[&src]);
+    sized_file(&env.path("ext2.img"), 64 << 20);
+    let dev = Loop::new(&env.path("ext2.img"));
+    sh("mkfs.ext2", &["-q", "-F", &dev.dev]);
+    let mnt = env.path("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    sh("mount", &["-t", "ext2", &dev.dev, mnt.to_str().unwrap()]);
+    env.ok(&["restore", "latest", "--target", mnt.to_str().unwrap()]);
+    let back = mnt.join(src.strip_prefix("/").unwrap()).join("f");
+    assert!(read_all(&back) == zeros_then_data, "restored differently");
+    let used = std::fs::metadata(&back).unwrap().blocks() * 512;
+    assert!(used >= 8 << 20, "zeros not written: {used} bytes used");
+    sh("umount", &[mnt.to_str().unwrap()]);
+}
+
 #[test]
 fn sparse_image_file_round_trip_keeps_holes() {
     let env = Env::new();

@@ -1,6 +1,9 @@
 //! Full backup and restore of a tree holding every kind of entry, compared by content and metadata.
 
-use crate::fixtures::{Env, assert_same_tree, make_fixture, scan};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use crate::fixtures::{Env, assert_same_tree, make_fixture, noise, scan};
 
 #[test]
 fn every_kind_of_entry_round_trips() {
@@ -33,6 +36,67 @@ fn every_kind_of_entry_round_trips() {
     // The source is untouched by backup.
     assert_same_tree(&before, &scan(&src));
     env.ok(&["check", "--read-data"]);
+}
+
+/// Zeros a file had written (a preallocated database log, an image that is not sparse) take disk
+/// space again when restored, its holes stay holes, and `--sparse` leaves every zero range a hole.
+#[test]
+fn written_zeros_are_allocated_again_and_holes_stay_holes() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // A WAL segment as PostgreSQL preallocates it.
+    std::fs::write(src.join("wal"), vec![0u8; 16 << 20]).unwrap();
+    // Data, an 8 MiB hole, 24 MiB of written zeros, data.
+    let f = std::fs::File::create(src.join("mixed")).unwrap();
+    f.write_all_at(&noise(1 << 20, 1), 0).unwrap();
+    f.write_all_at(&vec![0u8; 24 << 20], 9 << 20).unwrap();
+    f.write_all_at(&noise(64 << 10, 2), 33 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let used = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    assert!(
+        used(&src.join("mixed")) < 30 << 20,
+        "the source has no hole"
+    );
+    env.backup(&[&src]);
+
+    let dense = env.path("dense");
+    let sparse = env.path("sparse");
+    env.ok(&["restore", "latest", "--target", dense.to_str().unwrap()]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--sparse",
+        "--target",
+        sparse.to_str().unwrap(),
+    ]);
+    for t in [&dense, &sparse] {
+        let back = t.join(src.strip_prefix("/").unwrap());
+        for name in ["wal", "mixed"] {
+            assert!(
+                std::fs::read(back.join(name)).unwrap() == std::fs::read(src.join(name)).unwrap(),
+                "{name} differs"
+            );
+        }
+    }
+    let dense = dense.join(src.strip_prefix("/").unwrap());
+    let sparse = sparse.join(src.strip_prefix("/").unwrap());
+    assert!(used(&dense.join("wal")) >= 16 << 20, "wal restored sparse");
+    let (a, b) = (used(&src.join("mixed")), used(&dense.join("mixed")));
+    assert!(
+        a.abs_diff(b) <= 256 << 10,
+        "mixed: {a} bytes in the source, {b} restored"
+    );
+    assert!(
+        used(&sparse.join("wal")) < 64 << 10,
+        "--sparse allocated wal"
+    );
+    let c = used(&sparse.join("mixed"));
+    assert!(
+        c + (12 << 20) < b,
+        "--sparse allocated mixed's zeros: {c} bytes"
+    );
 }
 
 #[test]
