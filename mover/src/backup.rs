@@ -1241,12 +1241,14 @@ impl<'a> Walker<'_, 'a> {
                 return Ok(());
             }
         };
-        let written = if device {
-            Written::Nothing
-        } else if sparse {
-            Written::In(regions.clone().into())
-        } else {
+        let written = if !device && !sparse {
             Written::All
+        } else if device || regions == [(0, node.size)] {
+            // A file with holes that its filesystem shows as all data (`SEEK_DATA` not supported,
+            // or the generic one): where its holes are is not known, so its zeros stay holes.
+            Written::Nothing
+        } else {
+            Written::In(regions.clone().into())
         };
         if top && let Some(ranges) = self.sh.changed_ranges {
             // A repaired parent's lost ranges are holes: they must be read, not taken as zeros.

@@ -51,24 +51,35 @@ impl Drop for FuseServer {
     }
 }
 
-/// A read-only mirror of directory SRC in which the first read that covers byte AT of file
-/// TARGET (a path from the mirror's root) returns that byte with one bit flipped; every later
-/// read is right. `direct_io`: each read reaches the server, none is served from the page cache.
-const MISREADING_MIRROR: &str = r#"
+/// A read-only mirror of directory SRC (`mnt src ...`), the base of the mirrors below.
+const MIRROR: &str = r#"
 import os, sys, fusepy as fuse
-mnt, src, target, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+mnt, src = sys.argv[1], sys.argv[2]
 class Mirror(fuse.Operations):
-    flipped = False
+    attrs = ("st_mode", "st_nlink", "st_size", "st_uid", "st_gid", "st_atime", "st_mtime",
+             "st_ctime")
     def real(self, path):
         return os.path.join(src, path.lstrip("/"))
     def getattr(self, path, fh=None):
         st = os.lstat(self.real(path))
-        return {k: getattr(st, k) for k in ("st_mode", "st_nlink", "st_size", "st_uid",
-                                            "st_gid", "st_atime", "st_mtime", "st_ctime")}
+        return {k: getattr(st, k) for k in self.attrs}
     def readdir(self, path, fh):
         return [".", ".."] + os.listdir(self.real(path))
     def open(self, path, flags):
         return os.open(self.real(path), os.O_RDONLY)
+    def read(self, path, length, offset, fh):
+        return os.pread(fh, length, offset)
+    def release(self, path, fh):
+        os.close(fh)
+"#;
+
+/// A [`MIRROR`] in which the first read that covers byte AT of file TARGET (a path from the
+/// mirror's root) returns that byte with one bit flipped; every later read is right.
+/// `direct_io`: each read reaches the server, none is served from the page cache.
+const MISREADING_MIRROR: &str = r"
+target, at = sys.argv[3], int(sys.argv[4])
+class Misreading(Mirror):
+    flipped = False
     def read(self, path, length, offset, fh):
         b = os.pread(fh, length, offset)
         if path == target and not self.flipped and offset <= at < offset + len(b):
@@ -77,17 +88,35 @@ class Mirror(fuse.Operations):
             b[at - offset] ^= 1
             b = bytes(b)
         return b
-    def release(self, path, fh):
-        os.close(fh)
-fuse.FUSE(Mirror(), mnt, foreground=True, ro=True, direct_io=True)
+fuse.FUSE(Misreading(), mnt, foreground=True, ro=True, direct_io=True)
+";
+
+/// A [`MIRROR`] that reports each file's allocated blocks but cannot show where its holes are:
+/// it has no `lseek`, so the kernel's generic `SEEK_DATA` finds every byte data (as on NFS
+/// version 3 and many FUSE filesystems).
+const HOLE_BLIND_MIRROR: &str = r#"
+class HoleBlind(Mirror):
+    attrs = Mirror.attrs + ("st_blocks",)
+fuse.FUSE(HoleBlind(), mnt, foreground=True, ro=True)
 "#;
+
+/// [`HOLE_BLIND_MIRROR`] of `src` at a new directory `name` of `env`, ready once `ready` shows.
+pub fn hole_blind_mirror(env: &Env, name: &str, src: &Path, ready: &str) -> FuseServer {
+    FuseServer::start(
+        env,
+        name,
+        &format!("{MIRROR}{HOLE_BLIND_MIRROR}"),
+        &[src.to_str().unwrap()],
+        ready,
+    )
+}
 
 /// [`MISREADING_MIRROR`] of `src` at a new directory `name` of `env`.
 pub fn misreading_mirror(env: &Env, name: &str, src: &Path, target: &str, at: u64) -> FuseServer {
     FuseServer::start(
         env,
         name,
-        MISREADING_MIRROR,
+        &format!("{MIRROR}{MISREADING_MIRROR}"),
         &[src.to_str().unwrap(), target, &at.to_string()],
         "config",
     )

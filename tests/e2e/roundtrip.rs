@@ -99,6 +99,31 @@ fn written_zeros_are_allocated_again_and_holes_stay_holes() {
     );
 }
 
+/// A file with holes on a filesystem that cannot show them: which of its zeros were holes is
+/// not known, so all of them restore as holes, not as 64 MiB of allocated zeros.
+#[test]
+fn zeros_of_a_file_whose_holes_cannot_be_found_restore_as_holes() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let f = std::fs::File::create(src.join("sparse.img")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    f.write_all_at(&noise(100_000, 4), 20 << 20).unwrap();
+    drop(f);
+    let mirror = crate::fuse::hole_blind_mirror(&env, "blind", &src, "sparse.img");
+    let out = env.backup(&[&mirror.dir]);
+    // The holes were read: the mirror shows every byte as data.
+    assert!(out["bytes_read"].as_u64().unwrap() >= 64 << 20, "{out}");
+    let t = env.path("t");
+    env.ok(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    let back = t
+        .join(mirror.dir.strip_prefix("/").unwrap())
+        .join("sparse.img");
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(src.join("sparse.img")).unwrap());
+    let used = std::fs::metadata(&back).unwrap().blocks() * 512;
+    assert!(used < 8 << 20, "restored with {used} bytes allocated");
+}
+
 #[test]
 fn restore_include_ls_and_dump() {
     let env = Env::new();
